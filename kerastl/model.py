@@ -1,0 +1,251 @@
+"""Model builder: raw pixels → the backbone's own preprocessing → base → head.
+
+The model takes raw pixels in ``[0, 255]`` and applies the backbone's
+``preprocess_input`` inside the graph (a registered, serializable layer, never a
+``Lambda``), so no caller can feed a ResNet ``rescale=1/255`` images by mistake. The
+output layer computes in float32 whatever the global dtype policy, so a
+``mixed_float16`` softmax never overflows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from . import _backend  # noqa: F401
+from .backbones import get_backbone
+from .errors import ConfigError
+from .freezing import (
+    BACKBONE_LAYER,
+    PREPROCESS_LAYER,
+    UnfreezePlan,
+    set_regime,
+    validate_regime,
+)
+from .weights import build_base
+
+import keras  # noqa: E402
+
+HEADS = ("flatten", "avg", "max")
+TASKS = ("multiclass", "binary", "multilabel")
+
+# Keras Applications use BatchNorm momentum 0.99-0.999: after a few epochs from
+# random init the moving statistics still sit near their initial values and the
+# model evaluates near chance although it trains fine. 0.9 tracks the batch
+# statistics within a few hundred steps.
+SCRATCH_BN_MOMENTUM = 0.9
+
+
+@keras.saving.register_keras_serializable(package="kerastl")
+class Preprocess(keras.layers.Layer):
+    """The backbone's own ``preprocess_input`` as a serializable layer.
+
+    Computes in float32 even under a mixed policy: ImageNet mean subtraction in
+    float16/bfloat16 would lose most of a pixel's precision.
+
+    Args:
+        backbone: str. Registry name whose ``preprocess_input`` to apply.
+
+    Example:
+        >>> import numpy as np
+        >>> Preprocess("ResNet50")(np.full((1, 2, 2, 3), 255.0)).shape
+        TensorShape([1, 2, 2, 3])
+    """
+
+    def __init__(self, backbone: str, **kwargs: Any) -> None:
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        self.backbone = get_backbone(backbone).name
+        self._preprocess_input = get_backbone(backbone).preprocess_input
+
+    def call(self, images):
+        return self._preprocess_input(keras.ops.cast(images, "float32"))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.pop("dtype", None)
+        return {**config, "backbone": self.backbone}
+
+
+def resolve_input_shape(backbone: str, input_shape: Sequence[int] | int | None) -> tuple:
+    """Validate ``input_shape`` (or a side length) against the backbone's limits."""
+    entry = get_backbone(backbone)
+    if input_shape is None:
+        return (entry.default_size, entry.default_size, 3)
+    if isinstance(input_shape, int):
+        input_shape = (input_shape, input_shape, 3)
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) != 3 or shape[2] != 3:
+        raise ConfigError(
+            f"input_shape must be (height, width, 3); received input_shape={input_shape!r}. "
+            "Grayscale images are converted to RGB by kerastl's data pipeline."
+        )
+    if min(shape[:2]) < entry.min_size:
+        raise ConfigError(
+            f"{entry.name} needs inputs of at least {entry.min_size}x{entry.min_size}; "
+            f"received input_shape={shape}. Use image_size >= {entry.min_size}."
+        )
+    return shape
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    *,
+    input_shape: Sequence[int] | int | None = None,
+    weights: str | os.PathLike | None = "imagenet",
+    mode: str = "frozen",
+    unfreeze_top: int | None = None,
+    unfreeze_blocks: int | None = None,
+    head: str = "flatten",
+    dense_units: Sequence[int] = (256,),
+    dropout: float = 0.0,
+    task: str = "multiclass",
+    bn_policy: str = "frozen",
+    weights_hash: str | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+    scratch_bn_momentum: float = SCRATCH_BN_MOMENTUM,
+) -> keras.Model:
+    """Build a transfer-learning model from a Keras Applications backbone.
+
+    Args:
+        backbone: str. Registry name (see :func:`kerastl.list_backbones`).
+        num_classes: int. Classes (``multiclass``/``multilabel``); 1 or 2 for
+            ``binary``.
+        input_shape: tuple or int, optional. ``(height, width, 3)`` or a side
+            length. Defaults to the backbone's default size.
+        weights: ``"imagenet"``, ``None`` or a path to no-top base weights.
+            Ignored (random init) when ``mode="scratch"``. Defaults to
+            ``"imagenet"``.
+        mode: str. ``"frozen"``, ``"finetune"``, ``"full"`` or ``"scratch"``.
+        unfreeze_top: int, optional. ``finetune``: train ``base.layers[-N:]``.
+        unfreeze_blocks: int, optional. ``finetune``: train the top K blocks.
+        head: str. ``"flatten"``, ``"avg"`` or ``"max"``. Defaults to ``"flatten"``.
+        dense_units: sequence of int. Hidden Dense layers of the head.
+        dropout: float. Dropout rate after pooling and after each hidden layer.
+        task: str. ``"multiclass"`` (softmax), ``"binary"`` (one sigmoid unit) or
+            ``"multilabel"`` (one sigmoid per class).
+        bn_policy: str. ``"frozen"``: base BatchNorm layers always run in inference
+            mode with pretrained statistics (the base is called with
+            ``training=False``). ``"train"``: unfrozen BatchNorm layers train.
+            ``mode="scratch"`` implies ``"train"``.
+        weights_hash: str, optional. Expected SHA-256 of a weights file.
+        backbone_kwargs: dict, optional. Extra constructor arguments, e.g.
+            ``{"alpha": 0.35}`` for MobileNetV2.
+        scratch_bn_momentum: float. BatchNorm momentum used in ``scratch`` mode.
+
+    Returns:
+        A functional ``keras.Model`` named ``kerastl_<backbone>``. Its
+        ``plan`` attribute holds the :class:`~kerastl.freezing.UnfreezePlan`.
+
+    Example:
+        >>> import kerastl
+        >>> model = kerastl.build_model("MobileNetV2", 5, input_shape=(32, 32, 3),
+        ...                             weights=None, head="avg", dense_units=())
+        >>> model.output.shape, model.output.dtype
+        ((None, 5), 'float32')
+    """
+    entry = get_backbone(backbone)
+    shape = resolve_input_shape(entry.name, input_shape)
+    validate_regime(mode, unfreeze_top, unfreeze_blocks, bn_policy)
+    _validate_head(num_classes, head, dense_units, dropout, task)
+    if mode == "scratch":
+        weights, bn_policy = None, "train"
+
+    base = build_base(
+        entry, shape, weights, weights_hash=weights_hash,
+        **{**(backbone_kwargs or {}), "name": BACKBONE_LAYER},
+    )
+    if mode == "scratch":
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = scratch_bn_momentum
+
+    images = keras.Input(shape=shape, name="image")
+    x = Preprocess(entry.name, name=PREPROCESS_LAYER)(images)
+    # With frozen BatchNorm the base always runs in inference mode, as the Keras
+    # transfer-learning guide prescribes: BatchNorm keeps its statistics and any
+    # dropout inside the base (EfficientNet drop-connect) stays off while frozen.
+    x = base(x, training=False if bn_policy == "frozen" else None)
+    outputs = _head(x, num_classes, head, dense_units, dropout, task)
+    model = keras.Model(images, outputs, name=f"kerastl_{entry.name.lower()}")
+    model.plan = set_regime(
+        model, mode, unfreeze_top=unfreeze_top, unfreeze_blocks=unfreeze_blocks,
+        bn_policy=bn_policy, recompile=False,
+    )
+    return model
+
+
+def _validate_head(num_classes, head, dense_units, dropout, task) -> None:
+    if head not in HEADS:
+        raise ConfigError(f"head must be one of {HEADS}; received head={head!r}.")
+    if task not in TASKS:
+        raise ConfigError(f"task must be one of {TASKS}; received task={task!r}.")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive int; received {num_classes!r}.")
+    if task == "multiclass" and num_classes < 2:
+        raise ConfigError(
+            f"task='multiclass' needs num_classes >= 2; received {num_classes}. "
+            "Use task='binary' for two classes with one sigmoid unit."
+        )
+    if task == "binary" and num_classes not in (1, 2):
+        raise ConfigError(f"task='binary' needs num_classes of 1 or 2; received {num_classes}.")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1); received dropout={dropout!r}.")
+    if any(int(u) < 1 for u in dense_units):
+        raise ConfigError(f"dense_units must be positive; received {tuple(dense_units)!r}.")
+
+
+def _head(x, num_classes, head, dense_units, dropout, task):
+    pool = {
+        "flatten": keras.layers.Flatten,
+        "avg": keras.layers.GlobalAveragePooling2D,
+        "max": keras.layers.GlobalMaxPooling2D,
+    }[head]
+    x = pool(name=f"head_{head}")(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="head_dropout_0")(x)
+    for i, units in enumerate(dense_units, start=1):
+        x = keras.layers.Dense(int(units), activation="relu", name=f"head_dense_{i}")(x)
+        if dropout:
+            x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}")(x)
+    units, activation = {
+        "multiclass": (num_classes, "softmax"),
+        "binary": (1, "sigmoid"),
+        "multilabel": (num_classes, "sigmoid"),
+    }[task]
+    return keras.layers.Dense(
+        units, activation=activation, dtype="float32", name="predictions"
+    )(x)
+
+
+def unfreeze_plan(model: keras.Model) -> UnfreezePlan:
+    """The current plan of a kerastl model, without changing anything."""
+    return getattr(model, "plan", None) or set_regime(model, "frozen", recompile=False)
+
+
+def load_model(path: str | os.PathLike, **kwargs: Any) -> keras.Model:
+    """Load a ``.keras`` model saved by kerastl, always with ``safe_mode=True``.
+
+    Args:
+        path: path to a ``.keras`` file.
+        **kwargs: passed to ``keras.models.load_model`` (``compile=False``...).
+
+    Example:
+        >>> import kerastl, tempfile, os
+        >>> m = kerastl.build_model("VGG16", 2, input_shape=32, weights=None,
+        ...                         dense_units=())
+        >>> p = os.path.join(tempfile.mkdtemp(), "m.keras"); m.save(p)
+        >>> kerastl.load_model(p).name
+        'kerastl_vgg16'
+    """
+    if kwargs.pop("safe_mode", True) is not True:
+        raise ConfigError("kerastl.load_model always uses safe_mode=True.")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Model file not found: {path!r}.")
+    return keras.models.load_model(path, safe_mode=True, **kwargs)
