@@ -18,10 +18,10 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import keras  # noqa: E402  (after the backend is pinned)
+
 from . import _backend  # noqa: F401  (pins the TensorFlow backend)
 from .errors import UnknownBackboneError
-
-import keras  # noqa: E402  (after the backend is pinned)
 
 apps = keras.applications
 

@@ -20,11 +20,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import keras  # noqa: E402
+
 from . import _backend  # noqa: F401
 from .backbones import Backbone, get_backbone
 from .errors import ConfigError
-
-import keras  # noqa: E402
 
 MODES = ("frozen", "finetune", "full", "scratch")
 BN_POLICIES = ("frozen", "train")
@@ -214,7 +214,7 @@ def backbone_blocks(base: keras.Model, backbone: Backbone | str) -> list[Block]:
     ends = starts[1:] + [len(layers)]
     return [
         Block(n, tuple(op for op in layers[s:e] if isinstance(op, keras.layers.Layer)))
-        for n, s, e in zip(names, starts, ends)
+        for n, s, e in zip(names, starts, ends, strict=True)
     ]
 
 

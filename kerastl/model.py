@@ -13,6 +13,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import keras  # noqa: E402
+
 from . import _backend  # noqa: F401
 from .backbones import get_backbone
 from .errors import ConfigError
@@ -24,8 +26,6 @@ from .freezing import (
     validate_regime,
 )
 from .weights import build_base
-
-import keras  # noqa: E402
 
 HEADS = ("flatten", "avg", "max")
 TASKS = ("multiclass", "binary", "multilabel")

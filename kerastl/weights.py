@@ -14,11 +14,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+import keras  # noqa: E402
+
 from . import _backend  # noqa: F401
 from .backbones import Backbone
 from .errors import WeightsError
-
-import keras  # noqa: E402
 
 _URL = re.compile(r"(https?://[^\s:]+(?::\d+)?[^\s:]*)")
 
