@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,15 @@ def load_weights_file(
                 f"{weights_hash}. The file is corrupt or not the one you meant."
             )
     try:
-        model.load_weights(str(path))
+        # Keras only *warns* for parts of a file that match no layer; for a base
+        # that must be fully pretrained that is an error.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(str(path))
+        skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)
+                   or "mismatch" in str(w.message).lower()]
+        if skipped:
+            raise ValueError(skipped[0])
     except OSError as error:
         raise WeightsError(
             f"Weights file {str(path)!r} is not a readable HDF5 file (truncated or "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -31,6 +32,16 @@ def _clear_keras_session():
     yield
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy("float32")
+
+
+@functools.lru_cache(maxsize=1)
+def built_model(name: str) -> keras.Model:
+    """One frozen kerastl model per backbone, reused by the registry-wide tests."""
+    import kerastl
+
+    return kerastl.build_model(
+        name, 3, input_shape=test_size(name), weights=None, head="avg", dense_units=(8,)
+    )
 
 
 def independent_param_count(weights) -> int:

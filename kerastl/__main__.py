@@ -1,0 +1,5 @@
+"""``python -m kerastl COMMAND``: the same as the ``kerastl`` console script."""
+
+from .cli import main
+
+raise SystemExit(main())

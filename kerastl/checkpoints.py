@@ -1,0 +1,108 @@
+"""Crash-safe, phase-aware checkpoints.
+
+Keras's ``BackupAndRestore`` writes in place (a kill mid-write leaves a corrupt
+backup) and deletes its backup when ``TerminateOnNaN`` stops training. kerastl
+writes each checkpoint into a temporary directory and renames it into place, keeps
+the previous one, falls back to it when the latest is unreadable, and never deletes
+a checkpoint because training failed.
+
+A checkpoint holds the whole model's weights, the optimizer's variables (slots and
+iteration count, hence the schedule position) and ``state.json`` (phase index,
+epochs completed, history).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras  # noqa: E402
+import numpy as np
+
+from . import _backend  # noqa: F401
+
+KEEP = 2
+_PREFIX = "epoch-"
+
+
+@dataclass
+class TrainState:
+    """Where a run is: enough to resume it exactly at an epoch boundary."""
+
+    phase_index: int = 0
+    epoch: int = 0  # epochs completed over the whole run
+    phase_epoch: int = 0  # epochs completed in the current phase
+    history: list[dict[str, Any]] = field(default_factory=list)
+    finished: bool = False
+
+
+def save_checkpoint(
+    directory: str | Path, model: keras.Model, optimizer: Any, state: TrainState
+) -> Path:
+    """Write ``directory/epoch-NNNN`` atomically and prune all but the last two."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{_PREFIX}{state.epoch:04d}"
+    tmp = directory / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_weights(str(tmp / "model.weights.h5"))
+    values = {f"v{i:04d}": np.asarray(v) for i, v in enumerate(optimizer.variables)}
+    with open(tmp / "optimizer.npz", "wb") as handle:
+        np.savez(handle, **values)
+    (tmp / "state.json").write_text(json.dumps(state.__dict__, default=float))
+    for path in tmp.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(directory)[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary directories are ignored)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
+
+
+def read_state(checkpoint: Path) -> TrainState:
+    return TrainState(**json.loads((checkpoint / "state.json").read_text()))
+
+
+def latest_readable_state(directory: str | Path) -> tuple[Path, TrainState] | None:
+    """Newest checkpoint whose ``state.json`` parses; older ones are fallbacks."""
+    for checkpoint in reversed(list_checkpoints(directory)):
+        try:
+            return checkpoint, read_state(checkpoint)
+        except (OSError, ValueError, TypeError) as error:
+            warnings.warn(
+                f"Checkpoint {str(checkpoint)!r} is unreadable ({error}); falling back to the "
+                "previous one.",
+                stacklevel=2,
+            )
+    return None
+
+
+def restore_weights(checkpoint: Path, model: keras.Model, optimizer: Any) -> None:
+    """Load model and optimizer variables; raises ``OSError``/``ValueError`` if corrupt."""
+    model.load_weights(str(checkpoint / "model.weights.h5"))
+    with np.load(checkpoint / "optimizer.npz", allow_pickle=False) as values:
+        saved = [values[key] for key in sorted(values.files)]
+    variables = list(optimizer.variables)
+    if len(saved) != len(variables):
+        raise ValueError(
+            f"optimizer state in {str(checkpoint)!r} has {len(saved)} variables, the "
+            f"rebuilt optimizer {len(variables)}"
+        )
+    for variable, value in zip(variables, saved, strict=True):
+        variable.assign(value)

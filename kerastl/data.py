@@ -1,0 +1,611 @@
+"""The data layer: class folders or in-memory arrays → ``tf.data`` batches.
+
+:class:`ImageData` holds labelled images before batching (file paths or a uint8
+array). Every file is checked by :func:`kerastl.doctor.find_bad_files` before
+anything is decoded, so a bad file stops the run at load time, by name, instead of
+in the middle of epoch 3.
+
+Images are decoded once with PIL (EXIF orientation, CMYK, 16-bit, palette and alpha
+handled by :func:`kerastl.doctor.open_rgb`), resized, and kept in memory as uint8.
+Batches are raw pixels in ``[0, 255]`` as float32: the model applies its backbone's
+own ``preprocess_input`` (see :func:`kerastl.build_model`).
+
+Example:
+    >>> splits = load_splits("data/train", val_split=0.2, seed=0)  # doctest: +SKIP
+    >>> train = splits.train.batches(224, 32, shuffle_seed=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import keras  # noqa: E402  (after the backend is pinned)
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from sklearn.model_selection import train_test_split
+
+from . import _backend  # noqa: F401  (pins the TensorFlow backend)
+from .doctor import find_bad_files, open_rgb, scan_folder
+from .errors import ConfigError, DataError
+
+BAD_FILE_POLICIES = ("error", "skip")
+AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast")
+# Factor of each random augmentation: ±10% (of a full turn for rotation, of the size
+# for zoom, of the contrast), the values of the Keras transfer-learning guide.
+AUGMENTATION_FACTOR = 0.1
+
+
+@dataclass
+class ImageData:
+    """Labelled images before batching: file paths or an in-memory array.
+
+    Attributes:
+        class_names: list of str. Class of each label id, in label order.
+        labels: np.ndarray. Integer class ids ``(N,)``, or multi-hot ``(N, C)`` for
+            multi-label data.
+        files: list of str or None. Image files (exactly one of files/images is set).
+        images: np.ndarray or None. ``(N, H, W)`` or ``(N, H, W, 1|3|4)`` pixels in
+            ``[0, 255]``, uint8 or float.
+        skipped: dict. Path -> reason, for files left out with ``on_bad_file="skip"``.
+
+    Example:
+        >>> data = from_arrays(np.zeros((4, 28, 28), "uint8"), [0, 1, 0, 1])
+        >>> len(data), data.class_names
+        (4, ['0', '1'])
+    """
+
+    class_names: list[str]
+    labels: np.ndarray
+    files: list[str] | None = None
+    images: np.ndarray | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    # Decoded uint8 pixels per image size, filled on first read of each image.
+    _pixels: dict[int, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _decoded: dict[int, tf.data.Dataset] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if (self.files is None) == (self.images is None):
+            raise DataError(
+                "ImageData needs exactly one of files= or images=; received "
+                f"files={'set' if self.files is not None else None}, "
+                f"images={'set' if self.images is not None else None}."
+            )
+        self.labels = np.asarray(self.labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def multilabel(self) -> bool:
+        """True when ``labels`` are multi-hot rows rather than class ids."""
+        return self.labels.ndim == 2
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageData:
+        """The images at ``indices``, same classes (``skipped`` is carried over).
+
+        Example:
+            >>> data = from_arrays(np.zeros((4, 8, 8), "uint8"), [0, 1, 0, 1])
+            >>> len(data.subset([0, 2]))
+            2
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        return ImageData(
+            class_names=list(self.class_names),
+            labels=self.labels[indices],
+            files=[self.files[i] for i in indices] if self.files is not None else None,
+            images=self.images[indices] if self.images is not None else None,
+            skipped=dict(self.skipped),
+        )
+
+    def fingerprint(self) -> str:
+        """SHA-256 that changes when the images, labels or classes change.
+
+        Files are identified by path, size and modification time (cheap: no file is
+        read); arrays by their bytes. Caches of decoded images or features key on it.
+
+        Example:
+            >>> data = from_arrays(np.zeros((2, 8, 8), "uint8"), [0, 1])
+            >>> data.fingerprint() == data.subset([0, 1]).fingerprint()
+            True
+        """
+        digest = hashlib.sha256()
+        digest.update(json.dumps(self.class_names).encode())
+        labels = np.ascontiguousarray(self.labels)
+        digest.update(f"{labels.dtype.str}{labels.shape}".encode() + labels.tobytes())
+        if self.files is not None:
+            for path in self.files:
+                stat = os.stat(path)
+                digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        else:
+            images = np.ascontiguousarray(self.images)
+            digest.update(f"{images.dtype.str}{images.shape}".encode() + images.tobytes())
+        return digest.hexdigest()
+
+    def decoded(self, image_size: int) -> tf.data.Dataset:
+        """Unbatched ``(image, label)`` pairs in order; images float32 ``[0, 255]``.
+
+        Images are decoded in parallel and kept in memory, so the second pass over
+        the data reads no file. The dataset is memoised per ``image_size``.
+
+        Args:
+            image_size: int. Side of the square images.
+
+        Returns:
+            ``tf.data.Dataset`` of ``(image_size, image_size, 3)`` float32 images and
+            their labels.
+
+        Example:
+            >>> data = from_arrays(np.zeros((2, 28, 28), "uint8"), [0, 1])
+            >>> next(iter(data.decoded(32)))[0].shape
+            TensorShape([32, 32, 3])
+        """
+        _check_positive(image_size=image_size)
+        if image_size not in self._decoded:
+            elements = self._elements(np.arange(len(self)), image_size)
+            self._decoded[image_size] = elements.map(
+                lambda image, label: (tf.cast(image, tf.float32), label),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+        return self._decoded[image_size]
+
+    def batches(
+        self,
+        image_size: int,
+        batch_size: int,
+        *,
+        shuffle_seed: int | None = None,
+        augment: keras.layers.Layer | None = None,
+        drop_remainder: bool = False,
+    ) -> tf.data.Dataset:
+        """Batches of float32 images in ``[0, 255]`` and their labels.
+
+        The order is a pure function of ``shuffle_seed`` (a NumPy permutation, not
+        TensorFlow's global seed), so a resumed run that passes ``seed + epoch`` sees
+        exactly the order an uninterrupted run saw.
+
+        Args:
+            image_size: int. Side of the square images.
+            batch_size: int. Images per batch.
+            shuffle_seed: int or None. Seed of the order; ``None`` keeps data order
+                (validation, evaluation, feature extraction).
+            augment: keras layer or None. Applied to each batch in training mode,
+                e.g. :func:`augmentation`. Pass it for training batches only.
+            drop_remainder: bool. Drop the last incomplete batch. Defaults to False.
+
+        Returns:
+            A prefetched ``tf.data.Dataset``.
+
+        Example:
+            >>> data = from_arrays(np.zeros((5, 28, 28), "uint8"), [0, 1, 0, 1, 0])
+            >>> [int(x.shape[0]) for x, _ in data.batches(32, 2, shuffle_seed=0)]
+            [2, 2, 1]
+        """
+        _check_positive(image_size=image_size, batch_size=batch_size)
+        order = np.arange(len(self))
+        if shuffle_seed is not None:
+            order = np.random.default_rng(shuffle_seed).permutation(len(self))
+        batched = self._elements(order, image_size).batch(batch_size, drop_remainder=drop_remainder)
+        batched = batched.map(lambda images, labels: (tf.cast(images, tf.float32), labels))
+        if augment is not None:
+            batched = batched.map(
+                lambda images, labels: (augment(images, training=True), labels),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+        return batched.prefetch(tf.data.AUTOTUNE)
+
+    def _elements(self, order: np.ndarray, image_size: int) -> tf.data.Dataset:
+        """``(image, label)`` for each index in ``order``; images uint8 (files) or as stored.
+
+        Pixels are fetched by index through ``tf.numpy_function`` so that neither the
+        decoded images nor a large array is copied into the TensorFlow graph.
+        """
+        labels = self.labels[order].astype(np.float32 if self.multilabel else np.int64)
+        load = (
+            self._file_loader(image_size)
+            if self.files is not None
+            else self._array_loader(image_size)
+        )
+        indices = tf.data.Dataset.from_tensor_slices((order, labels))
+        return indices.map(
+            lambda index, label: (load(index), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+
+    def _file_loader(self, image_size: int):
+        if image_size not in self._pixels:
+            # np.zeros maps untouched pages lazily: memory grows as images are decoded.
+            self._pixels[image_size] = (
+                np.zeros((len(self), image_size, image_size, 3), np.uint8),
+                np.zeros(len(self), bool),
+            )
+        store, filled = self._pixels[image_size]
+
+        def pixels(index: np.int64) -> np.ndarray:
+            if not filled[index]:
+                store[index] = _decode_file(self.files[index], image_size)
+                filled[index] = True
+            return store[index]
+
+        def load(index: tf.Tensor) -> tf.Tensor:
+            image = tf.numpy_function(pixels, [index], tf.uint8, stateful=False)
+            image.set_shape((image_size, image_size, 3))
+            return image
+
+        return load
+
+    def _array_loader(self, image_size: int):
+        height, width, channels = _image_shape(self.images)
+
+        def load(index: tf.Tensor) -> tf.Tensor:
+            dtype = tf.as_dtype(self.images.dtype)
+            image = tf.numpy_function(lambda i: self.images[i], [index], dtype, stateful=False)
+            image = tf.reshape(image, (height, width, channels))
+            if channels == 1:
+                image = tf.repeat(image, 3, axis=-1)
+            elif channels == 4:
+                image = image[..., :3]  # alpha is not a colour channel
+            if (height, width) != (image_size, image_size):
+                image = tf.image.resize(image, (image_size, image_size), method="bilinear")
+            return tf.cast(image, tf.float32)
+
+        return load
+
+
+def _decode_file(path: str, image_size: int) -> np.ndarray:
+    image = open_rgb(path).resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _image_shape(images: np.ndarray) -> tuple[int, int, int]:
+    if images.ndim == 3:
+        return images.shape[1], images.shape[2], 1
+    return images.shape[1], images.shape[2], images.shape[3]
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"{name} must be a positive integer; received {name}={value!r}.")
+
+
+def from_folder(
+    path: str | os.PathLike,
+    *,
+    class_names: Sequence[str] | None = None,
+    on_bad_file: str = "error",
+) -> ImageData:
+    """Read a folder with one subfolder per class (``path/cats/*.jpg``, ...).
+
+    Files ending in .jpg, .jpeg, .png, .bmp or .gif (any case) are images; hidden
+    files and folders (``.ipynb_checkpoints``, ``.DS_Store``, ``__MACOSX``) are never
+    classes or images. Every other file is checked before anything is decoded.
+
+    Args:
+        path: str or path. The folder.
+        class_names: sequence of str, optional. Classes the folder must have, in label
+            order (give the training classes when reading a validation folder).
+            Defaults to the subfolder names, sorted.
+        on_bad_file: str. ``"error"`` raises naming every unusable file; ``"skip"``
+            leaves them out and records them in ``ImageData.skipped``.
+
+    Returns:
+        An :class:`ImageData` of file paths and integer labels.
+
+    Raises:
+        DataError: missing or empty folder, empty class folder, classes that differ
+            from ``class_names``, or bad files with ``on_bad_file="error"``.
+
+    Example:
+        >>> train = from_folder("data/train")  # doctest: +SKIP
+        >>> val = from_folder("data/val", class_names=train.class_names)  # doctest: +SKIP
+    """
+    if on_bad_file not in BAD_FILE_POLICIES:
+        raise ConfigError(
+            f"on_bad_file must be one of {BAD_FILE_POLICIES}; received on_bad_file={on_bad_file!r}."
+        )
+    scan = scan_folder(path)
+    names = _resolve_classes(scan.root, list(scan.class_files), class_names)
+    _check_no_empty_class(scan.root, names, [len(scan.class_files[name]) for name in names])
+    files = [file for name in names for file in scan.class_files[name]]
+    labels = [label for label, name in enumerate(names) for _ in scan.class_files[name]]
+    bad = find_bad_files(files)
+    if bad and on_bad_file == "error":
+        raise DataError(_bad_files_message(scan.root, bad))
+    keep = [i for i, file in enumerate(files) if file not in bad]
+    files, labels = [files[i] for i in keep], np.asarray([labels[i] for i in keep], np.int64)
+    # Skipping may leave a class with nothing in it.
+    _check_no_empty_class(scan.root, names, np.bincount(labels, minlength=len(names)))
+    return ImageData(class_names=names, labels=labels, files=files, skipped=bad)
+
+
+def _resolve_classes(root: str, found: list[str], expected: Sequence[str] | None) -> list[str]:
+    if not found:
+        raise DataError(
+            f"No class subfolders in {root!r}. Put the images in one subfolder per class, "
+            f"e.g. {os.path.join(root, 'cats', '1.jpg')}."
+        )
+    if expected is None:
+        return found
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or extra:
+        raise DataError(
+            f"The classes in {root!r} do not match the training classes {list(expected)}: "
+            f"missing here: {missing}; extra here: {extra}. Give every split the same "
+            "class subfolders."
+        )
+    return list(expected)
+
+
+def _check_no_empty_class(root: str, names: list[str], counts: Sequence[int]) -> None:
+    empty = [
+        os.path.join(root, name) for name, count in zip(names, counts, strict=True) if not count
+    ]
+    if empty:
+        raise DataError(
+            f"Class folder(s) with no usable image: {empty}. Add images to them or delete "
+            "the folders (run `python -m kerastl.doctor` on the data folder for details)."
+        )
+
+
+def _bad_files_message(root: str, bad: dict[str, str]) -> str:
+    listing = "\n".join(f"  {path}: {reason}" for path, reason in bad.items())
+    return (
+        f"{len(bad)} file(s) in {root!r} cannot be used for training:\n{listing}\n"
+        "Fix or delete them, or pass on_bad_file='skip' to leave them out."
+    )
+
+
+def from_arrays(
+    images: np.ndarray,
+    labels: Sequence | np.ndarray,
+    class_names: Sequence[str] | None = None,
+) -> ImageData:
+    """Wrap in-memory images (e.g. MNIST, CIFAR) and their labels.
+
+    Args:
+        images: array. ``(N, H, W)`` grayscale or ``(N, H, W, 1|3|4)`` pixels in
+            ``[0, 255]``, uint8 or float. Grayscale is repeated to 3 channels and
+            alpha dropped when batches are made.
+        labels: array. ``(N,)`` class ids or class-name strings, or ``(N, C)``
+            multi-hot rows for multi-label data.
+        class_names: sequence of str, optional. Name of each class id. Defaults to
+            ``"0"``, ``"1"``, ... (or the sorted label strings).
+
+    Returns:
+        An :class:`ImageData` holding the array.
+
+    Raises:
+        DataError: shapes, label count or pixel range are not usable.
+
+    Example:
+        >>> (x, y), _ = keras.datasets.mnist.load_data()  # doctest: +SKIP
+        >>> data = from_arrays(x, y)  # doctest: +SKIP
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    _check_images(images)
+    if labels.shape[:1] != images.shape[:1] or labels.ndim not in (1, 2):
+        raise DataError(
+            f"Expected one label per image (labels of shape ({len(images)},) or "
+            f"({len(images)}, num_classes)); received images of shape {images.shape} and "
+            f"labels of shape {labels.shape}."
+        )
+    if labels.dtype.kind in "USO":
+        class_names = sorted(set(labels.tolist())) if class_names is None else class_names
+        labels = _ids_from_names(labels, list(class_names))
+    names = _array_class_names(labels, class_names)
+    return ImageData(class_names=names, labels=labels, images=images)
+
+
+def _check_images(images: np.ndarray) -> None:
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)):
+        raise DataError(
+            "Expected images of shape (N, H, W) or (N, H, W, C) with C in 1, 3 or 4; "
+            f"received shape {images.shape}."
+        )
+    if images.dtype.kind not in "uif":
+        raise DataError(f"Expected numeric pixels; received dtype {images.dtype}.")
+    if images.dtype.kind == "f" and images.size:
+        low, high = float(images.min()), float(images.max())
+        # [0, 1] or [-1, 1] floats would train on near-black images without an error.
+        if low < 0 or 0 < high <= 1:
+            raise DataError(
+                f"Expected raw pixels in [0, 255]; received floats in [{low:g}, {high:g}]. "
+                "Pass the unscaled images (e.g. images * 255): the model applies the "
+                "backbone's own preprocessing."
+            )
+
+
+def _ids_from_names(labels: np.ndarray, class_names: list[str]) -> np.ndarray:
+    unknown = sorted(set(labels.tolist()) - set(class_names))
+    if unknown:
+        raise DataError(f"Labels {unknown} are not in class_names={class_names}.")
+    index = {name: i for i, name in enumerate(class_names)}
+    return np.asarray([index[label] for label in labels.tolist()], np.int64)
+
+
+def _array_class_names(labels: np.ndarray, class_names: Sequence[str] | None) -> list[str]:
+    if labels.ndim == 2:
+        count = labels.shape[1]
+    else:
+        if labels.size and (labels.dtype.kind not in "iu" or labels.min() < 0):
+            raise DataError(
+                "Expected integer class ids >= 0; received labels of dtype "
+                f"{labels.dtype} with minimum {labels.min()!r}."
+            )
+        count = int(labels.max()) + 1 if labels.size else 0
+    if class_names is None:
+        return [str(i) for i in range(count)]
+    if len(class_names) < count:
+        raise DataError(
+            f"Labels need {count} classes but class_names has {len(class_names)}: "
+            f"{list(class_names)}. Pass one name per class."
+        )
+    return [str(name) for name in class_names]
+
+
+def train_val_split(data: ImageData, val_fraction: float, seed: int) -> tuple[ImageData, ImageData]:
+    """Split off a validation set with the same class proportions (stratified).
+
+    Args:
+        data: ImageData. What to split.
+        val_fraction: float. Share of images for validation, in ``(0, 1)``.
+        seed: int. Seed of the split; the same seed gives the same split.
+
+    Returns:
+        ``(train, val)``. Multi-label data is split without stratification.
+
+    Raises:
+        ConfigError: ``val_fraction`` outside ``(0, 1)``.
+        DataError: a class has too few images to appear in both parts.
+
+    Example:
+        >>> data = from_arrays(np.zeros((10, 8, 8), "uint8"), [0, 1] * 5)
+        >>> [len(part) for part in train_val_split(data, 0.2, seed=0)]
+        [8, 2]
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(
+            f"val_fraction must be in (0, 1); received val_fraction={val_fraction!r}."
+        )
+    stratify = None if data.multilabel else data.labels
+    if stratify is not None:
+        counts = np.bincount(stratify, minlength=len(data.class_names))
+        too_small = [name for name, n in zip(data.class_names, counts, strict=True) if 0 < n < 2]
+        if too_small:
+            raise DataError(
+                f"Classes {too_small} have a single image, too few for a stratified "
+                "validation split. Add images or pass a separate validation folder."
+            )
+    try:
+        train, val = train_test_split(
+            np.arange(len(data)), test_size=val_fraction, random_state=seed, stratify=stratify
+        )
+    except ValueError as error:
+        raise DataError(
+            f"Cannot split {len(data)} images into train/validation with "
+            f"val_fraction={val_fraction}: {error} Use a larger val_fraction or a "
+            "separate validation folder."
+        ) from error
+    return data.subset(np.sort(train)), data.subset(np.sort(val))
+
+
+@dataclass
+class DataSplits:
+    """Training, validation and test data sharing one list of classes.
+
+    Attributes:
+        train: ImageData.
+        val: ImageData or None.
+        test: ImageData or None.
+        class_names: list of str. Classes of all splits, fixed by the training folder.
+    """
+
+    train: ImageData
+    val: ImageData | None
+    test: ImageData | None
+    class_names: list[str]
+
+
+def load_splits(
+    train_dir: str | os.PathLike,
+    *,
+    val_dir: str | os.PathLike | None = None,
+    test_dir: str | os.PathLike | None = None,
+    val_split: float | None = 0.2,
+    seed: int = 0,
+    on_bad_file: str = "error",
+) -> DataSplits:
+    """Load training data and its validation/test data with the same classes.
+
+    Args:
+        train_dir: str or path. Training folder, one subfolder per class.
+        val_dir: str or path, optional. Validation folder with the same classes.
+            Without it, ``val_split`` of the training images are held out
+            (stratified, seeded).
+        test_dir: str or path, optional. Test folder with the same classes.
+        val_split: float or None. Held-out share when there is no ``val_dir``;
+            ``None`` or ``0`` for no validation. Defaults to 0.2.
+        seed: int. Seed of the held-out split. Defaults to 0.
+        on_bad_file: str. ``"error"`` or ``"skip"``, see :func:`from_folder`.
+
+    Returns:
+        A :class:`DataSplits`.
+
+    Example:
+        >>> splits = load_splits("data/train", val_dir="data/val")  # doctest: +SKIP
+        >>> splits.class_names  # doctest: +SKIP
+        ['cats', 'dogs']
+    """
+    train = from_folder(train_dir, on_bad_file=on_bad_file)
+    names = train.class_names
+    if val_dir is not None:
+        val = from_folder(val_dir, class_names=names, on_bad_file=on_bad_file)
+    elif val_split:
+        train, val = train_val_split(train, val_split, seed)
+    else:
+        val = None
+    test = None
+    if test_dir is not None:
+        test = from_folder(test_dir, class_names=names, on_bad_file=on_bad_file)
+    return DataSplits(train=train, val=val, test=test, class_names=list(names))
+
+
+def augmentation(
+    names: Sequence[str] | str = AUGMENTATIONS, seed: int | None = None
+) -> keras.Sequential | None:
+    """Random augmentation layers for training batches of pixels in ``[0, 255]``.
+
+    Args:
+        names: sequence of str, or a comma-separated str. Any of ``"flip"``
+            (horizontal), ``"rotation"``, ``"zoom"``, ``"contrast"``, each by ±10%.
+            Defaults to all four.
+        seed: int or None. Seed of the random layers.
+
+    Returns:
+        A ``keras.Sequential`` named ``"augmentation"``, or None when ``names`` is empty.
+
+    Raises:
+        ConfigError: an unknown name.
+
+    Example:
+        >>> [layer.name for layer in augmentation("flip,zoom").layers]
+        ['flip', 'zoom']
+    """
+    if isinstance(names, str):
+        names = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in names if name not in AUGMENTATIONS]
+    if unknown:
+        raise ConfigError(f"Unknown augmentation(s) {unknown}; choose from {list(AUGMENTATIONS)}.")
+    if not names:
+        return None
+    return keras.Sequential(
+        [_augmentation_layer(name, _offset(seed, i)) for i, name in enumerate(names)],
+        name="augmentation",
+    )
+
+
+def _offset(seed: int | None, index: int) -> int | None:
+    # Distinct seeds per layer: equal seeds would correlate flips with rotations.
+    return None if seed is None else seed + index
+
+
+def _augmentation_layer(name: str, seed: int | None) -> keras.layers.Layer:
+    layers = keras.layers
+    if name == "flip":
+        return layers.RandomFlip("horizontal", seed=seed, name=name)
+    if name == "rotation":
+        return layers.RandomRotation(AUGMENTATION_FACTOR, seed=seed, name=name)
+    if name == "zoom":
+        return layers.RandomZoom(AUGMENTATION_FACTOR, seed=seed, name=name)
+    return layers.RandomContrast(AUGMENTATION_FACTOR, seed=seed, name=name)

@@ -1,0 +1,383 @@
+"""A whole run: data → runtime → model → phases → outputs. What the CLI calls.
+
+Example:
+    >>> import kerastl
+    >>> result = kerastl.fit(kerastl.RunConfig(epochs=2, output="runs/demo"))  # doctest: +SKIP
+    >>> result.metrics["accuracy"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras  # noqa: E402
+import numpy as np
+import tensorflow as tf  # noqa: E402
+
+from . import _backend  # noqa: F401
+from .checkpoints import TrainState, latest_readable_state, list_checkpoints
+from .config import Phase, RunConfig, load_yaml
+from .errors import ConfigError
+from .freezing import count_params
+from .model import build_model
+from .training import PhaseData, Trainer, make_loss, predict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+OUTPUT_FILES = ("model.keras", "backbone.weights.h5", "labels.json", "config.yaml",
+                "history.csv", "metrics.json", "classification_report.txt",
+                "confusion_matrix.png", "curves.png", "run.json")
+
+
+@dataclass
+class RunResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        output_dir: Path. Where every output was written.
+        model: keras.Model. The trained end-to-end model (raw pixels in).
+        history: list of dict. One row per epoch (``phase``, ``loss``, ``val_loss``...).
+        metrics: dict. Evaluation on the test split (validation split if none).
+        class_names: list of str.
+        config: RunConfig. The resolved configuration.
+        seconds: float. Wall time.
+    """
+
+    output_dir: Path
+    model: keras.Model
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    class_names: list[str]
+    config: RunConfig
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------ defaults
+def data_samples_dir() -> Path:
+    """The shipped ``data_samples/`` folder (``$KERASTL_DATA_SAMPLES`` overrides)."""
+    return Path(os.environ.get("KERASTL_DATA_SAMPLES", REPO_ROOT / "data_samples"))
+
+
+def apply_sample_defaults(config: RunConfig) -> RunConfig:
+    """With no ``--data``, train on ``data_samples/`` from the shipped source backbone."""
+    if config.data is not None:
+        return config
+    root = data_samples_dir()
+    fashion = root / "fashion"
+    if not (fashion / "train").is_dir():
+        raise ConfigError(
+            f"No --data given and the shipped samples are missing at {str(fashion)!r}. "
+            "Pass --data DIR (a folder of class subfolders), or set KERASTL_DATA_SAMPLES."
+        )
+    config.data = str(fashion / "train")
+    config.val_data = config.val_data or _existing(fashion / "val")
+    config.test_data = config.test_data or _existing(fashion / "test")
+    source = _source_backbone(root)
+    if source and config.weights == "imagenet" and config.backbone == source["backbone"]:
+        config.weights = str(root / "source" / source["weights"])
+        config.backbone_kwargs = config.backbone_kwargs or dict(source.get("backbone_kwargs", {}))
+        config.image_size = config.image_size or int(source["image_size"])
+    return config
+
+
+def _existing(path: Path) -> str | None:
+    return str(path) if path.is_dir() else None
+
+
+def _source_backbone(root: Path) -> dict | None:
+    for meta in sorted((root / "source").glob("*.json")):
+        info = json.loads(meta.read_text())
+        if "backbone" in info and "weights" in info:
+            return info
+    return None
+
+
+# ------------------------------------------------------------------ output directory
+def _prepare_output(config: RunConfig) -> tuple[Path, RunConfig, tuple[Path, TrainState] | None]:
+    """Create the output directory; on resume reload its config and last checkpoint."""
+    out = Path(config.output)
+    checkpoints = out / "checkpoints"
+    if config.resume:
+        saved = out / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(
+                f"--resume: {str(out)!r} holds no config.yaml from an earlier run. Check "
+                "--output, or drop --resume to start a new run there."
+            )
+        resumed = RunConfig.from_dict({**load_yaml(saved), "resume": True,
+                                       "output": str(out), "verbose": config.verbose})
+        return out, resumed, latest_readable_state(checkpoints)
+    if list_checkpoints(checkpoints) or (out / "model.keras").exists():
+        raise ConfigError(
+            f"Output directory {str(out)!r} already holds a run. Pass --resume to continue "
+            "it, or choose another --output; kerastl never overwrites a finished run."
+        )
+    return out, config, None
+
+
+# ------------------------------------------------------------------ the run
+def fit(config: RunConfig | None = None, **overrides: Any) -> RunResult:
+    """Train a model as described by ``config`` and write every output.
+
+    Args:
+        config: RunConfig, optional. Defaults to ``RunConfig()`` (the shipped
+            samples with the shipped source backbone).
+        **overrides: field values replacing those of ``config``.
+
+    Returns:
+        A :class:`RunResult`.
+
+    Raises:
+        KerastlError: bad configuration or data (nothing in the output directory is
+            lost); ``NonFiniteLossError`` if training diverges (checkpoints kept).
+    """
+    from .data import augmentation, load_splits
+    from .reports import atomic_write_json, atomic_write_text
+    from .runtime import loss_scale_optimizer, setup_runtime, worker_output_dir
+
+    started = time.perf_counter()
+    config = RunConfig.from_dict({**(config or RunConfig()).__dict__, **overrides})
+    out, config, resume_point = _prepare_output(config)
+    config = apply_sample_defaults(config).validate()
+    runtime = setup_runtime(config.strategy, config.precision, batch_size=config.batch_size,
+                            jit_compile=_jit_flag(config.jit_compile),
+                            steps_per_execution=config.steps_per_execution)
+    _seed_everything(config.seed, runtime)
+    out = worker_output_dir(out, runtime)
+    log = print if (config.verbose and runtime.is_chief) else (lambda *_: None)
+    splits = load_splits(config.data, val_dir=config.val_data, test_dir=config.test_data,
+                         val_split=config.val_split, seed=config.seed,
+                         on_bad_file=config.on_bad_file)
+    image_size = config.image_size or keras_default_size(config.backbone)
+    config.image_size = image_size
+    atomic_write_text(out / "config.yaml", config.to_yaml())
+    log(runtime.describe())
+
+    with runtime.strategy.scope():
+        model = build_model(
+            config.backbone, len(splits.class_names), input_shape=image_size,
+            weights=None if config.weights in (None, "none") else config.weights,
+            weights_hash=config.weights_hash, head=config.head,
+            dense_units=tuple(config.dense_units), dropout=config.dropout, task=config.task,
+            bn_policy="train" if any(p.bn_policy == "train" or p.mode == "scratch"
+                                     for p in config.resolved_phases()) else "frozen",
+            mode="scratch" if config.resolved_phases()[0].mode == "scratch" else "frozen",
+            backbone_kwargs=config.backbone_kwargs,
+        )
+    notes: list[str] = []
+    data_for_phase = _phase_data_factory(config, runtime, model, splits, image_size,
+                                         augmentation, notes, log)
+    trainer = Trainer(
+        model, runtime.strategy, task=config.task, optimizer=config.optimizer,
+        schedule=config.schedule, weight_decay=config.weight_decay, momentum=config.momentum,
+        label_smoothing=config.label_smoothing, warmup_epochs=config.warmup_epochs,
+        class_weights=_class_weights(config, splits.train.labels, len(splits.class_names)),
+        early_stopping=config.early_stopping, checkpoint_dir=out / "checkpoints",
+        is_chief=runtime.is_chief,
+        wrap_optimizer=lambda opt: loss_scale_optimizer(opt, runtime.precision),
+        jit_compile=runtime.jit_compile, verbose=config.verbose if runtime.is_chief else 0,
+        log=log,
+    )
+    state, resume_from = _resume_state(resume_point, log)
+    writer = tf.summary.create_file_writer(str(out / "tensorboard"))
+    state = trainer.run(config.resolved_phases(), data_for_phase, state, resume_from,
+                        on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
+    metrics = _final_outputs(out, config, runtime, model, splits, image_size, state, notes,
+                             started, atomic_write_json, atomic_write_text, log)
+    return RunResult(out, model, state.history, metrics, splits.class_names, config,
+                     time.perf_counter() - started, notes)
+
+
+def keras_default_size(backbone: str) -> int:
+    from .backbones import get_backbone
+
+    return get_backbone(backbone).default_size
+
+
+def _jit_flag(value: Any) -> bool | str:
+    if isinstance(value, bool) or value == "auto":
+        return value
+    lowered = str(value).lower()
+    if lowered in ("true", "on", "1", "yes"):
+        return True
+    if lowered in ("false", "off", "0", "no"):
+        return False
+    raise ConfigError(f"jit_compile must be auto, on or off; received {value!r}.")
+
+
+def _seed_everything(seed: int, runtime) -> None:
+    keras.utils.set_random_seed(seed)
+    if runtime.strategy_name == "default" and not tf.config.list_physical_devices("GPU"):
+        # Same seed, same weights on CPU: TensorFlow's deterministic kernels.
+        tf.config.experimental.enable_op_determinism()
+
+
+def _class_weights(config: RunConfig, labels: np.ndarray, n_classes: int):
+    if config.class_weight == "none" or config.task != "multiclass":
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = np.ones(n_classes)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return weights.tolist()
+
+
+def _resume_state(resume_point, log):
+    if resume_point is None:
+        return TrainState(), None
+    checkpoint, state = resume_point
+    log(f"Resuming from {checkpoint} (epoch {state.epoch}, phase {state.phase_index + 1}).")
+    return state, checkpoint
+
+
+def _phase_data_factory(config, runtime, model, splits, image_size, augmentation, notes, log):
+    batch = runtime.global_batch
+    seed = config.seed
+    n_train = len(splits.train)
+    steps = n_train // batch if runtime.drop_remainder else math.ceil(n_train / batch)
+    if steps < 1:
+        raise ConfigError(
+            f"batch_size {batch} is larger than the {n_train} training images with "
+            "drop_remainder; lower --batch-size."
+        )
+    val = (splits.val.batches(image_size, batch) if splits.val is not None else None)
+
+    def image_data(phase: Phase, why: str) -> PhaseData:
+        def train(epoch: int):
+            # Per-epoch seeds: the order and augmentation of epoch e do not depend on
+            # how many epochs this process has run, so a resumed run matches.
+            epoch_seed = seed * 1000 + epoch
+            return splits.train.batches(
+                image_size, batch, shuffle_seed=epoch_seed,
+                augment=augmentation(config.augment, seed=epoch_seed) if config.augment else None,
+                drop_remainder=runtime.drop_remainder,
+            )
+
+        return PhaseData(model, train, val, steps, description=why)
+
+    def data_for_phase(phase: Phase) -> PhaseData:
+        if phase.mode != "frozen":
+            return image_data(phase, "images through the whole model")
+        if config.feature_cache == "off":
+            return image_data(phase, "feature cache off (--feature-cache off)")
+        if config.augment:
+            return image_data(phase, "feature cache not used: augmentation runs before the "
+                                     "base (use --augment none to train the head on cached "
+                                     "features)")
+        return _cached_phase(config, runtime, model, splits, image_size, batch, steps, notes, log)
+
+    return data_for_phase
+
+
+def _cached_phase(config, runtime, model, splits, image_size, batch, steps, notes, log):
+    from .features import FeatureCache, cached_feature_datasets, head_model
+
+    cache = FeatureCache(config.feature_cache_dir)
+    train, val = cached_feature_datasets(
+        model, splits.train, splits.val, image_size=image_size, batch_size=batch, cache=cache,
+        seed=config.seed,
+    )
+    note = f"head trained on cached base features ({cache.explain()})"
+    notes.append(note)
+    with runtime.strategy.scope():
+        head = head_model(model)
+    return PhaseData(head, train, val, steps, description=note)
+
+
+def _epoch_outputs(out: Path, state: TrainState, writer) -> None:
+    from .reports import write_history_csv
+
+    write_history_csv(state.history, out / "history.csv")
+    row = state.history[-1]
+    with writer.as_default(step=row["epoch"]):
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and key != "epoch":
+                tf.summary.scalar(key, value)
+    writer.flush()
+
+
+def _final_outputs(out, config, runtime, model, splits, image_size, state, notes, started,
+                   atomic_write_json, atomic_write_text, log) -> dict:
+    from .reports import plot_curves, summary_text, write_evaluation, write_history_csv
+    from .weights import save_base_weights
+
+    evaluation = splits.test or splits.val
+    which = "test" if splits.test is not None else "validation"
+    probs, labels = predict(model, evaluation.batches(image_size, runtime.global_batch))
+    loss = float(np.mean(make_loss(config.task)(labels, probs)))
+    metrics = write_evaluation(out, labels, probs, splits.class_names, task=config.task,
+                               loss=loss)
+    metrics["evaluated_on"] = which
+    atomic_write_json(out / "metrics.json", metrics)
+    write_history_csv(state.history, out / "history.csv")
+    plot_curves(state.history, out / "curves.png", phase_boundaries=_boundaries(state.history))
+    _save_model_atomically(model, out / "model.keras")
+    save_base_weights(model.get_layer("backbone"), out / "backbone.weights.h5")
+    atomic_write_json(out / "labels.json", {"class_names": splits.class_names,
+                                            "task": config.task, "image_size": image_size})
+    if splits.train.skipped:
+        atomic_write_text(out / "skipped_files.txt", "".join(
+            f"{path}\t{reason}\n" for path, reason in splits.train.skipped.items()))
+    seconds = time.perf_counter() - started
+    atomic_write_json(out / "run.json", _run_facts(config, runtime, model, state, notes,
+                                                   seconds, splits))
+    best = max(state.history, key=lambda r: r.get("val_accuracy", -1.0), default={})
+    log("\n" + summary_text({
+        "backbone": config.backbone,
+        "phases": [{"name": p.name, "epochs": p.epochs} for p in config.resolved_phases()],
+        "epochs": state.epoch,
+        "examples": {"train": len(splits.train), "val": len(splits.val or []),
+                     "test": len(splits.test or [])},
+        "best_val_accuracy": best.get("val_accuracy"), "best_epoch": best.get("epoch"),
+        f"{'test' if which == 'test' else 'val'}_accuracy": metrics.get("accuracy"),
+        "test_accuracy": metrics.get("accuracy"), "test_loss": loss,
+        "seconds": seconds, "trainable_params": count_params(model.trainable_weights),
+        "total_params": count_params(model.weights), "output_dir": str(out),
+    }))
+    log(f"Outputs written to {out.resolve()}")
+    return metrics
+
+
+def _boundaries(history: list[dict]) -> list[tuple[int, str]]:
+    starts, previous = [], None
+    for row in history:
+        if row["phase"] != previous:
+            starts.append((row["epoch"], row["phase"]))
+            previous = row["phase"]
+    return starts
+
+
+def _save_model_atomically(model: keras.Model, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _run_facts(config, runtime, model, state, notes, seconds, splits) -> dict:
+    from . import __version__
+
+    return {
+        "versions": {
+            "kerastl": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__, "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        },
+        "devices": [d.name for d in tf.config.list_logical_devices()],
+        "runtime": runtime.describe(),
+        "seconds": round(seconds, 2),
+        "epochs": state.epoch,
+        "examples": {"train": len(splits.train), "val": len(splits.val or []),
+                     "test": len(splits.test or [])},
+        "trainable_params": count_params(model.trainable_weights),
+        "total_params": count_params(model.weights),
+        "notes": notes,
+    }

@@ -1,0 +1,152 @@
+"""build_model over the whole registry: modes, exact trainable counts, dtype, saving."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import kerastl
+
+from .conftest import ALL_BACKBONES, built_model, is_batchnorm, test_size
+
+HEAVY = {"ConvNeXtXLarge", "ConvNeXtLarge", "EfficientNetV2L", "NASNetLarge"}
+
+
+def _head_params(feature_width: int, hidden: int = 8, classes: int = 3) -> int:
+    return feature_width * hidden + hidden + hidden * classes + classes
+
+
+def _non_bn_params(layers) -> int:
+    """Parameters of layers that learn: BatchNorm and Normalization hold statistics."""
+    return sum(
+        layer.count_params() for layer in layers
+        if not is_batchnorm(layer) and not isinstance(layer, keras.layers.Normalization)
+    )
+
+
+def _statistics(layers) -> int:
+    """BatchNorm moving statistics and Normalization mean/variance: never trained."""
+    return sum(
+        int(np.prod(w.shape))
+        for layer in layers
+        if is_batchnorm(layer) or isinstance(layer, keras.layers.Normalization)
+        for w in layer.non_trainable_weights
+    )
+
+
+@pytest.mark.parametrize("name", ALL_BACKBONES)
+def test_every_mode_trains_exactly_the_expected_parameters(name):
+    model = built_model(name)
+    base = model.get_layer("backbone")
+    width = kerastl.get_backbone(name).feature_width
+    head = _head_params(width)
+    count = kerastl.freezing.count_params
+
+    plan = kerastl.set_regime(model, "frozen")
+    assert count(model.trainable_weights) == head == plan.trainable_params
+
+    top = base.layers[-10:]
+    plan = kerastl.set_regime(model, "finetune", unfreeze_top=10)
+    assert count(model.trainable_weights) == head + _non_bn_params(top)
+    assert all(not layer.trainable for layer in top if is_batchnorm(layer))
+
+    plan = kerastl.set_regime(model, "finetune", unfreeze_blocks=1)
+    last = kerastl.backbone_blocks(base, name)[-1]
+    assert count(model.trainable_weights) == head + _non_bn_params(last.layers)
+    assert plan.to_dict()["trainable_blocks"] == [last.name]
+
+    kerastl.set_regime(model, "full")
+    assert count(model.trainable_weights) == head + _non_bn_params(base.layers)
+
+    kerastl.set_regime(model, "frozen")
+
+
+@pytest.mark.parametrize("name", ALL_BACKBONES)
+def test_output_shape_and_float32_output_under_mixed_policy(name):
+    model = built_model(name)
+    size = test_size(name)
+    out = model(np.zeros((2, size, size, 3), "float32"), training=False)
+    assert tuple(out.shape) == (2, 3)
+    assert model.get_layer("predictions").compute_dtype == "float32"
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_BACKBONES if n not in HEAVY])
+def test_save_and_safe_load_round_trip(name, tmp_path):
+    model = built_model(name)
+    size = test_size(name)
+    images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    expected = model.predict(images, verbose=0)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in loaded.layers)
+
+
+@pytest.mark.parametrize("name", ["MobileNetV2", "ResNet50", "EfficientNetB0", "ConvNeXtTiny"])
+def test_scratch_mode_trains_everything_with_fast_batchnorm(name):
+    model = kerastl.build_model(name, 3, input_shape=32, weights=None, mode="scratch",
+                                head="avg", dense_units=())
+    base = model.get_layer("backbone")
+    bns = [layer for layer in base.layers if is_batchnorm(layer)]
+    assert all(layer.trainable and layer.momentum == 0.9 for layer in bns)
+    total = kerastl.freezing.count_params(model.weights)
+    assert kerastl.freezing.count_params(model.trainable_weights) == total - _statistics(
+        base.layers
+    )
+
+
+def test_vgg16_parameter_accounting_matches_the_documented_formula():
+    classes = 7
+    model = kerastl.build_model("VGG16", classes, input_shape=(224, 224, 3), weights=None)
+    count = kerastl.freezing.count_params
+    head = 25088 * 256 + 256 + 256 * classes + classes
+    assert count(model.trainable_weights) == head
+    kerastl.set_regime(model, "finetune", unfreeze_top=4)
+    block5_convs = 3 * (3 * 3 * 512 * 512 + 512)
+    assert count(model.trainable_weights) == head + block5_convs
+
+
+@pytest.mark.parametrize(
+    ("task", "classes", "units", "activation"),
+    [("multiclass", 4, 4, "softmax"), ("binary", 2, 1, "sigmoid"),
+     ("multilabel", 4, 4, "sigmoid")],
+)
+def test_tasks_set_output_units_and_activation(task, classes, units, activation):
+    model = kerastl.build_model("MobileNetV2", classes, input_shape=32, weights=None,
+                                task=task, dense_units=())
+    layer = model.get_layer("predictions")
+    assert layer.units == units and layer.activation.__name__ == activation
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "thawed"}, "mode must be one of"),
+        ({"head": "gap"}, "head must be one of"),
+        ({"input_shape": (16, 16, 3)}, "at least 32x32"),
+        ({"input_shape": (32, 32, 1)}, r"\(height, width, 3\)"),
+        ({"mode": "finetune"}, "unfreeze_top=N"),
+        ({"unfreeze_top": 3}, "only applies to mode='finetune'"),
+        ({"task": "binary"}, "num_classes of 1 or 2"),
+        ({"bn_policy": "sometimes"}, "bn_policy must be one of"),
+    ],
+)
+def test_bad_arguments_are_refused_with_the_received_value(kwargs, match):
+    with pytest.raises(kerastl.ConfigError, match=match):
+        kerastl.build_model("MobileNetV2", 3, input_shape=kwargs.pop("input_shape", 32),
+                            weights=None, **kwargs)
+
+
+def test_unknown_backbone_in_build_model():
+    with pytest.raises(kerastl.UnknownBackboneError, match="MobileNetV2"):
+        kerastl.build_model("MobileNetV5", 3, weights=None)
+
+
+def test_preprocessing_inside_the_model_matches_keras_preprocess_input():
+    model = kerastl.build_model("ResNet50", 2, input_shape=32, weights=None, dense_units=())
+    images = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    inside = model.get_layer("preprocess")(images)
+    expected = keras.applications.resnet.preprocess_input(images.copy())
+    np.testing.assert_allclose(np.asarray(inside), expected, rtol=1e-6)
