@@ -6,8 +6,20 @@ Example:
     >>> print(kerastl.set_regime(model, "finetune", unfreeze_blocks=2))  # doctest: +SKIP
 """
 
-from . import _backend  # noqa: F401  (pins the TensorFlow backend first)
+from . import (  # noqa: F401  (submodules)
+    _backend,  # noqa: F401  (pins the TensorFlow backend first)
+    cli,
+    config,
+    data,
+    datasets,
+    doctor,
+    reports,
+    runtime,
+)
 from .backbones import Backbone, get_backbone, list_backbones
+from .config import Phase, RunConfig
+from .data import DataSplits, ImageData, augmentation, from_arrays, from_folder, load_splits
+from .doctor import DoctorReport, diagnose
 from .errors import (
     ConfigError,
     DataError,
@@ -19,6 +31,8 @@ from .errors import (
 )
 from .freezing import UnfreezePlan, backbone_blocks, set_regime
 from .model import Preprocess, build_model, load_model
+from .run import RunResult, fit
+from .training import Trainer
 
 __version__ = "0.1.0"
 
@@ -26,18 +40,31 @@ __all__ = [
     "Backbone",
     "ConfigError",
     "DataError",
+    "DataSplits",
+    "DoctorReport",
+    "ImageData",
     "KerastlError",
     "NonFiniteLossError",
+    "Phase",
     "Preprocess",
+    "RunConfig",
+    "RunResult",
     "StaleTrainableError",
+    "Trainer",
     "UnfreezePlan",
     "UnknownBackboneError",
     "WeightsError",
     "__version__",
+    "augmentation",
     "backbone_blocks",
     "build_model",
+    "diagnose",
+    "fit",
+    "from_arrays",
+    "from_folder",
     "get_backbone",
     "list_backbones",
     "load_model",
+    "load_splits",
     "set_regime",
 ]

@@ -83,14 +83,26 @@ def latest_readable_state(directory: str | Path) -> tuple[Path, TrainState] | No
     """Newest checkpoint whose ``state.json`` parses; older ones are fallbacks."""
     for checkpoint in reversed(list_checkpoints(directory)):
         try:
+            _check_readable(checkpoint)
             return checkpoint, read_state(checkpoint)
-        except (OSError, ValueError, TypeError) as error:
+        except (OSError, ValueError, TypeError, KeyError) as error:
             warnings.warn(
                 f"Checkpoint {str(checkpoint)!r} is unreadable ({error}); falling back to the "
                 "previous one.",
                 stacklevel=2,
             )
     return None
+
+
+def _check_readable(checkpoint: Path) -> None:
+    """Open every file of a checkpoint; a truncated file raises ``OSError``."""
+    import h5py
+
+    with h5py.File(checkpoint / "model.weights.h5", "r") as handle:
+        handle.visit(lambda name: None)
+    with np.load(checkpoint / "optimizer.npz", allow_pickle=False) as values:
+        for key in values.files:
+            values[key]
 
 
 def restore_weights(checkpoint: Path, model: keras.Model, optimizer: Any) -> None:

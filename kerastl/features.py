@@ -518,6 +518,8 @@ class FeatureCache:
             where = self.directory or self._scratch
             parts.append(f"memory-mapped: {len(self._mapped)} entries, "
                          f"{_size(sum(self._mapped.values()))} in {where}")
+        elif self.directory is not None:
+            parts.append(f"persisted in {self.directory}")
         if self.recomputed_corrupt:
             parts.append(f"{self.recomputed_corrupt} unreadable files recomputed")
         return "; ".join(parts)

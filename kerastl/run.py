@@ -14,6 +14,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,12 +125,18 @@ def _prepare_output(config: RunConfig) -> tuple[Path, RunConfig, tuple[Path, Tra
 
 
 # ------------------------------------------------------------------ the run
-def fit(config: RunConfig | None = None, **overrides: Any) -> RunResult:
+def fit(
+    config: RunConfig | None = None,
+    *,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    **overrides: Any,
+) -> RunResult:
     """Train a model as described by ``config`` and write every output.
 
     Args:
         config: RunConfig, optional. Defaults to ``RunConfig()`` (the shipped
             samples with the shipped source backbone).
+        callbacks: sequence of keras callbacks, called at every epoch of every phase.
         **overrides: field values replacing those of ``config``.
 
     Returns:
@@ -180,7 +187,8 @@ def fit(config: RunConfig | None = None, **overrides: Any) -> RunResult:
         schedule=config.schedule, weight_decay=config.weight_decay, momentum=config.momentum,
         label_smoothing=config.label_smoothing, warmup_epochs=config.warmup_epochs,
         class_weights=_class_weights(config, splits.train.labels, len(splits.class_names)),
-        early_stopping=config.early_stopping, checkpoint_dir=out / "checkpoints",
+        early_stopping=config.early_stopping, callbacks=callbacks,
+        checkpoint_dir=out / "checkpoints",
         is_chief=runtime.is_chief,
         wrap_optimizer=lambda opt: loss_scale_optimizer(opt, runtime.precision),
         jit_compile=runtime.jit_compile, verbose=config.verbose if runtime.is_chief else 0,
@@ -319,7 +327,7 @@ def _final_outputs(out, config, runtime, model, splits, image_size, state, notes
     metrics["evaluated_on"] = which
     atomic_write_json(out / "metrics.json", metrics)
     write_history_csv(state.history, out / "history.csv")
-    plot_curves(state.history, out / "curves.png", phase_boundaries=_boundaries(state.history))
+    plot_curves(state.history, out / "curves.png")
     _save_model_atomically(model, out / "model.keras")
     save_base_weights(model.get_layer("backbone"), out / "backbone.weights.h5")
     atomic_write_json(out / "labels.json", {"class_names": splits.class_names,
@@ -338,22 +346,12 @@ def _final_outputs(out, config, runtime, model, splits, image_size, state, notes
         "examples": {"train": len(splits.train), "val": len(splits.val or []),
                      "test": len(splits.test or [])},
         "best_val_accuracy": best.get("val_accuracy"), "best_epoch": best.get("epoch"),
-        f"{'test' if which == 'test' else 'val'}_accuracy": metrics.get("accuracy"),
-        "test_accuracy": metrics.get("accuracy"), "test_loss": loss,
+        "test_accuracy": metrics.get("accuracy"), "test_loss": loss, "evaluated_on": which,
         "seconds": seconds, "trainable_params": count_params(model.trainable_weights),
         "total_params": count_params(model.weights), "output_dir": str(out),
     }))
     log(f"Outputs written to {out.resolve()}")
     return metrics
-
-
-def _boundaries(history: list[dict]) -> list[tuple[int, str]]:
-    starts, previous = [], None
-    for row in history:
-        if row["phase"] != previous:
-            starts.append((row["epoch"], row["phase"]))
-            previous = row["phase"]
-    return starts
 
 
 def _save_model_atomically(model: keras.Model, path: Path) -> None:

@@ -452,7 +452,7 @@ class Trainer:
 
 def predict(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and labels over a batched ``(x, y)`` dataset, on this process."""
-    call = tf.function(lambda x: model(x, training=False))
+    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     outputs, labels = [], []
     for x, y in dataset:
         outputs.append(np.asarray(call(x)))

@@ -70,7 +70,7 @@ def write_split(out: Path, images: np.ndarray, indices: dict[int, np.ndarray]) -
         folder = out / FASHION_MNIST_CLASSES[class_id]
         folder.mkdir(parents=True, exist_ok=True)
         for index in chosen:
-            Image.fromarray(images[index], mode="L").save(folder / f"{index}.png", optimize=True)
+            Image.fromarray(images[index]).save(folder / f"{index}.png", optimize=True)
             written += 1
     return written
 

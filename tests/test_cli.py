@@ -1,0 +1,157 @@
+"""End to end on the shipped data_samples: outputs, reload, evaluate, predict, resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import kerastl
+from kerastl.cli import evaluate_main, predict_main
+from kerastl.reports import read_history_csv
+from kerastl.run import OUTPUT_FILES, data_samples_dir, fit
+
+SAMPLES = data_samples_dir() / "fashion"
+TINY = dict(
+    data=str(SAMPLES / "train"), val_data=str(SAMPLES / "val"), test_data=str(SAMPLES / "test"),
+    backbone="MobileNetV2", backbone_kwargs={"alpha": 0.35}, weights=None, image_size=32,
+    batch_size=64, augment=[], verbose=0, seed=3,
+)
+
+
+@pytest.fixture(scope="module")
+def finetune_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    config = kerastl.RunConfig(**TINY, epochs=2, head_epochs=1, mode="finetune",
+                               unfreeze_blocks=2, output=str(out))
+    return fit(config)
+
+
+def test_every_output_is_written_and_reloads(finetune_run):
+    out = finetune_run.output_dir
+    for name in OUTPUT_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert list((out / "tensorboard").iterdir())
+    model = kerastl.load_model(out / "model.keras")
+    images = next(iter(kerastl.data.from_folder(SAMPLES / "test").batches(32, 8)))[0]
+    np.testing.assert_allclose(model.predict(images, verbose=0),
+                               finetune_run.model.predict(images, verbose=0), atol=1e-5)
+    labels = json.loads((out / "labels.json").read_text())
+    assert labels["class_names"] == sorted(p.name for p in (SAMPLES / "train").iterdir())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == set(labels["class_names"])
+    config = kerastl.config.load_yaml(out / "config.yaml")
+    assert config["mode"] == "finetune" and config["image_size"] == 32
+
+
+def test_phased_run_records_both_phases_in_history(finetune_run):
+    rows = read_history_csv(finetune_run.output_dir / "history.csv")
+    assert [row["phase"] for row in rows] == ["head", "finetune"]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert all(row["val_accuracy"] is not None for row in rows)
+
+
+def test_backbone_weights_serve_as_weights_for_another_run(finetune_run):
+    path = finetune_run.output_dir / "backbone.weights.h5"
+    model = kerastl.build_model("MobileNetV2", 2, input_shape=48, weights=path,
+                                backbone_kwargs={"alpha": 0.35})
+    trained = finetune_run.model.get_layer("backbone").get_layer("Conv_1").kernel
+    np.testing.assert_array_equal(np.asarray(model.get_layer("backbone").get_layer("Conv_1")
+                                             .kernel), np.asarray(trained))
+
+
+def test_evaluate_and_predict_round_trip(finetune_run, tmp_path):
+    model_path = str(finetune_run.output_dir / "model.keras")
+    assert evaluate_main([model_path, str(SAMPLES / "test"), "--output", str(tmp_path)]) == 0
+    evaluated = json.loads((tmp_path / "metrics.json").read_text())
+    assert evaluated["accuracy"] == pytest.approx(finetune_run.metrics["accuracy"])
+    csv_path = tmp_path / "pred.csv"
+    sandal = SAMPLES / "test" / "sandal"
+    assert predict_main([model_path, str(sandal), "--output", str(csv_path)]) == 0
+    rows = list(csv.DictReader(io.StringIO(csv_path.read_text())))
+    assert len(rows) == len(list(sandal.iterdir()))
+    probs = np.array([[float(r[f"p_{n}"]) for n in finetune_run.class_names] for r in rows])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    assert {r["class"] for r in rows} <= set(finetune_run.class_names)
+
+
+def test_existing_run_is_never_overwritten(finetune_run):
+    with pytest.raises(kerastl.ConfigError, match="already holds a run"):
+        fit(kerastl.RunConfig(**TINY, epochs=1, mode="frozen",
+                              output=str(finetune_run.output_dir)))
+
+
+class _CrashAfter(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_resume_continues_with_same_phase_and_ends_with_same_weights(tmp_path):
+    common = dict(**TINY, epochs=3, head_epochs=1, mode="finetune", unfreeze_blocks=1,
+                  feature_cache="off")
+    straight = fit(kerastl.RunConfig(**common, output=str(tmp_path / "straight")))
+    crashed = str(tmp_path / "crashed")
+    with pytest.raises(KeyboardInterrupt):
+        fit(kerastl.RunConfig(**common, output=crashed), callbacks=[_CrashAfter(3)])
+    resumed = fit(kerastl.RunConfig(output=crashed, resume=True, verbose=0))
+    assert [r["phase"] for r in resumed.history] == ["head", "finetune", "finetune"]
+    assert len(resumed.history) == 3
+    # Equal up to float32 round-off of oneDNN kernels (seen: 1e-10 absolute).
+    for a, b in zip(straight.model.weights, resumed.model.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-8,
+                                   err_msg=a.path)
+
+
+def test_help_is_grouped_and_bad_values_are_refused_in_one_line():
+    run = [sys.executable, "-m", "kerastl.train"]
+    shown = subprocess.run([*run, "--help"], capture_output=True, text=True, check=True)
+    for group in ("data:", "model:", "regime:", "optimisation:", "runtime:", "output:"):
+        assert group in shown.stdout
+    refused = subprocess.run([*run, "--epochs", "0"], capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "--epochs: expected a positive integer, got '0'" in refused.stderr
+
+
+def test_config_file_values_are_defaults_that_flags_override(tmp_path):
+    from kerastl.cli import config_from_args
+
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 7\nlr: 0.01\nbackbone: ResNet50\n")
+    config = config_from_args(["--config", str(path), "--epochs", "2"])
+    assert (config.epochs, config.lr, config.backbone) == (2, 0.01, "ResNet50")
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+    from kerastl.cli import config_from_args
+
+    path = tmp_path / "run.yaml"
+    path.write_text("epocs: 7\n")
+    with pytest.raises(kerastl.ConfigError, match="epocs"):
+        config_from_args(["--config", str(path)])
+
+
+def test_kerastl_console_entry_lists_subcommands():
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        assert kerastl.cli.main(["--help"]) == 0
+    assert all(c in buffer.getvalue() for c in ("train", "evaluate", "predict", "doctor"))
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(kerastl.DataError, match="nowhere"):
+        fit(kerastl.RunConfig(**{**TINY, "data": str(tmp_path / "nowhere")}, epochs=1,
+                              mode="frozen", output=str(tmp_path / "o")))
+    assert not Path(tmp_path / "o" / "model.keras").exists()
