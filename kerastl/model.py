@@ -156,10 +156,10 @@ def build_model(
     if mode == "scratch":
         weights, bn_policy = None, "train"
 
-    base = build_base(
-        entry, shape, weights, weights_hash=weights_hash,
-        **{**(backbone_kwargs or {}), "name": BACKBONE_LAYER},
-    )
+    base = build_base(entry, shape, weights, weights_hash=weights_hash,
+                      **(backbone_kwargs or {}))
+    # Renamed after construction: EfficientNetV2 looks its block table up by `name`.
+    base.name = BACKBONE_LAYER
     if mode == "scratch":
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
