@@ -155,3 +155,18 @@ def test_missing_data_folder_is_a_clear_error(tmp_path):
         fit(kerastl.RunConfig(**{**TINY, "data": str(tmp_path / "nowhere")}, epochs=1,
                               mode="frozen", output=str(tmp_path / "o")))
     assert not Path(tmp_path / "o" / "model.keras").exists()
+
+
+def test_frozen_run_trains_the_head_on_cached_features_and_saves_the_full_model(tmp_path):
+    result = fit(kerastl.RunConfig(**TINY, epochs=2, mode="frozen", output=str(tmp_path / "o")))
+    assert any("cached base features" in note for note in result.notes)
+    model = kerastl.load_model(result.output_dir / "model.keras")
+    assert model.input_shape == (None, 32, 32, 3)  # end to end: raw images in
+    images = next(iter(kerastl.data.from_folder(SAMPLES / "val").batches(32, 16)))[0]
+    features = model.get_layer("backbone")(model.get_layer("preprocess")(images))
+    head = kerastl.features.head_model(model)
+    np.testing.assert_allclose(model.predict(images, verbose=0),
+                               np.asarray(head(features)), atol=1e-5)
+    with_augmentation = fit(kerastl.RunConfig(**{**TINY, "augment": ["flip"]}, epochs=1,
+                                              mode="frozen", output=str(tmp_path / "a")))
+    assert not any("cached base features" in n for n in with_augmentation.notes)
