@@ -13,8 +13,10 @@ from . import (  # noqa: F401  (submodules)
     data,
     datasets,
     doctor,
+    features,
     reports,
     runtime,
+    sklearn_heads,
 )
 from .backbones import Backbone, get_backbone, list_backbones
 from .config import Phase, RunConfig
@@ -29,9 +31,12 @@ from .errors import (
     UnknownBackboneError,
     WeightsError,
 )
+from .features import FeatureCache, extract_features, feature_extractor, head_model
 from .freezing import UnfreezePlan, backbone_blocks, set_regime
 from .model import Preprocess, build_model, load_model
 from .run import RunResult, fit
+from .runtime import DeviceFacts, Runtime, setup_runtime
+from .sklearn_heads import SklearnClassifier
 from .training import Trainer
 
 __version__ = "0.1.0"
@@ -41,7 +46,9 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DataSplits",
+    "DeviceFacts",
     "DoctorReport",
+    "FeatureCache",
     "ImageData",
     "KerastlError",
     "NonFiniteLossError",
@@ -49,6 +56,8 @@ __all__ = [
     "Preprocess",
     "RunConfig",
     "RunResult",
+    "Runtime",
+    "SklearnClassifier",
     "StaleTrainableError",
     "Trainer",
     "UnfreezePlan",
@@ -59,12 +68,16 @@ __all__ = [
     "backbone_blocks",
     "build_model",
     "diagnose",
+    "extract_features",
+    "feature_extractor",
     "fit",
     "from_arrays",
     "from_folder",
     "get_backbone",
+    "head_model",
     "list_backbones",
     "load_model",
     "load_splits",
     "set_regime",
+    "setup_runtime",
 ]
