@@ -1,0 +1,81 @@
+"""``kerastl compare``: every regime on the same data, one table, one JSON, one plot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import kerastl
+from kerastl.compare import REGIMES, compare, main
+from kerastl.errors import ConfigError
+from kerastl.run import data_samples_dir
+
+SAMPLES = data_samples_dir() / "fashion"
+TINY = dict(
+    data=str(SAMPLES / "train"), val_data=str(SAMPLES / "val"), test_data=str(SAMPLES / "test"),
+    backbone="MobileNetV2", backbone_kwargs={"alpha": 0.35}, weights=None, image_size=32,
+    batch_size=64, augment=[], verbose=0, seed=3, epochs=1,
+)
+TINY_FLAGS = [
+    "--data", TINY["data"], "--val-data", TINY["val_data"], "--test-data", TINY["test_data"],
+    "--backbone", "MobileNetV2", "--backbone-args", "alpha=0.35", "--weights", "none",
+    "--image-size", "32", "--batch-size", "64", "--augment", "none", "--verbose", "0",
+    "--seed", "3", "--epochs", "1",
+]
+
+
+@pytest.fixture(scope="module")
+def every_regime(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare")
+    return out, compare(kerastl.RunConfig(**TINY), output=out)
+
+
+def test_every_regime_is_in_the_table_and_the_json(every_regime):
+    out, rows = every_regime
+    assert [row["regime"] for row in rows] == list(REGIMES)
+    table = (out / "comparison.md").read_text()
+    for regime in REGIMES:
+        assert f"| {regime} |" in table
+    saved = json.loads((out / "comparison.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows))
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_regimes_share_data_and_epoch_budget(every_regime):
+    out, rows = every_regime
+    n_train = sum(1 for p in (SAMPLES / "train").rglob("*") if p.is_file())
+    for row in rows:
+        assert row["examples"] == n_train
+        assert row["evaluated_on"] == "test"
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["epochs"] == (None if row["regime"] == "sklearn-logreg" else 1)
+    params = {row["regime"]: row["trainable_params"] for row in rows}
+    # The scratch model trains everything, the frozen one only its head; the
+    # logistic regression has one weight per feature and class plus biases.
+    assert params["frozen"] < params["finetune"] < params["scratch"]
+    assert params["sklearn-logreg"] == (1280 + 1) * 5
+    assert "cached base features" in rows[0]["note"]
+    assert (out / "fraction-1" / "finetune" / "model.keras").is_file()
+    assert (out / "fraction-1" / "sklearn-logreg" / "head.json").is_file()
+
+
+def test_fractions_give_one_row_each_with_fewer_examples(tmp_path, capsys):
+    out = tmp_path / "fractions"
+    code = main([*TINY_FLAGS, "--regimes", "frozen,sklearn-logreg",
+                 "--fractions", "0.5,1.0", "--output", str(out)])
+    assert code == 0
+    rows = json.loads((out / "comparison.json").read_text())["rows"]
+    assert [(r["fraction"], r["regime"]) for r in rows] == [
+        (0.5, "frozen"), (0.5, "sklearn-logreg"), (1.0, "frozen"), (1.0, "sklearn-logreg")]
+    half = {r["examples"] for r in rows if r["fraction"] == 0.5}
+    full = {r["examples"] for r in rows if r["fraction"] == 1.0}
+    assert len(half) == len(full) == 1
+    assert half.pop() == pytest.approx(full.pop() / 2, abs=1)
+    assert "| 0.5 | frozen |" in capsys.readouterr().out
+
+
+def test_unknown_regime_is_refused_quoting_it(tmp_path):
+    with pytest.raises(ConfigError, match="linear-probe"):
+        compare(kerastl.RunConfig(**TINY), regimes=["linear-probe"], output=tmp_path)
+    assert main([*TINY_FLAGS, "--fractions", "1.5", "--output", str(tmp_path)]) == 2

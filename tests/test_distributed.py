@@ -1,0 +1,168 @@
+"""Distributed training through the kerastl Trainer, each run in its own process.
+
+Logical devices and ``TF_CONFIG`` must be set before TensorFlow initialises, so
+every run here is a child Python process; the test only compares what they write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kerastl.run import REPO_ROOT, data_samples_dir
+
+SAMPLES = data_samples_dir() / "fashion"
+CHILD_TIMEOUT = 240  # seconds; a hung collective must fail the test, not block CI
+
+# One Trainer run on fixed in-memory data. argv: strategy ("default" or "mirrored"),
+# output .npz. Both runs split the CPU into 2 logical devices, so they differ only
+# in the strategy: one replica with the global batch, or two with half each.
+TRAINER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    from kerastl.runtime import make_strategy, split_logical_cpus
+
+    devices = split_logical_cpus(2)
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import kerastl
+    from kerastl.training import PhaseData, Trainer
+
+    strategy_name, out = sys.argv[1], sys.argv[2]
+    keras.utils.set_random_seed(0)
+    tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(strategy_name, devices=devices)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (64, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 3, 64).astype("int32")
+    with strategy.scope():
+        model = kerastl.build_model("MobileNetV2", 3, input_shape=32, weights=None,
+                                    head="avg", dense_units=(), dropout=0.0,
+                                    backbone_kwargs={"alpha": 0.35})
+    # BatchNorm stays in inference mode (bn_policy="frozen"): per-replica batch
+    # statistics would otherwise legitimately differ from whole-batch ones.
+    train = lambda epoch: tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
+    data = PhaseData(model, train, None, steps_per_epoch=4)
+    phases = [kerastl.Phase("head", 1, lr=1e-3),
+              kerastl.Phase("finetune", 1, mode="finetune", unfreeze_blocks=1, lr=1e-3)]
+    state = Trainer(model, strategy, optimizer="adam", schedule="constant",
+                    verbose=0).run(phases, lambda phase: data)
+    np.savez(out, replicas=strategy.num_replicas_in_sync,
+             loss=[row["loss"] for row in state.history], *model.get_weights())
+    """
+)
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONWARNINGS": "ignore", **extra}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def _run_trainer(script: Path, strategy: str, out: Path) -> dict[str, np.ndarray]:
+    done = subprocess.run([sys.executable, str(script), strategy, str(out)],
+                          env=_child_env(), capture_output=True, text=True,
+                          timeout=CHILD_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(out) as saved:
+        return dict(saved)
+
+
+def _weights(saved: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return [saved[f"arr_{i}"] for i in range(sum(k.startswith("arr_") for k in saved))]
+
+
+def test_mirrored_two_devices_matches_one_device_with_same_global_batch(tmp_path):
+    script = tmp_path / "train_once.py"
+    script.write_text(TRAINER_SCRIPT)
+    single = _run_trainer(script, "default", tmp_path / "single.npz")
+    mirrored = _run_trainer(script, "mirrored", tmp_path / "mirrored.npz")
+    assert int(single["replicas"]) == 1 and int(mirrored["replicas"]) == 2
+    np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=1e-4)
+    after_single, after_mirrored = _weights(single), _weights(mirrored)
+    assert len(after_single) == len(after_mirrored) > 0
+    for a, b in zip(after_mirrored, after_single, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------ multi-worker
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    workers, logs = [], []
+    for index in range(2):
+        output = tmp_path / f"out{index}"
+        scratch = tmp_path / f"tmp{index}"  # the non-chief's throw-away outputs land here
+        scratch.mkdir()
+        log = open(tmp_path / f"worker{index}.log", "w")  # noqa: SIM115
+        logs.append(log)
+        env = _child_env(TF_CONFIG=json.dumps({"cluster": cluster,
+                                               "task": {"type": "worker", "index": index}}),
+                         TMPDIR=str(scratch))
+        workers.append(subprocess.Popen(
+            [sys.executable, "-m", "kerastl.train", "--strategy", "multiworker",
+             "--data", str(SAMPLES / "train"), "--val-data", str(SAMPLES / "val"),
+             "--test-data", str(SAMPLES / "test"), "--image-size", "32", "--batch-size", "32",
+             "--backbone", "MobileNetV2", "--backbone-args", "alpha=0.35", "--weights", "none",
+             "--augment", "none", "--feature-cache", "off", "--mode", "frozen",
+             "--epochs", "1", "--seed", "5", "--verbose", "0", "--output", str(output)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
+        ))
+    try:
+        codes = [worker.wait(timeout=CHILD_TIMEOUT) for worker in workers]
+    except subprocess.TimeoutExpired:
+        for worker in workers:
+            worker.kill()
+        pytest.fail("multi-worker run hung; killed both workers")
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+        for log in logs:
+            log.close()
+    tails = [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(2)]
+    assert codes == [0, 0], tails
+
+    import kerastl
+
+    chief_out = tmp_path / "out0"
+    assert (chief_out / "model.keras").is_file() and (chief_out / "metrics.json").is_file()
+    assert "worker 0 (chief)" in json.loads((chief_out / "run.json").read_text())["runtime"]
+    # Only the chief writes to --output; worker 1 saved into its own temporary dir.
+    assert not (tmp_path / "out1").exists() or not any((tmp_path / "out1").iterdir())
+    saved_by_worker1 = list((tmp_path / "tmp1").glob("kerastl-worker1-*/model.keras"))
+    assert len(saved_by_worker1) == 1
+    assert not list((tmp_path / "tmp0").glob("kerastl-worker*"))
+    chief = kerastl.load_model(chief_out / "model.keras").get_weights()
+    other = kerastl.load_model(saved_by_worker1[0]).get_weights()
+    assert len(chief) == len(other) > 0
+    for a, b in zip(chief, other, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Training happened: the head moved away from a fresh model's initial weights.
+    history = (chief_out / "history.csv").read_text().splitlines()
+    assert len(history) == 2
