@@ -191,7 +191,8 @@ def fit(
         checkpoint_dir=out / "checkpoints",
         is_chief=runtime.is_chief,
         wrap_optimizer=lambda opt: loss_scale_optimizer(opt, runtime.precision),
-        jit_compile=runtime.jit_compile, verbose=config.verbose if runtime.is_chief else 0,
+        jit_compile=runtime.jit_compile, steps_per_execution=runtime.steps_per_execution,
+        verbose=config.verbose if runtime.is_chief else 0,
         log=log,
     )
     state, resume_from = _resume_state(resume_point, log)

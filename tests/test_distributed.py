@@ -55,11 +55,13 @@ TRAINER_SCRIPT = textwrap.dedent(
     # statistics would otherwise legitimately differ from whole-batch ones.
     train = lambda epoch: tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
     data = PhaseData(model, train, None, steps_per_epoch=4)
+    initial = model.get_weights()
     phases = [kerastl.Phase("head", 1, lr=1e-3),
               kerastl.Phase("finetune", 1, mode="finetune", unfreeze_blocks=1, lr=1e-3)]
     state = Trainer(model, strategy, optimizer="adam", schedule="constant",
                     verbose=0).run(phases, lambda phase: data)
-    np.savez(out, replicas=strategy.num_replicas_in_sync,
+    moved = sum(not np.array_equal(a, b) for a, b in zip(initial, model.get_weights()))
+    np.savez(out, replicas=strategy.num_replicas_in_sync, moved=moved,
              loss=[row["loss"] for row in state.history], *model.get_weights())
     """
 )
@@ -91,6 +93,8 @@ def test_mirrored_two_devices_matches_one_device_with_same_global_batch(tmp_path
     single = _run_trainer(script, "default", tmp_path / "single.npz")
     mirrored = _run_trainer(script, "mirrored", tmp_path / "mirrored.npz")
     assert int(single["replicas"]) == 1 and int(mirrored["replicas"]) == 2
+    # Both phases trained: the head and the unfrozen top block moved.
+    assert int(single["moved"]) == int(mirrored["moved"]) > 2
     np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=1e-4)
     after_single, after_mirrored = _weights(single), _weights(mirrored)
     assert len(after_single) == len(after_mirrored) > 0
