@@ -79,7 +79,7 @@ def _time_trainer(model, dataset, steps: int, epochs: int) -> list[float]:
 def _time_fit(model, dataset, epochs: int) -> list[float]:
     """Seconds per timed epoch of ``model.fit`` (first epoch is warm-up)."""
     timer = _EpochTimer()
-    model.fit(dataset, epochs=epochs + 1, callbacks=[timer], verbose=0)
+    model.fit(dataset, epochs=epochs + 1, callbacks=[timer], shuffle=False, verbose=0)
     return timer.seconds[1:]
 
 

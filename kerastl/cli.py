@@ -102,7 +102,8 @@ def train_parser() -> argparse.ArgumentParser:
                       help="unreadable images: stop with the list, or skip them (error)")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", choices=list_backbones(), metavar="NAME",
-                       help="Keras Applications backbone (MobileNetV2); "
+                       help="Keras Applications backbone (MobileNetV2; with no --data, the "
+                       "shipped source backbone); "
                        "see kerastl.list_backbones()")
     model.add_argument("--backbone-args", type=_key_values, dest="backbone_kwargs",
                        metavar="K=V,...", help="constructor arguments, e.g. alpha=0.35")

@@ -67,7 +67,7 @@ class RunConfig:
     augment: list[str] = field(default_factory=lambda: ["flip", "rotation", "zoom"])
     on_bad_file: str = "error"
     # model
-    backbone: str = "MobileNetV2"
+    backbone: str | None = None  # None: the shipped source backbone, else MobileNetV2
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = "imagenet"
     weights_hash: str | None = None
@@ -140,6 +140,10 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Refuse bad values with a one-line reason quoting them."""
+        if self.backbone is not None:
+            from .backbones import get_backbone
+
+            self.backbone = get_backbone(self.backbone).name
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("class_weight", self.class_weight, CLASS_WEIGHTS)

@@ -28,6 +28,7 @@ from .freezing import (
 from .weights import build_base
 
 HEADS = ("flatten", "avg", "max")
+HEAD_NORMS = ("none", "layer", "batch")
 TASKS = ("multiclass", "binary", "multilabel")
 
 # Keras Applications use BatchNorm momentum 0.99-0.999: after a few epochs from
@@ -109,6 +110,7 @@ def build_model(
     weights_hash: str | None = None,
     backbone_kwargs: dict[str, Any] | None = None,
     scratch_bn_momentum: float = SCRATCH_BN_MOMENTUM,
+    head_norm: str = "none",
 ) -> keras.Model:
     """Build a transfer-learning model from a Keras Applications backbone.
 
@@ -137,6 +139,12 @@ def build_model(
         backbone_kwargs: dict, optional. Extra constructor arguments, e.g.
             ``{"alpha": 0.35}`` for MobileNetV2.
         scratch_bn_momentum: float. BatchNorm momentum used in ``scratch`` mode.
+        head_norm: str. Normalise pooled features before the head's Dense layers:
+            ``"none"`` (default, the classic recipe), ``"layer"``
+            (LayerNormalization: no moving statistics to lag behind) or ``"batch"``
+            (BatchNormalization, momentum 0.9). Pretrained features are often small
+            (mean |x| ~0.1 for MobileNetV3), which makes an unnormalised linear head
+            learn slowly; kerastl's training defaults use ``"layer"``.
 
     Returns:
         A functional ``keras.Model`` named ``kerastl_<backbone>``. Its
@@ -153,6 +161,8 @@ def build_model(
     shape = resolve_input_shape(entry.name, input_shape)
     validate_regime(mode, unfreeze_top, unfreeze_blocks, bn_policy)
     _validate_head(num_classes, head, dense_units, dropout, task)
+    if head_norm not in HEAD_NORMS:
+        raise ConfigError(f"head_norm must be one of {HEAD_NORMS}; received {head_norm!r}.")
     if mode == "scratch":
         weights, bn_policy = None, "train"
 
@@ -171,7 +181,7 @@ def build_model(
     # transfer-learning guide prescribes: BatchNorm keeps its statistics and any
     # dropout inside the base (EfficientNet drop-connect) stays off while frozen.
     x = base(x, training=False if bn_policy == "frozen" else None)
-    outputs = _head(x, num_classes, head, dense_units, dropout, task)
+    outputs = _head(x, num_classes, head, dense_units, dropout, task, head_norm)
     model = keras.Model(images, outputs, name=f"kerastl_{entry.name.lower()}")
     model.plan = set_regime(
         model, mode, unfreeze_top=unfreeze_top, unfreeze_blocks=unfreeze_blocks,
@@ -200,13 +210,17 @@ def _validate_head(num_classes, head, dense_units, dropout, task) -> None:
         raise ConfigError(f"dense_units must be positive; received {tuple(dense_units)!r}.")
 
 
-def _head(x, num_classes, head, dense_units, dropout, task):
+def _head(x, num_classes, head, dense_units, dropout, task, head_norm="none"):
     pool = {
         "flatten": keras.layers.Flatten,
         "avg": keras.layers.GlobalAveragePooling2D,
         "max": keras.layers.GlobalMaxPooling2D,
     }[head]
     x = pool(name=f"head_{head}")(x)
+    if head_norm == "layer":
+        x = keras.layers.LayerNormalization(name="head_norm")(x)
+    elif head_norm == "batch":
+        x = keras.layers.BatchNormalization(momentum=0.9, name="head_norm")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout_0")(x)
     for i, units in enumerate(dense_units, start=1):

@@ -32,6 +32,8 @@ from .model import build_model
 from .training import PhaseData, Trainer, make_loss, predict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BACKBONE = "MobileNetV2"
+RESUME_OVERRIDES = ("lr", "precision", "early_stopping")
 OUTPUT_FILES = ("model.keras", "backbone.weights.h5", "labels.json", "config.yaml",
                 "history.csv", "metrics.json", "classification_report.txt",
                 "confusion_matrix.png", "curves.png", "run.json")
@@ -82,10 +84,14 @@ def apply_sample_defaults(config: RunConfig) -> RunConfig:
     config.val_data = config.val_data or _existing(fashion / "val")
     config.test_data = config.test_data or _existing(fashion / "test")
     source = _source_backbone(root)
-    if source and config.weights == "imagenet" and config.backbone == source["backbone"]:
-        config.weights = str(root / "source" / source["weights"])
+    if source and config.backbone is None and config.weights == "imagenet":
+        # The shipped source backbone: pretrained by kerastl on the other five
+        # Fashion-MNIST classes (scripts/pretrain_source.py), so the job runs offline.
+        config.backbone = source["backbone"]
+        config.weights = str(root / "source" / source["weights_file"])
+        config.weights_hash = source.get("weights_sha256")
         config.backbone_kwargs = config.backbone_kwargs or dict(source.get("backbone_kwargs", {}))
-        config.image_size = config.image_size or int(source["image_size"])
+        config.image_size = config.image_size or int(source["input_size"])
     return config
 
 
@@ -96,7 +102,7 @@ def _existing(path: Path) -> str | None:
 def _source_backbone(root: Path) -> dict | None:
     for meta in sorted((root / "source").glob("*.json")):
         info = json.loads(meta.read_text())
-        if "backbone" in info and "weights" in info:
+        if "backbone" in info and "weights_file" in info:
             return info
     return None
 
@@ -113,7 +119,17 @@ def _prepare_output(config: RunConfig) -> tuple[Path, RunConfig, tuple[Path, Tra
                 f"--resume: {str(out)!r} holds no config.yaml from an earlier run. Check "
                 "--output, or drop --resume to start a new run there."
             )
-        resumed = RunConfig.from_dict({**load_yaml(saved), "resume": True,
+        # A resumed run keeps its saved settings (same phases, schedule, data), except
+        # the knobs one changes to recover from a failure, when given explicitly.
+        defaults = RunConfig()
+        fixes = {key: getattr(config, key) for key in RESUME_OVERRIDES
+                 if getattr(config, key) != getattr(defaults, key)}
+        saved_values = load_yaml(saved)
+        if "lr" in fixes and saved_values.get("phases"):
+            scale = fixes["lr"] / saved_values["lr"]  # phases stored resolved lrs
+            for phase in saved_values["phases"]:
+                phase["lr"] = phase["lr"] * scale if phase.get("lr") else phase.get("lr")
+        resumed = RunConfig.from_dict({**saved_values, **fixes, "resume": True,
                                        "output": str(out), "verbose": config.verbose})
         return out, resumed, latest_readable_state(checkpoints)
     if list_checkpoints(checkpoints) or (out / "model.keras").exists():
@@ -153,7 +169,9 @@ def fit(
     started = time.perf_counter()
     config = RunConfig.from_dict({**(config or RunConfig()).__dict__, **overrides})
     out, config, resume_point = _prepare_output(config)
-    config = apply_sample_defaults(config).validate()
+    config = apply_sample_defaults(config)
+    config.backbone = config.backbone or DEFAULT_BACKBONE
+    config.validate()
     runtime = setup_runtime(config.strategy, config.precision, batch_size=config.batch_size,
                             jit_compile=_jit_flag(config.jit_compile),
                             steps_per_execution=config.steps_per_execution)

@@ -411,8 +411,8 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"Loss became {logs['loss']} in phase '{phase.name}', epoch {epoch + 1}, "
                     f"step {step} at learning rate {self._current_lr():.3g}. The last good "
-                    "checkpoint is kept; lower --lr (or use --precision float32) and rerun "
-                    "with --resume."
+                    "checkpoint is kept; rerun the same command with --resume and a lower --lr "
+                    "(or --precision float32)."
                 )
             if progbar is not None:
                 progbar.update(step, list(logs.items()), finalize=False)

@@ -17,7 +17,8 @@ The recipe, and why:
 * Light augmentation (random shifts, horizontal flips), no label smoothing: label
   smoothing makes penultimate features worse for transfer (Kornblith et al., 2019).
 
-Run from the repository root (about 8 minutes on 2 CPU cores)::
+Run from the repository root (about 10 minutes on 2 busy CPU cores; 0.944 source test
+accuracy)::
 
     python scripts/pretrain_source.py
 
