@@ -96,8 +96,8 @@ def train_parser() -> argparse.ArgumentParser:
     data.add_argument("--batch-size", type=_positive_int, metavar="B",
                       help="batch size per replica (32)")
     data.add_argument("--augment", type=_csv_list, metavar="LIST",
-                      help="comma list of flip,rotation,zoom,contrast or 'none' "
-                      "(flip,rotation,zoom)")
+                      help="comma list of flip,rotation,zoom,contrast,translate or 'none' "
+                      "(flip,translate)")
     data.add_argument("--on-bad-file", choices=("error", "skip"),
                       help="unreadable images: stop with the list, or skip them (error)")
     model = parser.add_argument_group("model")
@@ -114,10 +114,13 @@ def train_parser() -> argparse.ArgumentParser:
     model.add_argument("--dense-units", type=_int_list, metavar="N,N",
                        help="hidden Dense layers of the head, or 'none' (none)")
     model.add_argument("--dropout", type=float, metavar="P", help="head dropout (0.2)")
+    model.add_argument("--head-norm", choices=("none", "layer", "batch"),
+                       help="normalise pooled features before the head (layer)")
     model.add_argument("--task", choices=("multiclass", "binary", "multilabel"))
     regime = parser.add_argument_group("regime")
     regime.add_argument("--mode", choices=MODES, help="frozen | finetune | full | scratch "
-                        "(finetune: head warm-up, then the top blocks at a lower lr)")
+                        "(finetune/full: head warm-up, then the top blocks / all layers at "
+                        "lr * finetune-lr-factor) (full)")
     regime.add_argument("--unfreeze-top", type=_positive_int, metavar="N",
                         help="finetune: the top N layers (classic base.layers[-N:])")
     regime.add_argument("--unfreeze-blocks", type=_positive_int, metavar="K",
@@ -128,12 +131,14 @@ def train_parser() -> argparse.ArgumentParser:
                         help="head warm-up epochs before unfreezing (epochs // 3)")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--epochs", type=_positive_int, metavar="E", help="total epochs (10)")
-    opt.add_argument("--lr", type=_positive_float, metavar="X", help="peak learning rate (1e-3)")
+    opt.add_argument("--lr", type=_positive_float, metavar="X",
+                     help="peak learning rate of the head phase (1e-2)")
     opt.add_argument("--finetune-lr-factor", type=_positive_float, metavar="F",
                      help="unfrozen phases use lr * F (0.1)")
     opt.add_argument("--optimizer", choices=OPTIMIZERS)
     opt.add_argument("--schedule", choices=SCHEDULES)
-    opt.add_argument("--warmup-epochs", type=float, metavar="E")
+    opt.add_argument("--warmup-fraction", type=float, metavar="F",
+                     help="share of each phase spent warming the lr up (0.1)")
     opt.add_argument("--weight-decay", type=float, metavar="W")
     opt.add_argument("--label-smoothing", type=float, metavar="S")
     opt.add_argument("--class-weight", choices=CLASS_WEIGHTS)

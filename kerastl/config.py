@@ -64,7 +64,7 @@ class RunConfig:
     val_split: float = 0.2
     image_size: int | None = None
     batch_size: int = 32
-    augment: list[str] = field(default_factory=lambda: ["flip", "rotation", "zoom"])
+    augment: list[str] = field(default_factory=lambda: ["flip", "translate"])
     on_bad_file: str = "error"
     # model
     backbone: str | None = None  # None: the shipped source backbone, else MobileNetV2
@@ -74,9 +74,10 @@ class RunConfig:
     head: str = "avg"
     dense_units: list[int] = field(default_factory=list)
     dropout: float = 0.2
+    head_norm: str = "layer"
     task: str = "multiclass"
     # regime
-    mode: str = "finetune"
+    mode: str = "full"
     unfreeze_top: int | None = None
     unfreeze_blocks: int | None = None
     bn_policy: str = "frozen"
@@ -84,11 +85,11 @@ class RunConfig:
     phases: list[Phase] | None = None
     # optimisation
     epochs: int = 10
-    lr: float = 1e-3
+    lr: float = 1e-2
     finetune_lr_factor: float = 0.1
     optimizer: str = "adamw"
     schedule: str = "cosine"
-    warmup_epochs: float = 0.0
+    warmup_fraction: float = 0.1
     weight_decay: float = 1e-4
     momentum: float = 0.9
     label_smoothing: float = 0.1
@@ -158,6 +159,10 @@ class RunConfig:
         if not 0.0 < self.val_split < 1.0:
             raise ConfigError(
                 f"val_split must be in (0, 1); received val_split={self.val_split!r}."
+            )
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ConfigError(
+                f"warmup_fraction must be in [0, 1); received {self.warmup_fraction!r}."
             )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(

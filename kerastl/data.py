@@ -34,7 +34,7 @@ from .doctor import find_bad_files, open_rgb, scan_folder
 from .errors import ConfigError, DataError
 
 BAD_FILE_POLICIES = ("error", "skip")
-AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast")
+AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast", "translate")
 # Factor of each random augmentation: ±10% (of a full turn for rotation, of the size
 # for zoom, of the contrast), the values of the Keras transfer-learning guide.
 AUGMENTATION_FACTOR = 0.1
@@ -568,8 +568,8 @@ def augmentation(
 
     Args:
         names: sequence of str, or a comma-separated str. Any of ``"flip"``
-            (horizontal), ``"rotation"``, ``"zoom"``, ``"contrast"``, each by ±10%.
-            Defaults to all four.
+            (horizontal), ``"rotation"``, ``"zoom"``, ``"contrast"``, ``"translate"``,
+            each by ±10%. Defaults to all five.
         seed: int or None. Seed of the random layers.
 
     Returns:
@@ -608,4 +608,7 @@ def _augmentation_layer(name: str, seed: int | None) -> keras.layers.Layer:
         return layers.RandomRotation(AUGMENTATION_FACTOR, seed=seed, name=name)
     if name == "zoom":
         return layers.RandomZoom(AUGMENTATION_FACTOR, seed=seed, name=name)
+    if name == "translate":
+        return layers.RandomTranslation(AUGMENTATION_FACTOR, AUGMENTATION_FACTOR, seed=seed,
+                                        name=name)
     return layers.RandomContrast(AUGMENTATION_FACTOR, seed=seed, name=name)

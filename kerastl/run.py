@@ -192,6 +192,7 @@ def fit(
             weights=None if config.weights in (None, "none") else config.weights,
             weights_hash=config.weights_hash, head=config.head,
             dense_units=tuple(config.dense_units), dropout=config.dropout, task=config.task,
+            head_norm=config.head_norm,
             bn_policy="train" if any(p.bn_policy == "train" or p.mode == "scratch"
                                      for p in config.resolved_phases()) else "frozen",
             mode="scratch" if config.resolved_phases()[0].mode == "scratch" else "frozen",
@@ -203,7 +204,7 @@ def fit(
     trainer = Trainer(
         model, runtime.strategy, task=config.task, optimizer=config.optimizer,
         schedule=config.schedule, weight_decay=config.weight_decay, momentum=config.momentum,
-        label_smoothing=config.label_smoothing, warmup_epochs=config.warmup_epochs,
+        label_smoothing=config.label_smoothing, warmup_fraction=config.warmup_fraction,
         class_weights=_class_weights(config, splits.train.labels, len(splits.class_names)),
         early_stopping=config.early_stopping, callbacks=callbacks,
         checkpoint_dir=out / "checkpoints",

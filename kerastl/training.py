@@ -233,7 +233,9 @@ class Trainer:
         task: str. ``"multiclass"``, ``"binary"`` or ``"multilabel"``.
         optimizer: str. ``"adam"``, ``"adamw"`` or ``"sgd"``.
         schedule: str. ``"constant"``, ``"cosine"`` or ``"onecycle"``.
-        weight_decay, momentum, label_smoothing, warmup_epochs: optimisation knobs.
+        weight_decay, momentum, label_smoothing: optimisation knobs.
+        warmup_fraction: float. Share of each phase's steps spent warming the
+            learning rate up linearly (cosine schedule).
         class_weights: sequence of float, optional. Loss weight per class.
         early_stopping: int, optional. Patience (epochs, on ``val_loss``) within a
             phase; the best weights of the phase are restored.
@@ -261,7 +263,7 @@ class Trainer:
         weight_decay: float = 0.0,
         momentum: float = 0.9,
         label_smoothing: float = 0.0,
-        warmup_epochs: float = 0.0,
+        warmup_fraction: float = 0.0,
         class_weights: Sequence[float] | None = None,
         early_stopping: int | None = None,
         callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -276,7 +278,7 @@ class Trainer:
         self.model, self.strategy, self.task = model, strategy, task
         self.optimizer_name, self.schedule = optimizer, schedule
         self.weight_decay, self.momentum = weight_decay, momentum
-        self.warmup_epochs = warmup_epochs
+        self.warmup_fraction = warmup_fraction
         self.loss_fn = make_loss(task, label_smoothing)
         self.class_weights = class_weights
         self.early_stopping = early_stopping
@@ -337,7 +339,7 @@ class Trainer:
     # -- phases -------------------------------------------------------------------
     def _compile_phase(self, phase: Phase, data: PhaseData) -> None:
         total = phase.epochs * data.steps_per_epoch
-        warmup = int(self.warmup_epochs * data.steps_per_epoch)
+        warmup = int(self.warmup_fraction * total)
         with self.strategy.scope():
             schedule = make_schedule(self.schedule, phase.lr, total, warmup)
             optimizer = make_optimizer(self.optimizer_name, schedule,
