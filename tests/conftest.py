@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -34,14 +33,21 @@ def _clear_keras_session():
     keras.mixed_precision.set_global_policy("float32")
 
 
-@functools.lru_cache(maxsize=1)
-def built_model(name: str) -> keras.Model:
-    """One frozen kerastl model per backbone, reused by the registry-wide tests."""
+@pytest.fixture(scope="session", params=ALL_BACKBONES)
+def registry_model(request) -> tuple[str, keras.Model]:
+    """One frozen kerastl model per registered backbone, shared by every registry test.
+
+    Session scope with parameters makes pytest run all tests of one backbone before
+    building the next, so each of the 40 architectures is built once.
+    """
     import kerastl
 
-    return kerastl.build_model(
+    name = request.param
+    model = kerastl.build_model(
         name, 3, input_shape=test_size(name), weights=None, head="avg", dense_units=(8,)
     )
+    yield name, model
+    kerastl.set_regime(model, "frozen")
 
 
 def independent_param_count(weights) -> int:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
 import keras
 import pytest
 
 import kerastl
 from kerastl.backbones import REGISTRY, get_backbone
 from kerastl.freezing import backbone_blocks
-
-from .conftest import ALL_BACKBONES, test_size
 
 REQUIRED = (
     ["VGG16", "VGG19", "ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2",
@@ -22,12 +18,6 @@ REQUIRED = (
     + [f"EfficientNetV2{v}" for v in ("B0", "B1", "B2", "B3", "S", "M", "L")]
     + [f"ConvNeXt{v}" for v in ("Tiny", "Small", "Base", "Large", "XLarge")]
 )
-
-
-@functools.lru_cache(maxsize=2)
-def base_for(name: str) -> keras.Model:
-    size = test_size(name)
-    return REGISTRY[name].build_base((size, size, 3), None)
 
 
 def test_registry_covers_every_keras_applications_family():
@@ -44,9 +34,9 @@ def test_lookup_is_case_insensitive():
     assert get_backbone("mobilenet_v2").name == "MobileNetV2"
 
 
-@pytest.mark.parametrize("name", ALL_BACKBONES)
-def test_feature_width_and_min_size(name):
-    base = base_for(name)
+def test_feature_width_and_min_size(registry_model):
+    name, model = registry_model
+    base = model.get_layer("backbone")
     assert base.output.shape[-1] == REGISTRY[name].feature_width
     assert REGISTRY[name].min_size <= REGISTRY[name].default_size
 
@@ -57,9 +47,9 @@ def _producers(layer):
             yield tensor._keras_history.operation
 
 
-@pytest.mark.parametrize("name", ALL_BACKBONES)
-def test_blocks_cover_the_base_and_never_split_a_branch(name):
-    base = base_for(name)
+def test_blocks_cover_the_base_and_never_split_a_branch(registry_model):
+    name, model = registry_model
+    base = model.get_layer("backbone")
     blocks = backbone_blocks(base, name)
     flat = [layer for block in blocks for layer in block.layers]
     assert [layer.name for layer in flat] == [layer.name for layer in base.layers]

@@ -8,9 +8,15 @@ import pytest
 
 import kerastl
 
-from .conftest import ALL_BACKBONES, built_model, is_batchnorm, test_size
+from .conftest import is_batchnorm, test_size
 
-HEAVY = {"ConvNeXtXLarge", "ConvNeXtLarge", "EfficientNetV2L", "NASNetLarge"}
+# Saving writes every weight to disk (1.4 GB for ConvNeXtXLarge): the round trip runs
+# on the smallest member of each family, which uses the same layer types.
+FAMILY_REPRESENTATIVES = {
+    "VGG16", "ResNet50", "ResNet50V2", "Xception", "InceptionV3", "InceptionResNetV2",
+    "MobileNet", "MobileNetV2", "MobileNetV3Small", "DenseNet121", "NASNetMobile",
+    "EfficientNetB0", "EfficientNetV2B0", "ConvNeXtTiny",
+}
 
 
 def _head_params(feature_width: int, hidden: int = 8, classes: int = 3) -> int:
@@ -35,9 +41,8 @@ def _statistics(layers) -> int:
     )
 
 
-@pytest.mark.parametrize("name", ALL_BACKBONES)
-def test_every_mode_trains_exactly_the_expected_parameters(name):
-    model = built_model(name)
+def test_every_mode_trains_exactly_the_expected_parameters(registry_model):
+    name, model = registry_model
     base = model.get_layer("backbone")
     width = kerastl.get_backbone(name).feature_width
     head = _head_params(width)
@@ -62,18 +67,18 @@ def test_every_mode_trains_exactly_the_expected_parameters(name):
     kerastl.set_regime(model, "frozen")
 
 
-@pytest.mark.parametrize("name", ALL_BACKBONES)
-def test_output_shape_and_float32_output_under_mixed_policy(name):
-    model = built_model(name)
+def test_output_shape_and_float32_output(registry_model):
+    name, model = registry_model
     size = test_size(name)
     out = model(np.zeros((2, size, size, 3), "float32"), training=False)
     assert tuple(out.shape) == (2, 3)
     assert model.get_layer("predictions").compute_dtype == "float32"
 
 
-@pytest.mark.parametrize("name", [n for n in ALL_BACKBONES if n not in HEAVY])
-def test_save_and_safe_load_round_trip(name, tmp_path):
-    model = built_model(name)
+def test_save_and_safe_load_round_trip(registry_model, tmp_path):
+    name, model = registry_model
+    if name not in FAMILY_REPRESENTATIVES:
+        pytest.skip(f"{name}: round trip covered by its family's smallest member")
     size = test_size(name)
     images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
     expected = model.predict(images, verbose=0)
