@@ -140,6 +140,26 @@ def _prepare_output(config: RunConfig) -> tuple[Path, RunConfig, tuple[Path, Tra
     return out, config, None
 
 
+def inside_output(out: Path, relative: str | os.PathLike) -> Path:
+    """``out / relative``, refused if ``..`` or a symlink would lead outside ``out``.
+
+    Raises:
+        ConfigError: the path escapes the output directory.
+
+    Example:
+        >>> inside_output(Path("runs/a"), "checkpoints").name
+        'checkpoints'
+    """
+    root = out.resolve()
+    candidate = (out / relative).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise ConfigError(
+            f"Output path {str(relative)!r} resolves to {str(candidate)!r}, outside the output "
+            f"directory {str(root)!r} ('..' or a symlink); use a path inside it."
+        )
+    return candidate
+
+
 # ------------------------------------------------------------------ the run
 def fit(
     config: RunConfig | None = None,
@@ -164,7 +184,7 @@ def fit(
     """
     from .data import augmentation, load_splits
     from .reports import atomic_write_json, atomic_write_text
-    from .runtime import loss_scale_optimizer, setup_runtime, worker_output_dir
+    from .runtime import loss_scale_optimizer, setup_runtime, warn_if_local_data, worker_output_dir
 
     started = time.perf_counter()
     config = RunConfig.from_dict({**(config or RunConfig()).__dict__, **overrides})
@@ -176,6 +196,9 @@ def fit(
                             jit_compile=_jit_flag(config.jit_compile),
                             steps_per_execution=config.steps_per_execution)
     _seed_everything(config.seed, runtime)
+    for path in (config.data, config.val_data, config.test_data):
+        if path:
+            warn_if_local_data(path, runtime)
     out = worker_output_dir(out, runtime)
     log = print if (config.verbose and runtime.is_chief) else (lambda *_: None)
     splits = load_splits(config.data, val_dir=config.val_data, test_dir=config.test_data,
@@ -207,7 +230,7 @@ def fit(
         label_smoothing=config.label_smoothing, warmup_fraction=config.warmup_fraction,
         class_weights=_class_weights(config, splits.train.labels, len(splits.class_names)),
         early_stopping=config.early_stopping, callbacks=callbacks,
-        checkpoint_dir=out / "checkpoints",
+        checkpoint_dir=inside_output(out, "checkpoints"),
         is_chief=runtime.is_chief,
         wrap_optimizer=lambda opt: loss_scale_optimizer(opt, runtime.precision),
         jit_compile=runtime.jit_compile, steps_per_execution=runtime.steps_per_execution,
@@ -215,7 +238,7 @@ def fit(
         log=log,
     )
     state, resume_from = _resume_state(resume_point, log)
-    writer = tf.summary.create_file_writer(str(out / "tensorboard"))
+    writer = tf.summary.create_file_writer(str(inside_output(out, "tensorboard")))
     state = trainer.run(config.resolved_phases(), data_for_phase, state, resume_from,
                         on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
     metrics = _final_outputs(out, config, runtime, model, splits, image_size, state, notes,
@@ -309,7 +332,10 @@ def _phase_data_factory(config, runtime, model, splits, image_size, augmentation
 def _cached_phase(config, runtime, model, splits, image_size, batch, steps, notes, log):
     from .features import FeatureCache, cached_feature_datasets, head_model
 
-    cache = FeatureCache(config.feature_cache_dir)
+    cache_dir = config.feature_cache_dir
+    if cache_dir is not None and not Path(cache_dir).is_absolute():
+        cache_dir = inside_output(Path(config.output), cache_dir)  # relative: inside the run
+    cache = FeatureCache(cache_dir)
     train, val = cached_feature_datasets(
         model, splits.train, splits.val, image_size=image_size, batch_size=batch, cache=cache,
         seed=config.seed,

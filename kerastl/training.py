@@ -153,7 +153,8 @@ def correct_count(task: str, y_true, y_pred):
 class _Steps:
     """Distributed train/eval functions for one phase (rebuilt every phase)."""
 
-    def __init__(self, model, optimizer, strategy, loss_fn, task, class_weights, jit_compile):
+    def __init__(self, model, optimizer, strategy, loss_fn, task, class_weights, jit_compile,
+                 steps_per_execution=1):
         self.model, self.optimizer, self.strategy = model, optimizer, strategy
         self.loss_fn, self.task = loss_fn, task
         self.class_weights = (
@@ -161,7 +162,10 @@ class _Steps:
         )
         self.signature = trainable_signature(model)
         # XLA is opt-in: on CPU it is several times slower (measured ~8x here).
-        self.train = tf.function(self._train, jit_compile=jit_compile)
+        # One step per call unless asked: the step loop costs seconds of autograph
+        # tracing, which is most of a cached-feature run's overhead.
+        train = self._train_one if steps_per_execution == 1 else self._train
+        self.train = tf.function(train, jit_compile=jit_compile)
         self.evaluate = tf.function(self._evaluate, jit_compile=jit_compile)
 
     def _weights(self, y):
@@ -206,6 +210,11 @@ class _Steps:
             x, y = next(iterator)
             totals += self._reduce(self.strategy.run(self._replica_train, args=(x, y)))
         return totals
+
+    def _train_one(self, iterator, steps):
+        del steps  # always 1
+        x, y = next(iterator)
+        return self._reduce(self.strategy.run(self._replica_train, args=(x, y)))
 
     def _evaluate(self, iterator):
         x, y = next(iterator)
@@ -349,7 +358,7 @@ class Trainer:
             optimizer.build(data.model.trainable_variables)
         self.optimizer = optimizer
         self._steps = _Steps(data.model, optimizer, self.strategy, self.loss_fn, self.task,
-                             self.class_weights, self.jit_compile)
+                             self.class_weights, self.jit_compile, self.steps_per_execution)
 
     def _run_phase(self, phase, index, data, state, resume_from, on_epoch_end) -> None:
         plan = set_regime(self.model, phase.mode, unfreeze_top=phase.unfreeze_top,

@@ -170,3 +170,17 @@ def test_frozen_run_trains_the_head_on_cached_features_and_saves_the_full_model(
     with_augmentation = fit(kerastl.RunConfig(**{**TINY, "augment": ["flip"]}, epochs=1,
                                               mode="frozen", output=str(tmp_path / "a")))
     assert not any("cached base features" in n for n in with_augmentation.notes)
+
+
+def test_output_paths_cannot_escape_the_output_directory(tmp_path):
+    from kerastl.run import inside_output
+
+    out = tmp_path / "run"
+    out.mkdir()
+    assert inside_output(out, "checkpoints") == (out / "checkpoints").resolve()
+    with pytest.raises(kerastl.ConfigError, match="outside the output directory"):
+        inside_output(out, "../elsewhere")
+    (tmp_path / "outside").mkdir()
+    (out / "checkpoints").symlink_to(tmp_path / "outside")
+    with pytest.raises(kerastl.ConfigError, match="symlink"):
+        inside_output(out, "checkpoints")
