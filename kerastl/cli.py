@@ -110,7 +110,10 @@ def train_parser() -> argparse.ArgumentParser:
     model.add_argument("--weights", type=_weights, metavar="imagenet|none|PATH",
                        help="pretrained base weights (imagenet)")
     model.add_argument("--weights-hash", metavar="SHA256", help="expected SHA-256 of --weights")
-    model.add_argument("--head", choices=("flatten", "avg", "max"), help="pooling (avg)")
+    model.add_argument("--head", choices=("flatten", "avg", "max", "sklearn-logreg",
+                                          "sklearn-linear-svm", "sklearn-knn"),
+                       help="pooling of a Keras head (avg), or a scikit-learn head on "
+                       "frozen features")
     model.add_argument("--dense-units", type=_int_list, metavar="N,N",
                        help="hidden Dense layers of the head, or 'none' (none)")
     model.add_argument("--dropout", type=float, metavar="P", help="head dropout (0.2)")

@@ -209,11 +209,12 @@ def fit(
     atomic_write_text(out / "config.yaml", config.to_yaml())
     log(runtime.describe())
 
+    sklearn_kind = config.head[len("sklearn-"):] if config.head.startswith("sklearn-") else None
     with runtime.strategy.scope():
         model = build_model(
             config.backbone, len(splits.class_names), input_shape=image_size,
             weights=None if config.weights in (None, "none") else config.weights,
-            weights_hash=config.weights_hash, head=config.head,
+            weights_hash=config.weights_hash, head="avg" if sklearn_kind else config.head,
             dense_units=tuple(config.dense_units), dropout=config.dropout, task=config.task,
             head_norm=config.head_norm,
             bn_policy="train" if any(p.bn_policy == "train" or p.mode == "scratch"
@@ -221,6 +222,9 @@ def fit(
             mode="scratch" if config.resolved_phases()[0].mode == "scratch" else "frozen",
             backbone_kwargs=config.backbone_kwargs,
         )
+    if sklearn_kind:
+        return _fit_sklearn(config, runtime, model, splits, image_size, sklearn_kind, out,
+                            started, log)
     notes: list[str] = []
     data_for_phase = _phase_data_factory(config, runtime, model, splits, image_size,
                                          augmentation, notes, log)
@@ -245,6 +249,31 @@ def fit(
                              started, atomic_write_json, atomic_write_text, log)
     return RunResult(out, model, state.history, metrics, splits.class_names, config,
                      time.perf_counter() - started, notes)
+
+
+def _fit_sklearn(config, runtime, model, splits, image_size, kind, out, started, log):
+    """``--head sklearn-KIND``: a scikit-learn head on frozen pooled features."""
+    from .reports import atomic_write_json, write_evaluation
+    from .sklearn_heads import SklearnClassifier
+
+    log(f"Fitting a scikit-learn {kind} head on frozen {config.backbone} features.")
+    classifier = SklearnClassifier.fit(model, splits.train, kind, image_size=image_size,
+                                       batch_size=runtime.global_batch)
+    classifier.save(inside_output(out, "sklearn_classifier"))
+    evaluation = splits.test or splits.val
+    probs = classifier.predict_proba(evaluation)
+    metrics = write_evaluation(out, evaluation.labels, probs, splits.class_names,
+                               task=config.task)
+    metrics["evaluated_on"] = "test" if splits.test is not None else "validation"
+    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(out / "labels.json", {"class_names": splits.class_names,
+                                            "task": config.task, "image_size": image_size})
+    seconds = time.perf_counter() - started
+    log(f"{kind} head: accuracy {metrics['accuracy']:.4f} on the {metrics['evaluated_on']} "
+        f"split in {seconds:.1f} s. Load it with "
+        f"kerastl.SklearnClassifier.load({str(out / 'sklearn_classifier')!r}).")
+    return RunResult(out, classifier.extractor, [], metrics, splits.class_names, config,
+                     seconds, [f"scikit-learn {kind} head on frozen features"])
 
 
 def keras_default_size(backbone: str) -> int:

@@ -184,3 +184,19 @@ def test_output_paths_cannot_escape_the_output_directory(tmp_path):
     (out / "checkpoints").symlink_to(tmp_path / "outside")
     with pytest.raises(kerastl.ConfigError, match="symlink"):
         inside_output(out, "checkpoints")
+
+
+def test_sklearn_head_from_the_cli_saves_a_classifier_that_predicts_raw_images(tmp_path):
+    from kerastl.cli import train_main
+
+    out = tmp_path / "sk"
+    argv = ["--data", TINY["data"], "--val-data", TINY["val_data"], "--test-data",
+            TINY["test_data"], "--backbone", "MobileNetV2", "--backbone-args", "alpha=0.35",
+            "--weights", "none", "--image-size", "32", "--head", "sklearn-logreg",
+            "--output", str(out), "--verbose", "0"]
+    assert train_main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    classifier = kerastl.SklearnClassifier.load(out / "sklearn_classifier")
+    test = kerastl.data.from_folder(SAMPLES / "test")
+    accuracy = float(np.mean(classifier.predict(test) == test.labels))
+    assert accuracy == pytest.approx(metrics["accuracy"])
