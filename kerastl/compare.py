@@ -67,12 +67,13 @@ def compare(
         ConfigError: an unknown regime or a fraction outside ``(0, 1]``.
     """
     regimes, fractions = _check_regimes(regimes), _check_fractions(fractions)
-    from .run import apply_sample_defaults, keras_default_size
+    from .run import DEFAULT_BACKBONE, apply_sample_defaults, keras_default_size
 
     # Resolve the sample defaults once, so every regime (and the scikit-learn
     # probe, which does not go through fit) sees the same data and weights.
     base = apply_sample_defaults(RunConfig.from_dict(
         {**config.__dict__, "phases": None, "resume": False}))
+    base.backbone = base.backbone or DEFAULT_BACKBONE
     base.image_size = base.image_size or keras_default_size(base.backbone)
     output = Path(output)
     rows: list[dict[str, Any]] = []
