@@ -1,0 +1,30 @@
+"""Generated docs stay in sync with the code that generates them."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _make_docs():
+    spec = importlib.util.spec_from_file_location("make_docs", ROOT / "scripts" / "make_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_and_configuration_references_are_up_to_date():
+    docs = _make_docs()
+    assert (ROOT / "docs" / "cli.md").read_text() == docs.cli_reference()
+    assert (ROOT / "docs" / "configuration.md").read_text() == docs.config_reference()
+
+
+def test_readme_backbone_table_is_generated_from_the_registry():
+    docs = _make_docs()
+    readme = (ROOT / "README.md").read_text()
+    assert readme == docs.readme_with_backbones(readme)
+    import kerastl
+
+    assert all(f"| {name} |" in readme for name in kerastl.list_backbones())
