@@ -55,6 +55,11 @@ def save_checkpoint(
     values = {f"v{i:04d}": np.asarray(v) for i, v in enumerate(optimizer.variables)}
     with open(tmp / "optimizer.npz", "wb") as handle:
         np.savez(handle, **values)
+    # Dropout's random state is a variable that `save_weights` leaves out; without it a
+    # resumed run would draw different masks than an uninterrupted one.
+    seeds = {f"s{i:04d}": np.asarray(v) for i, v in enumerate(_seed_states(model))}
+    with open(tmp / "rng.npz", "wb") as handle:
+        np.savez(handle, **seeds)
     (tmp / "state.json").write_text(json.dumps(state.__dict__, default=float))
     for path in tmp.iterdir():
         with open(path, "rb") as handle:
@@ -105,9 +110,18 @@ def _check_readable(checkpoint: Path) -> None:
             values[key]
 
 
+def _seed_states(model: keras.Model) -> list:
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
 def restore_weights(checkpoint: Path, model: keras.Model, optimizer: Any) -> None:
     """Load model and optimizer variables; raises ``OSError``/``ValueError`` if corrupt."""
     model.load_weights(str(checkpoint / "model.weights.h5"))
+    if (checkpoint / "rng.npz").is_file():
+        with np.load(checkpoint / "rng.npz", allow_pickle=False) as values:
+            states = [values[key] for key in sorted(values.files)]
+        for variable, value in zip(_seed_states(model), states, strict=True):
+            variable.assign(value)
     with np.load(checkpoint / "optimizer.npz", allow_pickle=False) as values:
         saved = [values[key] for key in sorted(values.files)]
     variables = list(optimizer.variables)

@@ -170,6 +170,7 @@ def test_augmentation_names():
         "rotation",
         "zoom",
         "contrast",
+        "translate",
     ]
     assert augmentation([]) is None
     with pytest.raises(ConfigError, match=r"\['blur'\].*'flip', 'rotation', 'zoom', 'contrast'"):

@@ -32,7 +32,8 @@ TINY = ["--data", str(SAMPLES / "train"), "--val-data", str(SAMPLES / "val"),
         "--backbone", "MobileNetV2", "--backbone-args", "alpha=0.35", "--weights", "none",
         "--augment", "none", "--batch-size", "64"]
 EPOCHS = 4
-RUN = [*TINY, "--epochs", str(EPOCHS), "--head-epochs", "1", "--seed", "5", "--verbose", "0"]
+RUN = [*TINY, "--mode", "finetune", "--epochs", str(EPOCHS), "--head-epochs", "1", "--seed", "5",
+       "--verbose", "0"]
 TIMEOUT = 300
 
 
@@ -153,7 +154,8 @@ def runs(tmp_path_factory):
                 Run(root / "seed6", *RUN[:-4], "--seed", "6", "--verbose", "0")]
     killed, stopped = Run(root / "killed", *RUN), Run(root / "sigterm", *RUN)
     # The head epoch trains normally; fine-tuning at lr 1e-3 * 1e35 overflows float32.
-    diverged = Run(root / "diverged", *TINY, "--epochs", "2", "--head-epochs", "1",
+    diverged = Run(root / "diverged", *TINY, "--mode", "finetune", "--epochs", "2",
+                   "--head-epochs", "1",
                    "--optimizer", "sgd", "--lr", "1e-3", "--finetune-lr-factor", "1e35",
                    "--verbose", "0")
     _interrupt_when_checkpointed({signal.SIGKILL: killed, signal.SIGTERM: stopped},
