@@ -26,6 +26,7 @@ import tensorflow as tf  # noqa: E402
 from . import _backend  # noqa: F401
 from .checkpoints import TrainState, latest_readable_state, list_checkpoints
 from .config import Phase, RunConfig, load_yaml
+from .data import DataSplits
 from .errors import ConfigError
 from .freezing import count_params
 from .model import build_model
@@ -165,6 +166,7 @@ def fit(
     config: RunConfig | None = None,
     *,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    splits: DataSplits | None = None,
     **overrides: Any,
 ) -> RunResult:
     """Train a model as described by ``config`` and write every output.
@@ -173,6 +175,11 @@ def fit(
         config: RunConfig, optional. Defaults to ``RunConfig()`` (the shipped
             samples with the shipped source backbone).
         callbacks: sequence of keras callbacks, called at every epoch of every phase.
+        splits: DataSplits, optional. In-memory data (e.g. from :func:`from_arrays`)
+            used instead of the ``data``/``val_data``/``test_data`` folders, which
+            must then be unset. ``RunConfig`` stays plain values, so the saved
+            ``config.yaml`` does not describe this data: pass the same ``splits``
+            again to ``--resume``. Defaults to None (read the folders).
         **overrides: field values replacing those of ``config``.
 
     Returns:
@@ -184,12 +191,15 @@ def fit(
     """
     from .data import augmentation, load_splits
     from .reports import atomic_write_json, atomic_write_text
-    from .runtime import loss_scale_optimizer, setup_runtime, warn_if_local_data, worker_output_dir
+    from .runtime import setup_runtime, warn_if_local_data, worker_output_dir
 
     started = time.perf_counter()
     config = RunConfig.from_dict({**(config or RunConfig()).__dict__, **overrides})
     out, config, resume_point = _prepare_output(config)
-    config = apply_sample_defaults(config)
+    if splits is not None:
+        _check_no_folders(config)
+    else:
+        config = apply_sample_defaults(config)
     config.backbone = config.backbone or DEFAULT_BACKBONE
     config.validate()
     runtime = setup_runtime(config.strategy, config.precision, batch_size=config.batch_size,
@@ -201,46 +211,24 @@ def fit(
             warn_if_local_data(path, runtime)
     out = worker_output_dir(out, runtime)
     log = print if (config.verbose and runtime.is_chief) else (lambda *_: None)
-    splits = load_splits(config.data, val_dir=config.val_data, test_dir=config.test_data,
-                         val_split=config.val_split, seed=config.seed,
-                         on_bad_file=config.on_bad_file)
+    if splits is None:
+        splits = load_splits(config.data, val_dir=config.val_data, test_dir=config.test_data,
+                             val_split=config.val_split, seed=config.seed,
+                             on_bad_file=config.on_bad_file)
     image_size = config.image_size or keras_default_size(config.backbone)
     config.image_size = image_size
     atomic_write_text(out / "config.yaml", config.to_yaml())
     log(runtime.describe())
 
     sklearn_kind = config.head[len("sklearn-"):] if config.head.startswith("sklearn-") else None
-    with runtime.strategy.scope():
-        model = build_model(
-            config.backbone, len(splits.class_names), input_shape=image_size,
-            weights=None if config.weights in (None, "none") else config.weights,
-            weights_hash=config.weights_hash, head="avg" if sklearn_kind else config.head,
-            dense_units=tuple(config.dense_units), dropout=config.dropout, task=config.task,
-            head_norm=config.head_norm,
-            bn_policy="train" if any(p.bn_policy == "train" or p.mode == "scratch"
-                                     for p in config.resolved_phases()) else "frozen",
-            mode="scratch" if config.resolved_phases()[0].mode == "scratch" else "frozen",
-            backbone_kwargs=config.backbone_kwargs,
-        )
+    model = _build_run_model(config, runtime, len(splits.class_names), image_size)
     if sklearn_kind:
         return _fit_sklearn(config, runtime, model, splits, image_size, sklearn_kind, out,
                             started, log)
     notes: list[str] = []
     data_for_phase = _phase_data_factory(config, runtime, model, splits, image_size,
                                          augmentation, notes, log)
-    trainer = Trainer(
-        model, runtime.strategy, task=config.task, optimizer=config.optimizer,
-        schedule=config.schedule, weight_decay=config.weight_decay, momentum=config.momentum,
-        label_smoothing=config.label_smoothing, warmup_fraction=config.warmup_fraction,
-        class_weights=_class_weights(config, splits.train.labels, len(splits.class_names)),
-        early_stopping=config.early_stopping, callbacks=callbacks,
-        checkpoint_dir=inside_output(out, "checkpoints"),
-        is_chief=runtime.is_chief,
-        wrap_optimizer=lambda opt: loss_scale_optimizer(opt, runtime.precision),
-        jit_compile=runtime.jit_compile, steps_per_execution=runtime.steps_per_execution,
-        verbose=config.verbose if runtime.is_chief else 0,
-        log=log,
-    )
+    trainer = _make_trainer(config, runtime, model, splits, out, callbacks, log)
     state, resume_from = _resume_state(resume_point, log)
     writer = tf.summary.create_file_writer(str(inside_output(out, "tensorboard")))
     state = trainer.run(config.resolved_phases(), data_for_phase, state, resume_from,
@@ -249,6 +237,49 @@ def fit(
                              started, atomic_write_json, atomic_write_text, log)
     return RunResult(out, model, state.history, metrics, splits.class_names, config,
                      time.perf_counter() - started, notes)
+
+
+def _build_run_model(config: RunConfig, runtime, n_classes: int, image_size: int):
+    """The model a run trains, built inside the strategy scope."""
+    phases = config.resolved_phases()
+    # The base is called with training=False unless some phase trains BatchNorm.
+    trains_bn = any(p.bn_policy == "train" or p.mode == "scratch" for p in phases)
+    with runtime.strategy.scope():
+        return build_model(
+            config.backbone, n_classes, input_shape=image_size,
+            weights=None if config.weights in (None, "none") else config.weights,
+            weights_hash=config.weights_hash,
+            head="avg" if config.head.startswith("sklearn-") else config.head,
+            dense_units=tuple(config.dense_units), dropout=config.dropout, task=config.task,
+            head_norm=config.head_norm, bn_policy="train" if trains_bn else "frozen",
+            mode="scratch" if phases[0].mode == "scratch" else "frozen",
+            backbone_kwargs=config.backbone_kwargs,
+        )
+
+
+def _make_trainer(config: RunConfig, runtime, model, splits, out: Path, callbacks, log):
+    from .runtime import loss_scale_optimizer
+
+    return Trainer(
+        model, runtime.strategy, task=config.task, optimizer=config.optimizer,
+        schedule=config.schedule, weight_decay=config.weight_decay, momentum=config.momentum,
+        label_smoothing=config.label_smoothing, warmup_fraction=config.warmup_fraction,
+        class_weights=_class_weights(config, splits.train.labels, len(splits.class_names)),
+        early_stopping=config.early_stopping, callbacks=callbacks,
+        checkpoint_dir=inside_output(out, "checkpoints"), is_chief=runtime.is_chief,
+        wrap_optimizer=lambda opt: loss_scale_optimizer(opt, runtime.precision),
+        jit_compile=runtime.jit_compile, steps_per_execution=runtime.steps_per_execution,
+        verbose=config.verbose if runtime.is_chief else 0, log=log,
+    )
+
+
+def _check_no_folders(config: RunConfig) -> None:
+    folders = {key: getattr(config, key) for key in ("data", "val_data", "test_data")
+               if getattr(config, key) is not None}
+    if folders:
+        raise ConfigError(
+            f"fit() received splits= and data folders {folders}; pass one or the other."
+        )
 
 
 def _fit_sklearn(config, runtime, model, splits, image_size, kind, out, started, log):
