@@ -222,6 +222,8 @@ class _Steps:
 
 
 def _distribute(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
+    if strategy is tf.distribute.get_strategy() and strategy.num_replicas_in_sync == 1:
+        return dataset  # the default strategy: nothing to shard or rebatch
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return strategy.experimental_distribute_dataset(dataset.with_options(options))

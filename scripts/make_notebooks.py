@@ -6,7 +6,6 @@ Run from the repository root:  python scripts/make_notebooks.py
 from __future__ import annotations
 
 from pathlib import Path
-
 from textwrap import dedent
 
 import nbformat
@@ -25,14 +24,14 @@ def code(text: str, **kwargs):
 
 def parameters(name: str, extra: str = ""):
     """The tagged parameters cell: CI sets KERASTL_SMOKE=1 and gets temporary outputs."""
-    return code(f"""
+    return code(dedent(f"""
         # Parameters: KERASTL_SMOKE=1 (set by CI) runs a tiny version of every step
-        # and writes to a temporary directory; otherwise outputs go to runs/{name}/<time>.
+        # in a temporary directory; otherwise outputs go to runs/{name}/<date-time>.
         import os, tempfile, time
         SMOKE = os.environ.get("KERASTL_SMOKE") == "1"
         OUTPUT = (tempfile.mkdtemp(prefix="kerastl-{name}-") if SMOKE
                   else time.strftime("runs/{name}/%Y%m%d-%H%M%S"))
-        """ + dedent(extra), metadata={"tags": ["parameters"]})
+        """) + dedent(extra), metadata={"tags": ["parameters"]})
 
 COLAB_TPU = [
     new_markdown_cell(
@@ -292,9 +291,9 @@ FROZEN_VS_FINETUNE_VS_SCRATCH = [
         | regime | what trains | why you would pick it |
         |---|---|---|
         | `frozen` | the head only, on fixed features | fastest; safest with very few labels |
-        | `finetune` | head first, then the top blocks of the base | adapts high-level features to the new classes |
+        | `finetune` | head, then the top blocks of the base | adapts high-level features |
         | `scratch` | everything, from random weights | the baseline transfer must beat |
-        | `sklearn-logreg` | a logistic regression on frozen pooled features | a linear probe: how good are the features as they are? |
+        | `sklearn-logreg` | logistic regression on frozen features | a linear probe |
 
         `kerastl.compare.compare` runs them side by side at several **fractions** of the
         training images, because the advantage of a pretrained start is largest when
@@ -303,9 +302,9 @@ FROZEN_VS_FINETUNE_VS_SCRATCH = [
     parameters("02_frozen_vs_finetune_vs_scratch", '''
         # Images per class in the training pool (compare draws fractions of it), in the
         # validation split, and in the test split (None: every official test image).
-        PER_CLASS, VAL_PER_CLASS, TEST_PER_CLASS = (20, 10, 20) if SMOKE else (100, 30, None)
+        PER_CLASS, VAL_PER_CLASS, TEST_PER_CLASS = (10, 5, 10) if SMOKE else (100, 30, None)
         FRACTIONS = (0.5, 1.0) if SMOKE else (0.1, 0.3, 1.0)
-        EPOCHS = 2 if SMOKE else 10
+        EPOCHS = 1 if SMOKE else 10
     '''),
     SOURCE_CELL,
     md('''
@@ -408,8 +407,10 @@ FROZEN_VS_FINETUNE_VS_SCRATCH = [
 
         Left: test accuracy over the share of training images used. Middle and right:
         wall time and trainable parameters per regime on the largest fraction. Training
-        time matters as much as accuracy in practice: the frozen head trains on cached
-        base features (`kerastl.features`), so its epochs cost almost nothing.
+        time matters as much as accuracy in practice. Here augmentation is on, so every
+        regime runs images through the base each epoch; with `augment=[]` the frozen
+        head trains on cached base features (`kerastl.features`) and its epochs cost
+        almost nothing.
     '''),
     code('''
         regimes = list(dict.fromkeys(row["regime"] for row in rows))
@@ -462,3 +463,421 @@ FROZEN_VS_FINETUNE_VS_SCRATCH = [
         regime's curves, confusion matrix and saved model.
     '''),
 ]
+
+GRADUAL_UNFREEZING = [
+    md('''
+        # 03 · Gradual unfreezing, learning-rate schedules and BatchNorm
+
+        Fine-tuning a pretrained network is a negotiation: let too much of the base
+        change, too fast, and the new head's early, noisy gradients destroy the
+        pretrained features ("catastrophic forgetting"); change too little and the
+        features never adapt to the new classes. ULMFiT and fastai's `fine_tune`
+        settled on a recipe: train the head first, then unfreeze the base from the top
+        down, each stage at a lower learning rate. kerastl expresses each stage as a
+        `kerastl.Phase`.
+    '''),
+    parameters("03_gradual_unfreezing", '''
+        # Few labelled target images per class for the BatchNorm experiment, and epochs
+        # of its three phases (head, top blocks, everything).
+        PER_CLASS = 10 if SMOKE else 20
+        PHASE_EPOCHS = (1, 1, 1) if SMOKE else (3, 3, 6)
+    '''),
+    SOURCE_CELL,
+    md('''
+        ## Phases
+
+        A phase is a regime, a number of epochs and a learning rate. Every phase sets its
+        regime with `kerastl.set_regime` and gets a fresh optimizer and a freshly traced
+        train step, so a change of `trainable` flags can never be silently ignored
+        (keras#6405). Below: head only, then the top two blocks, then everything.
+    '''),
+    code('''
+        def gradual_phases(bn_policy="frozen", epochs=PHASE_EPOCHS):
+            head, top, full = epochs
+            return [
+                kerastl.Phase("head", head, mode="frozen", lr=1e-2),
+                kerastl.Phase("top blocks", top, mode="finetune", unfreeze_blocks=2, lr=1e-3,
+                              bn_policy=bn_policy),
+                kerastl.Phase("everything", full, mode="full", lr=3e-4, bn_policy=bn_policy),
+            ]
+
+
+        for phase in gradual_phases():
+            print(phase)
+    '''),
+    md('''
+        ## Unfreeze plans: blocks and layers
+
+        `unfreeze_blocks=K` unfreezes the top K blocks of kerastl's registry for the
+        backbone (stages of MobileNet, residual blocks of ResNet), so a cut always falls
+        on a block boundary. Watch the trainable parameter count grow with K; BatchNorm
+        layers inside unfrozen blocks stay in inference mode (`bn_policy="frozen"`).
+    '''),
+    code('''
+        model = kerastl.build_model(
+            SOURCE["backbone"], 5, input_shape=SOURCE["input_size"],
+            backbone_kwargs=SOURCE["backbone_kwargs"], weights=SOURCE_WEIGHTS,
+            weights_hash=SOURCE["weights_sha256"], head="avg", dense_units=(),
+        )
+        for blocks in (1, 2, 4):
+            print(kerastl.set_regime(model, "finetune", unfreeze_blocks=blocks), end="\\n\\n")
+    '''),
+    md('''
+        `unfreeze_top=N` is the classic Keras recipe (`for layer in base.layers[-N:]:
+        layer.trainable = True`). It counts *layers*, so it can cut a residual block in
+        half: the block's convolutions train while its shortcut and earlier convolutions
+        do not. kerastl allows it but says so in the plan. On ResNet50 (random weights,
+        32×32, only to show the structure) the top 5 layers are part of `conv5_block3`:
+    '''),
+    code('''
+        resnet = kerastl.build_model("ResNet50", 5, input_shape=32, weights=None, head="avg",
+                                     dense_units=())
+        split = kerastl.set_regime(resnet, "finetune", unfreeze_top=5)
+        print(split)
+        whole = kerastl.set_regime(resnet, "finetune", unfreeze_blocks=1)
+        print("\\nunfreeze_blocks=1 instead:", whole.to_dict()["trainable_blocks"],
+              f"{whole.trainable_params:,} trainable parameters, warnings: {whole.warnings}")
+    '''),
+    md('''
+        ## Learning-rate schedules
+
+        Each phase runs its own schedule over its own steps (`RunConfig(schedule=...)`):
+
+        * `constant`: the same rate throughout.
+        * `cosine` (the default): a short linear warm-up (`warmup_fraction`, 10 %), then
+          cosine decay to zero. The warm-up matters most right after unfreezing: the
+          optimizer's moment estimates are new, and the first steps are the largest.
+        * `onecycle`: fastai's `fit_one_cycle`: 30 % warm-up from `peak/25`, then cosine
+          decay to `peak/10⁴`.
+    '''),
+    code('''
+        import matplotlib.pyplot as plt
+        import numpy as np
+
+        from kerastl.training import make_schedule
+
+        steps = np.arange(200)
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        for kind in ("constant", "cosine", "onecycle"):
+            schedule = make_schedule(kind, 1e-3, total_steps=200, warmup_steps=20)
+            rates = [schedule if isinstance(schedule, float) else float(schedule(s))
+                     for s in steps]
+            ax.plot(steps, rates, label=kind)
+        ax.set(xlabel="optimizer step", ylabel="learning rate",
+               title="schedules for one 200-step phase, peak 1e-3")
+        ax.legend()
+        plt.show()
+    '''),
+    md('''
+        ## Why BatchNorm stays in inference mode: a measurement
+
+        A BatchNorm layer normalises with the statistics of the current batch while
+        training and with its stored moving averages at inference. When a few hundred
+        target images fine-tune a pretrained base with `bn_policy="train"`:
+
+        * the forward pass in training sees batch statistics of small batches of a
+          different distribution, so the weights adapt to normalisations that inference
+          will not use;
+        * the moving averages drift from the source statistics towards noisy estimates
+          from a handful of batches.
+
+        With `bn_policy="frozen"` (kerastl's default, as in the Keras transfer-learning
+        guide) the unfrozen blocks train their convolutions while BatchNorm keeps the
+        source statistics and runs identically in training and inference.
+
+        We fine-tune the shipped source backbone with the gradual phases above on
+        `PER_CLASS` target images per class, once with each policy, and compare
+        validation accuracy and loss. Typical numbers measured with this notebook on
+        2 CPU cores (20 images per class, phases of 3, 3 and 6 epochs) are in the
+        summary at the end; your run prints its own.
+    '''),
+    code('''
+        import shutil
+        from pathlib import Path
+
+
+        def few_shot_folder(source_dir, per_class, root, seed=0):
+            """Copy `per_class` seeded images of every class of `source_dir` to `root`."""
+            rng = np.random.default_rng(seed)
+            for class_dir in sorted(p for p in Path(source_dir).iterdir() if p.is_dir()):
+                (root / class_dir.name).mkdir(parents=True, exist_ok=True)
+                for file in rng.choice(sorted(class_dir.glob("*.png")), per_class,
+                                       replace=False):
+                    shutil.copy(file, root / class_dir.name / file.name)
+            return str(root)
+
+
+        train_dir = few_shot_folder(SAMPLES / "fashion" / "train", PER_CLASS,
+                                    Path(OUTPUT) / "few_shot")
+        results = {}
+        for bn_policy in ("frozen", "train"):
+            results[bn_policy] = kerastl.fit(kerastl.RunConfig(
+                data=train_dir, val_data=str(SAMPLES / "fashion" / "val"),
+                test_data=str(SAMPLES / "fashion" / "test"),
+                backbone=SOURCE["backbone"], backbone_kwargs=SOURCE["backbone_kwargs"],
+                weights=str(SOURCE_WEIGHTS), weights_hash=SOURCE["weights_sha256"],
+                image_size=SOURCE["input_size"],
+                phases=gradual_phases(bn_policy), batch_size=16, verbose=0,
+                output=str(Path(OUTPUT) / f"bn_{bn_policy}"),
+            ))
+    '''),
+    md('''
+        With our own `data`, `fit` would start from ImageNet weights, so the shipped
+        source backbone is named explicitly (as `RunConfig()` does for the shipped
+        samples). The last epoch of every phase, and the test split at the end:
+    '''),
+    code('''
+        from IPython.display import Markdown, display
+
+        lines = ["| bn_policy | phase | val accuracy | val loss |", "|---|---|---:|---:|"]
+        for bn_policy, result in results.items():
+            for phase in gradual_phases(bn_policy):
+                last = [r for r in result.history if r["phase"] == phase.name][-1]
+                lines.append(f"| {bn_policy} | {phase.name} | {last['val_accuracy']:.3f} "
+                             f"| {last['val_loss']:.3f} |")
+        for bn_policy, result in results.items():
+            lines.append(f"| {bn_policy} | **test** | {result.metrics['accuracy']:.3f} | "
+                         f"{result.metrics['loss']:.3f} |")
+        display(Markdown("\\n".join(lines)))
+
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        for bn_policy, result in results.items():
+            ax.plot([r["epoch"] for r in result.history],
+                    [r["val_accuracy"] for r in result.history], marker="o",
+                    label=f"bn_policy={bn_policy!r}")
+        ax.set(xlabel="epoch", ylabel="validation accuracy", title="head → top blocks → all")
+        ax.legend()
+        plt.show()
+    '''),
+    md('''
+        ## Summary
+
+        * Train the head first; then unfreeze from the top, at lower learning rates, each
+          phase with a warm-up.
+        * Prefer `unfreeze_blocks` over `unfreeze_top`: it never splits a block, and the
+          plan tells you what trains before you spend compute.
+        * Keep `bn_policy="frozen"` when the target data are few. Typical result of the
+          experiment above (non-smoke settings): TYPICAL_BN_RESULT. Training BatchNorm
+          pays only with plenty of target data and reasonably large batches.
+    '''),
+]
+
+DISTRIBUTED_AND_MIXED_PRECISION = [
+    md('''
+        # 04 · Distributed training and mixed precision
+
+        kerastl chooses *where* and *in which precision* a run trains from a small
+        record of hardware facts, so every decision can be explained (and tested on
+        hardware you do not have). This notebook shows the decisions, sets up a runtime,
+        checks what mixed precision does to a model, trains on two replicas on one CPU,
+        and explains multi-worker runs.
+    '''),
+    parameters("04_distributed_and_mixed_precision"),
+    md('''
+        ## Two replicas on one CPU
+
+        `MirroredStrategy` keeps one copy of the model per device and all-reduces the
+        gradients every step. To try it without GPUs, split the CPU into two *logical*
+        devices. This must happen before TensorFlow initialises its devices, so it is
+        the first thing we do after importing kerastl.
+    '''),
+    code('''
+        import kerastl
+        from kerastl.runtime import split_logical_cpus
+
+        print(split_logical_cpus(2))
+    '''),
+    md('''
+        ## What kerastl sees: `DeviceFacts`
+
+        `DeviceFacts.detect()` lists physical devices only (GPU compute capabilities, a
+        TPU, CPU flags, the worker count in `TF_CONFIG`); it creates no strategy.
+    '''),
+    code('''
+        facts = kerastl.DeviceFacts.detect()
+        print(facts.gpus, facts.tpu, facts.n_workers,
+              sorted(facts.cpu_flags & {"avx512f", "avx512_bf16", "amx_bf16"}))
+    '''),
+    md('''
+        ## The decisions, on hardware we do not have
+
+        `choose_strategy_name` and `choose_precision` look only at a `DeviceFacts`, so we
+        can inject any machine:
+
+        * **strategy**: `tpu` if a TPU is attached, `multiworker` if `TF_CONFIG` names
+          more than one worker, `mirrored` with several GPUs, else `default`.
+        * **precision**: `mixed_float16` needs Tensor Cores (compute capability ≥ 7.0);
+          on older GPUs it only adds casts. TPUs compute natively in bfloat16. CPUs with
+          `avx512_bf16`/`amx_bf16` run bfloat16 matmuls in oneDNN (about 1.45× faster
+          training measured on such a CPU); without them bfloat16 is emulated and slower.
+    '''),
+    code('''
+        from IPython.display import Markdown, display
+
+        from kerastl.runtime import choose_precision, choose_strategy_name
+
+        Facts = kerastl.DeviceFacts
+        machines = {
+            "1 GPU, compute capability 8.0 (A100)": Facts(gpus=((8, 0),)),
+            "2 GPUs, compute capability 8.0": Facts(gpus=((8, 0), (8, 0))),
+            "1 GPU, compute capability 6.1 (GTX 1080)": Facts(gpus=((6, 1),)),
+            "TPU VM (Colab TPU runtime)": Facts(tpu=True, tpu_address="local"),
+            "CPU with avx512_bf16": Facts(cpu_flags=frozenset({"avx512f", "avx512_bf16"})),
+            "CPU without avx512_bf16": Facts(cpu_flags=frozenset({"avx2"})),
+            "CPU, TF_CONFIG with 2 workers": Facts(n_workers=2),
+            "this machine": facts,
+        }
+        lines = ["| machine | strategy | precision |", "|---|---|---|"]
+        for name, machine in machines.items():
+            strategy = choose_strategy_name("auto", machine)
+            lines.append(f"| {name} | `{strategy}` | "
+                         f"`{choose_precision('auto', machine, strategy)}` |")
+        display(Markdown("\\n".join(lines)))
+    '''),
+    md('''
+        ## A runtime, described
+
+        `kerastl.setup_runtime` creates the strategy, sets the Keras global dtype policy
+        and sizes the batch; `describe()` says what runs where and why. The **global
+        batch** (what one optimizer step averages over) is the per-replica batch times
+        the number of replicas, so doubling the replicas doubles the global batch unless
+        you pass `batch_size_is="global"`. Learning rates tuned for one batch size are
+        usually scaled with it (`kerastl.runtime.scale_learning_rate`).
+    '''),
+    code('''
+        for strategy, batch_size_is in (("auto", "per_replica"), ("mirrored", "per_replica"),
+                                         ("mirrored", "global")):
+            runtime = kerastl.setup_runtime(strategy, "float32", batch_size=16,
+                                            batch_size_is=batch_size_is)
+            print(f"{strategy}, batch_size=16 {batch_size_is}: global batch "
+                  f"{runtime.global_batch} = {runtime.per_replica_batch} × {runtime.replicas}")
+            print("  " + runtime.describe(), end="\\n\\n")
+    '''),
+    md('''
+        ## Mixed precision keeps the output layer in float32
+
+        Under `mixed_bfloat16` (or `mixed_float16`) layers *compute* in 16 bits but keep
+        their *variables* in float32, so small updates are not rounded away. kerastl's
+        output layer is created with `dtype="float32"`: a softmax over 8 mantissa bits
+        would make probabilities and the loss too coarse to train on. `float16` also
+        needs loss scaling (its gradients underflow), so kerastl wraps the optimizer in a
+        `LossScaleOptimizer` for `mixed_float16` only; bfloat16 has float32's exponent
+        range and needs none.
+    '''),
+    code('''
+        import keras
+
+        from kerastl.runtime import loss_scale_optimizer
+
+        runtime = kerastl.setup_runtime("default", "mixed_bfloat16", batch_size=16)
+        with runtime.strategy.scope():
+            model = kerastl.build_model("MobileNetV2", 5, input_shape=32, weights=None,
+                                        backbone_kwargs={"alpha": 0.35}, head="avg",
+                                        dense_units=())
+        conv = next(layer for layer in model.get_layer("backbone").layers
+                    if isinstance(layer, keras.layers.Conv2D))
+        head = model.get_layer("predictions")
+        for layer in (conv, head):
+            print(f"{layer.name:>12}: policy {layer.dtype_policy.name}, computes in "
+                  f"{layer.compute_dtype}, variables in {layer.variable_dtype}")
+        print("model output dtype:", model.output.dtype)
+        for precision in ("float32", "mixed_bfloat16", "mixed_float16"):
+            wrapped = loss_scale_optimizer(keras.optimizers.Adam(), precision)
+            print(f"{precision:>15}: {type(wrapped).__name__}")
+        keras.mixed_precision.set_global_policy("float32")  # back to the default for what follows
+    '''),
+    md('''
+        ## Training on two replicas
+
+        The same `kerastl.fit`, with `strategy="mirrored"`: the run log starts with the
+        runtime description. kerastl uses one custom train step for every strategy
+        (`strategy.run` over a `GradientTape` step, the loss averaged over the *global*
+        batch), because Keras 3's `model.fit` fails under `MultiWorkerMirroredStrategy`
+        (keras#20585). Without augmentation, the head of a frozen run trains on cached
+        base features (computed once, then reused every epoch), so this is quick.
+    '''),
+    code('''
+        result = kerastl.fit(kerastl.RunConfig(
+            mode="frozen", epochs=1 if SMOKE else 5, strategy="mirrored", precision="float32",
+            batch_size=16, augment=[], output=OUTPUT, verbose=2,
+        ))
+        print(f"accuracy {result.metrics['accuracy']:.3f} in {result.seconds:.1f} s")
+    '''),
+    md('''
+        ## Several machines: `TF_CONFIG` and `--strategy multiworker`
+
+        Every worker runs the *same* command; what differs is the `TF_CONFIG`
+        environment variable, which lists the cluster and says which task this process
+        is. Worker 0 is the **chief**.
+
+        ```bash
+        # on host1
+        TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+                    "task": {"type": "worker", "index": 0}}' \\
+          python -m kerastl.train --data /shared/images --strategy multiworker --output runs/mw
+        # on host2: the same, with "index": 1
+        ```
+
+        With `--strategy auto`, a `TF_CONFIG` with more than one worker already selects
+        `multiworker`. Each worker reads the data itself (a shared file system or
+        `gs://`), and each process's batch is the per-replica batch times its local
+        replicas.
+
+        **Only the chief writes.** Saving a distributed model is a collective operation,
+        so every worker must save, but the non-chief workers save into throw-away
+        temporary directories (`kerastl.runtime.worker_output_dir`), so one set of
+        outputs lands in `--output`:
+    '''),
+    code('''
+        import dataclasses
+        import json
+
+        from kerastl.runtime import worker_output_dir
+
+        print(json.dumps({"cluster": {"worker": ["host1:12345", "host2:12345"]},
+                          "task": {"type": "worker", "index": 1}}))
+        chief = kerastl.setup_runtime("default", "float32", batch_size=16)
+        worker = dataclasses.replace(chief, is_chief=False, worker_index=1)
+        print("chief writes to   ", worker_output_dir(os.path.join(OUTPUT, "mw"), chief))
+        print("worker 1 writes to", worker_output_dir(os.path.join(OUTPUT, "mw"), worker))
+    '''),
+    md('''
+        ## Summary
+
+        * `--strategy auto --precision auto` picks TPU/multi-worker/mirrored/default and
+          float16/bfloat16/float32 from the hardware; `describe()` says why.
+        * Global batch = per-replica batch × replicas.
+        * Under mixed precision the output layer and the variables stay float32; only
+          `mixed_float16` needs loss scaling.
+        * Multi-worker: the same command on every host, a different `TF_CONFIG`; only the
+          chief's outputs are kept. On a Colab TPU, see `colab_tpu.ipynb`.
+    '''),
+]
+
+
+NOTEBOOK_CELLS = {
+    "colab_tpu.ipynb": COLAB_TPU,
+    "01_quickstart.ipynb": QUICKSTART,
+    "02_frozen_vs_finetune_vs_scratch.ipynb": FROZEN_VS_FINETUNE_VS_SCRATCH,
+    "03_gradual_unfreezing.ipynb": GRADUAL_UNFREEZING,
+    "04_distributed_and_mixed_precision.ipynb": DISTRIBUTED_AND_MIXED_PRECISION,
+}
+
+
+def write(name: str, cells: list) -> Path:
+    metadata = {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+    }
+    if name == "colab_tpu.ipynb":
+        metadata["accelerator"] = "TPU"
+    notebook = new_notebook(cells=cells, metadata=metadata)
+    for index, cell in enumerate(notebook.cells):
+        cell["id"] = f"cell-{index:02d}"  # stable ids: regenerating changes nothing
+    path = NOTEBOOKS / name
+    nbformat.write(notebook, path)
+    return path
+
+
+if __name__ == "__main__":
+    for name, cells in NOTEBOOK_CELLS.items():
+        print(write(name, cells))
