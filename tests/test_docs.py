@@ -28,3 +28,12 @@ def test_readme_backbone_table_is_generated_from_the_registry():
     import kerastl
 
     assert all(f"| {name} |" in readme for name in kerastl.list_backbones())
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # the example writes runs/readme in the working directory
+    exec(compile(example, "README.md", "exec"), {})
+    assert (tmp_path / "runs" / "readme" / "model.keras").is_file()
+    assert "Unfreeze plan" in capsys.readouterr().out
