@@ -200,3 +200,23 @@ def test_sklearn_head_from_the_cli_saves_a_classifier_that_predicts_raw_images(t
     test = kerastl.data.from_folder(SAMPLES / "test")
     accuracy = float(np.mean(classifier.predict(test) == test.labels))
     assert accuracy == pytest.approx(metrics["accuracy"])
+
+
+def test_fit_takes_in_memory_splits_from_arrays(tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images[:120] * 16).astype("uint8")
+    labels = digits.target[:120] % 3
+    splits = kerastl.DataSplits(
+        train=kerastl.from_arrays(images[:90], labels[:90]), val=None,
+        test=kerastl.from_arrays(images[90:], labels[90:]), class_names=["0", "1", "2"],
+    )
+    result = fit(kerastl.RunConfig(backbone="MobileNetV2", backbone_kwargs={"alpha": 0.35},
+                                   weights=None, image_size=32, epochs=1, mode="frozen",
+                                   augment=[], verbose=0, output=str(tmp_path / "o")),
+                 splits=splits)
+    assert result.metrics["n_examples"] == 30
+    assert (result.output_dir / "metrics.json").is_file()
+    with pytest.raises(kerastl.ConfigError, match="data"):
+        fit(kerastl.RunConfig(data=TINY["data"], output=str(tmp_path / "p")), splits=splits)
