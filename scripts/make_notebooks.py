@@ -447,7 +447,7 @@ FROZEN_VS_FINETUNE_VS_SCRATCH = [
         |---|---:|
         | logistic regression on raw pixels | 0.87 |
         | from scratch | 0.90 |
-        | frozen base, trained head | 0.77 |
+        | frozen base, trained head | 0.76 |
         | head, then top blocks fine-tuned | 0.89 |
         | head, then every layer fine-tuned | 0.91 |
         | logistic regression on frozen features | 0.82 |
@@ -865,13 +865,13 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
         * Under mixed precision the output layer and the variables stay float32; only
           `mixed_float16` needs loss scaling.
         * Multi-worker: the same command on every host, a different `TF_CONFIG`; only the
-          chief's outputs are kept. On a Colab TPU, see `colab_tpu.ipynb`.
+          chief's outputs are kept. On a Colab TPU, see `05_colab_tpu.ipynb`.
     '''),
 ]
 
 
 NOTEBOOK_CELLS = {
-    "colab_tpu.ipynb": COLAB_TPU,
+    "05_colab_tpu.ipynb": COLAB_TPU,
     "01_quickstart.ipynb": QUICKSTART,
     "02_frozen_vs_finetune_vs_scratch.ipynb": FROZEN_VS_FINETUNE_VS_SCRATCH,
     "03_gradual_unfreezing.ipynb": GRADUAL_UNFREEZING,
@@ -883,7 +883,7 @@ def write(name: str, cells: list) -> Path:
     metadata = {
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
     }
-    if name == "colab_tpu.ipynb":
+    if name == "05_colab_tpu.ipynb":
         metadata["accelerator"] = "TPU"
     notebook = new_notebook(cells=cells, metadata=metadata)
     for index, cell in enumerate(notebook.cells):
