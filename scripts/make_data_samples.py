@@ -16,7 +16,7 @@ Run from the repository root (needs ``apt-get install dataset-fashion-mnist`` or
     python scripts/make_data_samples.py
 
 Example:
-    python scripts/make_data_samples.py --train 10 --val 5 --test 5 --out /tmp/samples
+    python scripts/make_data_samples.py --train 10 --val 5 --test 5 --out runs/samples_smoke
 """
 
 from __future__ import annotations

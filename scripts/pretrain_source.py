@@ -23,7 +23,7 @@ accuracy)::
     python scripts/pretrain_source.py
 
 Example:
-    python scripts/pretrain_source.py --epochs 1 --limit 2000 --out /tmp/source
+    python scripts/pretrain_source.py --epochs 1 --limit 2000 --out runs/source_smoke
 """
 
 from __future__ import annotations
