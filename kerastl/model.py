@@ -21,7 +21,6 @@ from .errors import ConfigError
 from .freezing import (
     BACKBONE_LAYER,
     PREPROCESS_LAYER,
-    UnfreezePlan,
     set_regime,
     validate_regime,
 )
@@ -235,11 +234,6 @@ def _head(x, num_classes, head, dense_units, dropout, task, head_norm="none"):
     return keras.layers.Dense(
         units, activation=activation, dtype="float32", name="predictions"
     )(x)
-
-
-def unfreeze_plan(model: keras.Model) -> UnfreezePlan:
-    """The current plan of a kerastl model, without changing anything."""
-    return getattr(model, "plan", None) or set_regime(model, "frozen", recompile=False)
 
 
 def load_model(path: str | os.PathLike, **kwargs: Any) -> keras.Model:

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf  # noqa: E402
 
 from . import _backend  # noqa: F401
-from .checkpoints import TrainState, save_checkpoint
+from .checkpoints import TrainState, restore_weights, save_checkpoint
 from .config import Phase
 from .errors import ConfigError, NonFiniteLossError, StaleTrainableError
 from .freezing import set_regime, trainable_signature
@@ -372,8 +372,6 @@ class Trainer:
             self.log(str(plan))
         self._compile_phase(phase, data)
         if resume_from is not None:
-            from .checkpoints import restore_weights
-
             restore_weights(resume_from, self.model, self.optimizer)
         callbacks = self._callback_list(phase)
         callbacks.on_train_begin()
