@@ -162,11 +162,6 @@ def study(args: dict) -> dict:
                 "accuracy_per_draw": [round(s, 4) for s in scores],
                 "seconds_per_draw": round(float(np.mean(seconds)), 1),
             }
-            if name in REGIME_CONFIGS:
-                example = run_config(name, record, args, seed=0, output=Path("-"))
-                results[name]["phases"] = [
-                    {k: v for k, v in vars(p).items() if v is not None}
-                    for p in example.resolved_phases()]
             print(f"{name:>16}: {results[name]['accuracy']:.4f} ± "
                   f"{results[name]['accuracy_std']:.4f}  ({results[name]['seconds_per_draw']}s)",
                   flush=True)

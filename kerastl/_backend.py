@@ -8,15 +8,61 @@ kerastl on a Colab TPU VM never replaces ``tensorflow-tpu`` with plain ``tensorf
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
 
 MIN_TENSORFLOW = (2, 20)
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# TensorFlow's C++ runtime prints a page of INFO/ERROR lines on import and during
+# training (oneDNN notices, "could not find cuda drivers", harmless cuInit and
+# tf.data thread-pool "errors") that look like failures to a new user. Unless the
+# user chose a level (TF_CPP_MIN_LOG_LEVEL), kerastl keeps only fatal ones and holds
+# back what is printed while TensorFlow is imported: `--verbose 2` replays it, and
+# an import that fails prints it.
+IMPORT_LOG = ""
+_QUIET = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+if _QUIET:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+
+
+@contextlib.contextmanager
+def _stderr_held_back():
+    """Send file descriptor 2 (C++ stderr) to a temporary file while the block runs."""
+    global IMPORT_LOG
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr (some embedded interpreters): nothing to hold
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            IMPORT_LOG = held.read().decode(errors="replace")
+
+
+def show_tensorflow_log() -> None:
+    """Print what TensorFlow logged while it was imported (``--verbose 2``)."""
+    if IMPORT_LOG:
+        sys.stderr.write(IMPORT_LOG)
+
 
 try:
-    import tensorflow as tf  # noqa: F401
+    with _stderr_held_back() if _QUIET else contextlib.nullcontext():
+        import tensorflow as tf  # noqa: F401
 except ImportError as error:  # pragma: no cover - exercised only without TF
     raise ImportError(
         "kerastl needs TensorFlow but it is not installed. Install it with one of: "

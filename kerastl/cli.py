@@ -1,7 +1,9 @@
 """Command line: argument parsing only; every command calls a library function.
 
 ``kerastl train|evaluate|predict|doctor|compare`` and ``python -m kerastl.<command>``
-are the same code. Flags are grouped as data / model / regime / optimisation /
+are the same code, and all of their argparse lives here. The ``train`` and
+``compare`` flags are generated from :class:`~kerastl.config.RunConfig`'s fields
+(help, group, choices, default), grouped as data / model / regime / optimisation /
 runtime / output (timm's ``train.py`` grouping); ``--config FILE.yaml`` supplies
 defaults that flags override, and the resolved run is saved as ``config.yaml``.
 """
@@ -9,16 +11,17 @@ defaults that flags override, and the resolved run is saved as ``config.yaml``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
-
-from .config import CLASS_WEIGHTS, FEATURE_CACHE, OPTIMIZERS, SCHEDULES, RunConfig, load_yaml
+from typing import Any
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 143
 
 
+# ---------------------------------------------------------------------- value parsers
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -29,21 +32,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _int(text: str) -> int:
     try:
-        value = float(text)
+        return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
-def _fraction(text: str) -> float:
-    value = _positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
-    return value
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _positive_int_or_auto(text: str) -> int | str:
+    return "auto" if text.lower() == "auto" else _positive_int(text)
 
 
 def _csv_list(text: str) -> list[str]:
@@ -52,6 +56,10 @@ def _csv_list(text: str) -> list[str]:
 
 def _int_list(text: str) -> list[int]:
     return [_positive_int(t) for t in _csv_list(text)]
+
+
+def _float_list(text: str) -> list[float]:
+    return [_float(t) for t in _csv_list(text)]
 
 
 def _key_values(text: str) -> dict:
@@ -66,118 +74,106 @@ def _key_values(text: str) -> dict:
     return pairs
 
 
-def _weights(text: str) -> str | None:
-    return None if text.lower() == "none" else text
+def _backbone_name(text: str) -> str:
+    from .backbones import get_backbone
+    from .errors import UnknownBackboneError
+
+    try:
+        return get_backbone(text).name
+    except UnknownBackboneError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+# The CLI parser of each RunConfig annotation (``from __future__ import annotations``
+# keeps them as strings); fields with choices are checked by argparse itself.
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str, "str | None": str, "int": _int, "int | None": _positive_int,
+    "float": _float, "float | None": _float, "int | str": _positive_int_or_auto,
+    "list[str]": _csv_list, "list[int]": _int_list, "list[float]": _float_list,
+    "dict[str, Any]": _key_values,
+}
+_SPECIAL_PARSERS: dict[str, Callable[[str], Any]] = {
+    "backbone": _backbone_name, "batch_size": _positive_int, "image_size": _positive_int,
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One flag per :class:`RunConfig` field, in its group, with its default in the help."""
+    from .config import GROUPS, RunConfig, field_default
+
+    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    for spec in dataclasses.fields(RunConfig):
+        meta = spec.metadata
+        if not meta.get("cli", True) or spec.name in skip:
+            continue
+        flag = meta.get("flag") or "--" + spec.name.replace("_", "-")
+        default = field_default(spec)
+        shown = _shown_default(default)
+        help_text = meta["help"] + (f" ({shown})" if shown is not None else "")
+        kwargs: dict[str, Any] = {"dest": spec.name, "help": help_text}
+        if spec.type == "bool":
+            kwargs["action"] = "store_true"
+        else:
+            kwargs["type"] = _SPECIAL_PARSERS.get(spec.name) or _PARSERS[spec.type]
+            choices = meta.get("choices")
+            if choices is not None and not spec.type.startswith("list"):
+                kwargs["choices"] = choices
+            kwargs["metavar"] = meta.get("metavar") or (
+                "{" + ",".join(map(str, choices)) + "}" if choices else None)
+        groups[meta["group"]].add_argument(flag, **kwargs)
+
+
+def _shown_default(default: Any) -> str | None:
+    if default is None or default is False or default == {}:
+        return None
+    if isinstance(default, list):
+        return ",".join(map(str, default)) or "none"
+    return f"{default:g}" if isinstance(default, float) else str(default)
 
 
 def train_parser() -> argparse.ArgumentParser:
     """The ``train`` argument parser (also used to generate docs/cli.md)."""
-    from .backbones import list_backbones
-    from .freezing import BN_POLICIES, MODES
-
     parser = argparse.ArgumentParser(
         prog="python -m kerastl.train",
         description="Train a Keras Applications backbone on a folder of labelled images. "
         "With no arguments: a transfer-learning run on the shipped data_samples/ (offline).",
         argument_default=argparse.SUPPRESS,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--config", metavar="FILE.yaml",
                         help="YAML file of defaults (flags override it)")
-    data = parser.add_argument_group("data")
-    data.add_argument("--data", metavar="DIR", help="training folder of class subfolders "
-                      "(default: data_samples/fashion)")
-    data.add_argument("--val-data", metavar="DIR", help="validation folder (same classes)")
-    data.add_argument("--test-data", metavar="DIR", help="test folder (same classes)")
-    data.add_argument("--val-split", type=_fraction, metavar="F",
-                      help="fraction of --data held out when --val-data is absent (0.2)")
-    data.add_argument("--image-size", type=_positive_int, metavar="S",
-                      help="square input side (backbone default)")
-    data.add_argument("--batch-size", type=_positive_int, metavar="B",
-                      help="batch size per replica (32)")
-    data.add_argument("--augment", type=_csv_list, metavar="LIST",
-                      help="comma list of flip,rotation,zoom,contrast,translate or 'none' "
-                      "(flip,translate)")
-    data.add_argument("--on-bad-file", choices=("error", "skip"),
-                      help="unreadable images: stop with the list, or skip them (error)")
-    model = parser.add_argument_group("model")
-    model.add_argument("--backbone", choices=list_backbones(), metavar="NAME",
-                       help="Keras Applications backbone (MobileNetV2; with no --data, the "
-                       "shipped source backbone); "
-                       "see kerastl.list_backbones()")
-    model.add_argument("--backbone-args", type=_key_values, dest="backbone_kwargs",
-                       metavar="K=V,...", help="constructor arguments, e.g. alpha=0.35")
-    model.add_argument("--weights", type=_weights, metavar="imagenet|none|PATH",
-                       help="pretrained base weights (imagenet)")
-    model.add_argument("--weights-hash", metavar="SHA256", help="expected SHA-256 of --weights")
-    model.add_argument("--head", choices=("flatten", "avg", "max", "sklearn-logreg",
-                                          "sklearn-linear-svm", "sklearn-knn"),
-                       help="pooling of a Keras head (avg), or a scikit-learn head on "
-                       "frozen features")
-    model.add_argument("--dense-units", type=_int_list, metavar="N,N",
-                       help="hidden Dense layers of the head, or 'none' (none)")
-    model.add_argument("--dropout", type=float, metavar="P", help="head dropout (0.2)")
-    model.add_argument("--head-norm", choices=("none", "layer", "batch"),
-                       help="normalise pooled features before the head (layer)")
-    model.add_argument("--task", choices=("multiclass", "binary", "multilabel"))
-    regime = parser.add_argument_group("regime")
-    regime.add_argument("--mode", choices=MODES, help="frozen | finetune | full | scratch "
-                        "(finetune/full: head warm-up, then the top blocks / all layers at "
-                        "lr * finetune-lr-factor) (full)")
-    regime.add_argument("--unfreeze-top", type=_positive_int, metavar="N",
-                        help="finetune: the top N layers (classic base.layers[-N:])")
-    regime.add_argument("--unfreeze-blocks", type=_positive_int, metavar="K",
-                        help="finetune: the top K blocks (never splits a residual block) (2)")
-    regime.add_argument("--bn-policy", choices=BN_POLICIES,
-                        help="BatchNorm while fine-tuning: frozen (inference mode) or train")
-    regime.add_argument("--head-epochs", type=_positive_int, metavar="E",
-                        help="head warm-up epochs before unfreezing (epochs // 3)")
-    opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--epochs", type=_positive_int, metavar="E", help="total epochs (10)")
-    opt.add_argument("--lr", type=_positive_float, metavar="X",
-                     help="peak learning rate of the head phase (1e-2)")
-    opt.add_argument("--finetune-lr-factor", type=_positive_float, metavar="F",
-                     help="unfrozen phases use lr * F (0.1)")
-    opt.add_argument("--optimizer", choices=OPTIMIZERS)
-    opt.add_argument("--schedule", choices=SCHEDULES)
-    opt.add_argument("--warmup-fraction", type=float, metavar="F",
-                     help="share of each phase spent warming the lr up (0.1)")
-    opt.add_argument("--weight-decay", type=float, metavar="W")
-    opt.add_argument("--label-smoothing", type=float, metavar="S")
-    opt.add_argument("--class-weight", choices=CLASS_WEIGHTS)
-    opt.add_argument("--early-stopping", type=_positive_int, metavar="PATIENCE",
-                     help="stop a phase after PATIENCE epochs without val_loss progress and "
-                     "restore its best weights")
-    runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("--strategy", choices=("auto", "default", "mirrored", "multiworker",
-                                                "tpu"))
-    runtime.add_argument("--precision", choices=("auto", "float32", "mixed_float16",
-                                                 "mixed_bfloat16"))
-    runtime.add_argument("--seed", type=int, metavar="N")
-    runtime.add_argument("--jit-compile", choices=("auto", "on", "off"))
-    runtime.add_argument("--steps-per-execution", type=_positive_int, metavar="N")
-    runtime.add_argument("--feature-cache", choices=FEATURE_CACHE,
-                         help="frozen phases train the head on cached base features")
-    runtime.add_argument("--feature-cache-dir", metavar="DIR",
-                         help="disk cache for features larger than the memory budget")
-    output = parser.add_argument_group("output")
-    output.add_argument("--output", metavar="DIR", help="output directory (runs/latest)")
-    output.add_argument("--resume", action="store_true",
-                        help="continue the interrupted run in --output")
-    output.add_argument("--verbose", type=int, choices=(0, 1, 2))
+    _add_config_flags(parser)
     return parser
 
 
-def config_from_args(argv: Sequence[str] | None) -> RunConfig:
-    """Defaults ← ``--config`` YAML ← flags, as one :class:`RunConfig`."""
-    args = vars(train_parser().parse_args(argv))
+def config_from_args(argv: Sequence[str] | None,
+                     parser: argparse.ArgumentParser | None = None):
+    """Defaults ← ``--config`` YAML ← flags, as one :class:`~kerastl.config.RunConfig`.
+
+    Only the flags and YAML keys actually given are marked as given.
+    """
+    from .config import RunConfig, load_yaml
+
+    args = vars((parser or train_parser()).parse_args(argv))
     values = load_yaml(args.pop("config")) if "config" in args else {}
     values.update(args)
     return RunConfig.from_dict(values)
 
 
-def _run_guarded(action: Callable[[], int]) -> int:
-    """Turn kerastl errors into one-line messages and exit codes."""
+# ---------------------------------------------------------------------- running
+def _quiet_tensorflow(argv: Sequence[str] | None) -> None:
+    """Before TensorFlow is imported: keep its C++ log unless ``--verbose 2``."""
+    from . import _backend
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--verbose=") else (
+            argv[i + 1] if arg == "--verbose" and i + 1 < len(argv) else None)
+        if value == "2":
+            _backend.show_tensorflow_log()
+
+
+def run_guarded(action: Callable[[], int]) -> int:
+    """Run a command; kerastl errors become one-line messages and exit codes."""
     from .errors import KerastlError, NonFiniteLossError
     from .training import Preempted
 
@@ -186,9 +182,9 @@ def _run_guarded(action: Callable[[], int]) -> int:
     except NonFiniteLossError as error:
         print(f"kerastl: error: {error}", file=sys.stderr)
         return EXIT_DIVERGED
-    except Preempted:
-        print("kerastl: stopped by SIGTERM; the last completed epoch is checkpointed. "
-              "Resume with the same command plus --resume.", file=sys.stderr)
+    except Preempted as stop:
+        print(f"kerastl: stopped by SIGTERM; {stop} Resume with the same command plus "
+              "--resume.", file=sys.stderr)
         return EXIT_PREEMPTED
     except (KerastlError, FileNotFoundError) as error:
         print(f"kerastl: error: {error}", file=sys.stderr)
@@ -197,6 +193,7 @@ def _run_guarded(action: Callable[[], int]) -> int:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """``python -m kerastl.train``."""
+    _quiet_tensorflow(argv)
     config = config_from_args(argv)
 
     def action() -> int:
@@ -205,11 +202,12 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         fit(config)
         return 0
 
-    return _run_guarded(action)
+    return run_guarded(action)
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """``python -m kerastl.evaluate MODEL DIR``: metrics of a saved model on a folder."""
+    _quiet_tensorflow(argv)
     parser = argparse.ArgumentParser(prog="python -m kerastl.evaluate",
                                      description="Evaluate a saved kerastl model on a folder.")
     parser.add_argument("model", help="model.keras from a kerastl run")
@@ -227,11 +225,12 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
               f"({metrics['n_examples']} images)")
         return 0
 
-    return _run_guarded(action)
+    return run_guarded(action)
 
 
 def predict_main(argv: Sequence[str] | None = None) -> int:
     """``python -m kerastl.predict MODEL PATH...``: CSV of class and probabilities."""
+    _quiet_tensorflow(argv)
     parser = argparse.ArgumentParser(prog="python -m kerastl.predict",
                                      description="Predict classes of images with a saved model.")
     parser.add_argument("model", help="model.keras from a kerastl run")
@@ -249,27 +248,99 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(text)
         return 0
 
-    return _run_guarded(action)
+    return run_guarded(action)
+
+
+def doctor_parser() -> argparse.ArgumentParser:
+    from .doctor import DEFAULT_MAX_PIXELS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m kerastl.doctor",
+        description="Check an image-classification folder (one subfolder per class) "
+        "for files that would break or skew training.",
+    )
+    parser.add_argument("data", metavar="DIR", help="training folder, one subfolder per class")
+    parser.add_argument("--val-data", metavar="DIR", help="validation folder to compare")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse images larger than this many pixels (default: %(default)s)")
+    return parser
 
 
 def doctor_main(argv: Sequence[str] | None = None) -> int:
-    from .doctor import main
+    """``python -m kerastl.doctor DIR [--val-data DIR] [--json]``.
 
-    return main(argv)
+    Returns:
+        int. Exit code: 0 when the data loads as it is, 1 when there are bad files,
+        empty classes or mismatched classes, 2 when a folder cannot be read.
+    """
+    import json
+
+    args = doctor_parser().parse_args(argv)
+    from .doctor import diagnose
+    from .errors import DataError
+
+    try:
+        report = diagnose(args.data, args.val_data, max_pixels=args.max_pixels)
+    except DataError as error:
+        print(f"kerastl: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
+    return 0 if report.ok else 1
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    """``train``'s data/model/optimisation flags plus ``--regimes`` and ``--fractions``."""
+    from .compare import REGIMES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m kerastl.compare",
+        description="Train frozen, fine-tuned and from-scratch models and a scikit-learn "
+        "probe on the same data; write comparison.md/.json/.png in --output "
+        "(default: a new runs/compareN).",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="YAML file of defaults (flags override it)")
+    _add_config_flags(parser, skip=("mode", "resume", "phases"))
+    group = parser.add_argument_group("comparison")
+    group.add_argument("--regimes", type=_csv_list, default=list(REGIMES),
+                       help=f"comma list of {','.join(REGIMES)}")
+    group.add_argument("--fractions", type=_float_list, default=[1.0],
+                       help="comma list of training fractions in (0, 1], e.g. 0.1,0.3,1.0")
+    return parser
 
 
 def compare_main(argv: Sequence[str] | None = None) -> int:
-    from .compare import main
+    """``python -m kerastl.compare`` / ``kerastl compare``."""
+    _quiet_tensorflow(argv)
+    parser = compare_parser()
+    args = vars(parser.parse_args(argv))
+    regimes, fractions = args.pop("regimes"), args.pop("fractions")
 
-    return main(argv)
+    def action() -> int:
+        from .compare import compare, comparison_markdown
+        from .config import RunConfig, load_yaml
+        from .outputs import new_run_dir
+
+        values = load_yaml(args.pop("config")) if "config" in args else {}
+        values.update(args)
+        config = RunConfig.from_dict(values)
+        output = config.output or new_run_dir("compare")
+        rows = compare(config, regimes=regimes, fractions=fractions, output=output)
+        print(comparison_markdown(rows))
+        print(f"Comparison written to {output.resolve() if hasattr(output, 'resolve') else output}")
+        return 0
+
+    return run_guarded(action)
 
 
-COMMANDS: dict[str, Callable[[Sequence[str] | None], int]] = {
-    "train": train_main,
-    "evaluate": evaluate_main,
-    "predict": predict_main,
-    "doctor": doctor_main,
-    "compare": compare_main,
+COMMANDS: dict[str, tuple[Callable[[Sequence[str] | None], int], str]] = {
+    "train": (train_main, "train a model (python -m kerastl.train)"),
+    "evaluate": (evaluate_main, "metrics of a saved model on a folder"),
+    "predict": (predict_main, "CSV of predicted classes and probabilities"),
+    "doctor": (doctor_main, "check an image folder for broken or suspicious files"),
+    "compare": (compare_main, "frozen vs fine-tuned vs scratch vs scikit-learn on your data"),
 }
 
 
@@ -278,13 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: kerastl {" + ",".join(COMMANDS) + "} [--help] [ARGS]")
-        print("  train     train a model (python -m kerastl.train)")
-        print("  evaluate  metrics of a saved model on a folder")
-        print("  predict   CSV of predicted classes and probabilities")
-        print("  doctor    check an image folder for broken or suspicious files")
-        print("  compare   frozen vs fine-tuned vs scratch vs scikit-learn on your data")
+        for name, (_, summary) in COMMANDS.items():
+            print(f"  {name:<9} {summary}")
         return 0 if argv and argv[0] in ("-h", "--help") else EXIT_BAD_INPUT
-    return COMMANDS[argv[0]](argv[1:])
+    return COMMANDS[argv[0]][0](argv[1:])
 
 
 if __name__ == "__main__":

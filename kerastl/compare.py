@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import time
@@ -29,10 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import Phase, RunConfig
+from .config import RunConfig
 from .data import ImageData, load_splits, train_val_split
 from .errors import ConfigError
-from .reports import _save_figure, atomic_write_json, atomic_write_text
+from .outputs import atomic_write_json, atomic_write_text
+from .recipes import DEFAULT_UNFREEZE_BLOCKS, Phase
+from .reports import save_figure
 
 REGIMES = ("frozen", "finetune", "scratch", "sklearn-logreg")
 COLUMNS = ("fraction", "regime", "accuracy", "seconds", "trainable_params", "epochs",
@@ -67,14 +68,9 @@ def compare(
         ConfigError: an unknown regime or a fraction outside ``(0, 1]``.
     """
     regimes, fractions = _check_regimes(regimes), _check_fractions(fractions)
-    from .run import DEFAULT_BACKBONE, apply_sample_defaults, keras_default_size
-
-    # Resolve the sample defaults once, so every regime (and the scikit-learn
-    # probe, which does not go through fit) sees the same data and weights.
-    base = apply_sample_defaults(RunConfig.from_dict(
-        {**config.__dict__, "phases": None, "resume": False}))
-    base.backbone = base.backbone or DEFAULT_BACKBONE
-    base.image_size = base.image_size or keras_default_size(base.backbone)
+    # Resolved once, so every regime (and the scikit-learn probe, which does not go
+    # through fit) sees the same data, weights and input size.
+    base = config.replace(phases=None, resume=False).resolve()
     output = Path(output)
     rows: list[dict[str, Any]] = []
     for fraction in fractions:
@@ -117,8 +113,7 @@ def _fraction_config(base: RunConfig, fraction: float, directory: Path) -> RunCo
     splits = load_splits(base.data, val_dir=base.val_data, val_split=base.val_split,
                          seed=base.seed, on_bad_file=base.on_bad_file)
     train, _ = train_val_split(splits.train, 1.0 - fraction, base.seed)
-    config = RunConfig.from_dict(dict(base.__dict__))
-    config.data = str(_link_folder(train, directory / "data" / "train"))
+    config = base.replace(data=str(_link_folder(train, directory / "data" / "train")))
     if base.val_data is None and splits.val is not None:
         config.val_data = str(_link_folder(splits.val, directory / "data" / "val"))
     return config
@@ -142,12 +137,12 @@ def _link_folder(data: ImageData, root: Path) -> Path:
 
 # ------------------------------------------------------------------ one regime
 def _regime_config(data: RunConfig, regime: str, run_dir: Path) -> tuple[RunConfig, str]:
-    config = RunConfig.from_dict({**data.__dict__, "mode": regime, "output": str(run_dir)})
+    config = data.replace(mode=regime, output=str(run_dir))
     note = ""
-    if regime == "finetune" and config.epochs < 2:
+    if regime == "finetune" and config.epochs != "auto" and config.epochs < 2:
         # A head warm-up plus a fine-tuning phase needs two epochs; with one, the
         # whole budget goes to fine-tuning (still at the lower fine-tuning rate).
-        unfreeze = ({"unfreeze_blocks": 2} if config.unfreeze_top is None
+        unfreeze = ({"unfreeze_blocks": DEFAULT_UNFREEZE_BLOCKS} if config.unfreeze_top is None
                     and config.unfreeze_blocks is None
                     else {"unfreeze_top": config.unfreeze_top,
                           "unfreeze_blocks": config.unfreeze_blocks})
@@ -190,12 +185,8 @@ def _sklearn_row(data: RunConfig, run_dir: Path) -> dict[str, Any]:
     splits = load_splits(data.data, val_dir=data.val_data, test_dir=data.test_data,
                          val_split=data.val_split, seed=data.seed,
                          on_bad_file=data.on_bad_file)
-    model = build_model(
-        data.backbone, len(splits.class_names), input_shape=data.image_size,
-        weights=None if data.weights in (None, "none") else data.weights,
-        weights_hash=data.weights_hash, head=data.head, dense_units=(),
-        backbone_kwargs=data.backbone_kwargs,
-    )
+    model = build_model(data.backbone, len(splits.class_names),
+                        **{**data.build_model_kwargs(), "dense_units": ()})
     classifier = SklearnClassifier.fit(model, splits.train, "logreg",
                                        image_size=data.image_size, batch_size=data.batch_size,
                                        random_state=data.seed)
@@ -236,7 +227,7 @@ def comparison_markdown(rows: Sequence[dict[str, Any]]) -> str:
 def _write_outputs(rows: list[dict[str, Any]], output: Path) -> None:
     atomic_write_json(output / "comparison.json", {"columns": list(COLUMNS), "rows": rows})
     atomic_write_text(output / "comparison.md", comparison_markdown(rows))
-    _save_figure(_comparison_figure(rows), output / "comparison.png")
+    save_figure(_comparison_figure(rows), output / "comparison.png")
 
 
 def _comparison_figure(rows: Sequence[dict[str, Any]]):
@@ -262,61 +253,9 @@ def _comparison_figure(rows: Sequence[dict[str, Any]]):
     return fig
 
 
-# ------------------------------------------------------------------ command line
-def _csv(kind):
-    def parse(text: str) -> list:
-        try:
-            return [kind(item.strip()) for item in text.split(",") if item.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma list, got {text!r}") from None
-
-    return parse
-
-
-def compare_parser() -> argparse.ArgumentParser:
-    """``train``'s data/model/optimisation flags plus ``--regimes`` and ``--fractions``."""
-    from .cli import train_parser
-
-    parser = train_parser()
-    parser.prog = "python -m kerastl.compare"
-    parser.description = ("Train frozen, fine-tuned and from-scratch models and a "
-                          "scikit-learn probe on the same data; write comparison.md/.json/.png "
-                          "in --output (runs/compare). --mode and --resume do not apply.")
-    group = parser.add_argument_group("comparison")
-    group.add_argument("--regimes", type=_csv(str), default=list(REGIMES),
-                       help=f"comma list of {','.join(REGIMES)}")
-    group.add_argument("--fractions", type=_csv(float), default=[1.0],
-                       help="comma list of training fractions in (0, 1], e.g. 0.1,0.3,1.0")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m kerastl.compare`` / ``kerastl compare``."""
-    from .cli import _run_guarded
-    from .config import load_yaml
-
-    parser = compare_parser()
-    args = vars(parser.parse_args(argv))
-    if args.pop("resume", False):
-        parser.error("--resume does not apply to compare; rerun with another --output.")
-    regimes, fractions = args.pop("regimes"), args.pop("fractions")
-    output = args.pop("output", "runs/compare")
-    values = load_yaml(args.pop("config")) if "config" in args else {}
-    values.update(args)
-
-    def action() -> int:
-        config = RunConfig.from_dict(values)
-        rows = compare(config, regimes=regimes, fractions=fractions, output=output)
-        print(comparison_markdown(rows))
-        print(f"Comparison written to {Path(output).resolve()}")
-        return 0
-
-    return _run_guarded(action)
-
-
-__all__ = ["COLUMNS", "REGIMES", "compare", "comparison_markdown", "main"]
+__all__ = ["COLUMNS", "REGIMES", "compare", "comparison_markdown"]
 
 if __name__ == "__main__":
-    import sys
+    from .cli import compare_main
 
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(compare_main())

@@ -1,183 +1,202 @@
 """What a run is: one dataclass that the CLI, YAML files and notebooks all produce.
 
-The resolved :class:`RunConfig` is written next to the outputs as ``config.yaml``,
-and ``python -m kerastl.train --config that.yaml`` reproduces the run.
+:class:`RunConfig` is the single room for a run's options. Each field carries its
+default, its help text, its CLI group and (for closed choices) the constant of the
+module that implements it, so the ``train``/``compare`` parsers are generated from it
+and nothing is typed twice. :meth:`RunConfig.resolve` fills in every default that
+depends on other values (the shipped samples, the backbone a weights file was saved
+from, the input size, scratch means random weights) and validates everything once;
+:func:`kerastl.fit`, :func:`kerastl.compare` and every CLI use the resolved config.
+
+The resolved config is written next to the outputs as ``config.yaml``, and
+``python -m kerastl.train --config that.yaml`` reproduces the run.
+
+Example:
+    >>> config = RunConfig(data="data_samples/fashion/train", epochs=3)
+    >>> sorted(config.given)
+    ['data', 'epochs']
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .data import AUGMENTATIONS, BAD_FILE_POLICIES
 from .errors import ConfigError
+from .features import FEATURE_CACHE_MODES
+from .freezing import BN_POLICIES
+from .model import HEAD_NORMS, HEADS, TASKS
+from .recipes import HEAD_WARMUPS, RUN_MODES, Phase
+from .runtime import JIT_CHOICES, PRECISIONS, STRATEGIES
+from .sklearn_heads import SKLEARN_HEADS
+from .training import CLASS_WEIGHTS, KEEP_WEIGHTS, OPTIMIZERS, SCHEDULES
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "onecycle")
-CLASS_WEIGHTS = ("none", "balanced")
-ON_BAD_FILE = ("error", "skip")
-FEATURE_CACHE = ("auto", "off")
+GROUPS = ("data", "model", "regime", "optimisation", "runtime", "output")
+ALL_HEADS = (*HEADS, *(f"sklearn-{kind}" for kind in SKLEARN_HEADS))
+AUTO = "auto"
 
 
-@dataclass
-class Phase:
-    """One stage of a run: a regime, a number of epochs and a learning rate.
-
-    Each phase sets the regime with :func:`kerastl.set_regime` and builds a fresh
-    optimizer and train step, so trainable flags are never stale.
+def option(default: Any = None, help: str = "", *, group: str, factory: Any = None,
+           choices: tuple[str, ...] | None = None, metavar: str | None = None,
+           flag: str | None = None, cli: bool = True) -> Any:
+    """A :class:`RunConfig` field with what the CLI and the docs need to know.
 
     Args:
-        name: str. Shown in logs, ``history.csv`` and ``curves.png``.
-        epochs: int. Epochs in this phase.
-        mode: str. ``"frozen"``, ``"finetune"``, ``"full"`` or ``"scratch"``.
-        unfreeze_top: int, optional. Fine-tune the top N layers.
-        unfreeze_blocks: int, optional. Fine-tune the top K registry blocks.
-        lr: float, optional. Peak learning rate; defaults to the run's ``lr`` times
-            ``finetune_lr_factor`` for phases that unfreeze the base.
-        bn_policy: str. ``"frozen"`` or ``"train"``.
-
-    Example:
-        >>> Phase("finetune", 3, mode="finetune", unfreeze_blocks=2, lr=1e-4).epochs
-        3
+        default: the default value (or use ``factory`` for lists and dicts).
+        help: str. One line for ``--help``; the default is appended to it.
+        group: str. One of :data:`GROUPS`.
+        factory: callable, optional. ``default_factory`` of the field.
+        choices: tuple of str, optional. The allowed values, taken from the module
+            that implements them.
+        metavar: str, optional. Placeholder in ``--help``.
+        flag: str, optional. The flag, if not ``--`` + the name with dashes.
+        cli: bool. Whether the field is a flag (``phases`` is YAML-only).
     """
-
-    name: str
-    epochs: int
-    mode: str = "frozen"
-    unfreeze_top: int | None = None
-    unfreeze_blocks: int | None = None
-    lr: float | None = None
-    bn_policy: str = "frozen"
+    if group not in GROUPS:
+        raise ValueError(f"group must be one of {GROUPS}; received {group!r}")
+    metadata = {"help": help, "group": group, "choices": choices, "metavar": metavar,
+                "flag": flag, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class RunConfig:
-    """Everything a training run needs, grouped as the CLI groups its flags."""
+    """Everything a training run needs, grouped as the CLI groups its flags.
+
+    Every field is documented by its ``help`` text (``python -m kerastl.train --help``
+    and ``docs/configuration.md`` are generated from them). ``given`` records which
+    fields were set explicitly (by keyword, YAML key or flag): ``--resume`` applies
+    only those of the recovery knobs, whatever their value.
+    """
 
     # data
-    data: str | None = None
-    val_data: str | None = None
-    test_data: str | None = None
-    val_split: float = 0.2
-    image_size: int | None = None
-    batch_size: int = 32
-    augment: list[str] = field(default_factory=lambda: ["flip", "translate"])
-    on_bad_file: str = "error"
+    data: str | None = option(None, "training folder of class subfolders (default: the "
+                              "shipped data_samples/fashion)", group="data", metavar="DIR")
+    val_data: str | None = option(None, "validation folder with the same classes (default: "
+                                  "held out from --data, see --val-split)",
+                                  group="data", metavar="DIR")
+    test_data: str | None = option(None, "test folder with the same classes", group="data",
+                                   metavar="DIR")
+    val_split: float = option(0.2, "fraction of --data held out (stratified) when there is "
+                              "no --val-data", group="data", metavar="F")
+    image_size: int | None = option(None, "square input side (default: the size the weights "
+                                    "were trained at, else the backbone's default)",
+                                    group="data", metavar="S")
+    batch_size: int = option(32, "batch size per replica", group="data", metavar="B")
+    augment: list[str] = option(help="comma list of augmentations, or 'none'", group="data",
+                                factory=lambda: ["flip", "translate"], choices=AUGMENTATIONS,
+                                metavar="LIST")
+    on_bad_file: str = option("error", "unreadable images: stop with the list, or skip them",
+                              group="data", choices=BAD_FILE_POLICIES)
     # model
-    backbone: str | None = None  # None: the shipped source backbone, else MobileNetV2
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    weights: str | None = "imagenet"
-    weights_hash: str | None = None
-    head: str = "avg"
-    dense_units: list[int] = field(default_factory=list)
-    dropout: float = 0.2
-    head_norm: str = "layer"
-    task: str = "multiclass"
+    backbone: str | None = option(None, "Keras Applications backbone, any case (default: the "
+                                  "one --weights was saved from, else MobileNetV2; see "
+                                  "kerastl.list_backbones())", group="model", metavar="NAME")
+    backbone_kwargs: dict[str, Any] = option(
+        help="backbone constructor arguments, e.g. alpha=0.35", group="model", factory=dict,
+        metavar="K=V,...", flag="--backbone-args")
+    weights: str | None = option("imagenet", "pretrained base weights: imagenet, none, or a "
+                                 ".weights.h5 file (e.g. backbone.weights.h5 of another run)",
+                                 group="model", metavar="imagenet|none|PATH")
+    weights_hash: str | None = option(None, "expected SHA-256 of --weights", group="model",
+                                      metavar="SHA256")
+    head: str = option("avg", "pooling of the Keras head, or a scikit-learn head on frozen "
+                       "features", group="model", choices=ALL_HEADS)
+    dense_units: list[int] = option(help="hidden Dense layers of the head, or 'none'",
+                                    group="model", factory=list, metavar="N,N")
+    dropout: float = option(0.2, "head dropout", group="model", metavar="P")
+    head_norm: str = option("layer", "normalise pooled features before the head",
+                            group="model", choices=HEAD_NORMS)
+    task: str = option("multiclass", "one class per image, two classes with one sigmoid, or "
+                       "several labels per image", group="model", choices=TASKS)
     # regime
-    mode: str = "full"
-    unfreeze_top: int | None = None
-    unfreeze_blocks: int | None = None
-    bn_policy: str = "frozen"
-    head_epochs: int | None = None
-    phases: list[Phase] | None = None
+    mode: str = option("full", "auto: a linear probe on frozen features and a fine-tune, "
+                       "keeping the better on validation; finetune/full: head warm-up, then "
+                       "the top blocks / every layer at lr * finetune-lr-factor",
+                       group="regime", choices=RUN_MODES)
+    unfreeze_top: int | None = option(None, "finetune: the top N layers (classic "
+                                      "base.layers[-N:])", group="regime", metavar="N")
+    unfreeze_blocks: int | None = option(None, "finetune: the top K blocks, never splitting "
+                                         "a residual block (default: 2)", group="regime",
+                                         metavar="K")
+    bn_policy: str = option("frozen", "BatchNorm while fine-tuning: frozen (inference mode, "
+                            "pretrained statistics) or train", group="regime",
+                            choices=BN_POLICIES)
+    head_warmup: str = option("train", "how finetune/full/auto fit the new head before "
+                              "unfreezing: train (gradient epochs) or probe (logistic "
+                              "regression on cached features, written into the head)",
+                              group="regime", choices=HEAD_WARMUPS)
+    head_epochs: int | None = option(None, "head warm-up epochs before unfreezing (default: "
+                                     "a third of the budget)", group="regime", metavar="E")
+    phases: list[Phase] | None = option(None, "explicit phases (YAML only)", group="regime",
+                                        cli=False)
     # optimisation
-    epochs: int = 10
-    lr: float = 1e-2
-    finetune_lr_factor: float = 0.1
-    optimizer: str = "adamw"
-    schedule: str = "cosine"
-    warmup_fraction: float = 0.1
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    label_smoothing: float = 0.1
-    class_weight: str = "none"
-    early_stopping: int | None = None
+    epochs: int | str = option(10, "total epochs, or auto", group="optimisation",
+                               metavar="E|auto")
+    lr: float = option(1e-2, "peak learning rate of the head phase", group="optimisation",
+                       metavar="X")
+    finetune_lr_factor: float = option(0.1, "unfrozen phases use lr * F",
+                                       group="optimisation", metavar="F")
+    optimizer: str = option("adamw", "optimizer", group="optimisation", choices=OPTIMIZERS)
+    schedule: str = option("cosine", "learning-rate schedule within each phase",
+                           group="optimisation", choices=SCHEDULES)
+    warmup_fraction: float = option(0.1, "share of each phase spent warming the lr up "
+                                    "(cosine)", group="optimisation", metavar="F")
+    weight_decay: float = option(1e-4, "decoupled weight decay (adamw, sgd)",
+                                 group="optimisation", metavar="W")
+    momentum: float = option(0.9, "SGD momentum", group="optimisation", metavar="M")
+    label_smoothing: float = option(0.1, "label smoothing of the training loss",
+                                    group="optimisation", metavar="S")
+    class_weight: str = option("none", "weight the loss by inverse class frequency",
+                               group="optimisation", choices=CLASS_WEIGHTS)
+    early_stopping: int | None = option(None, "stop a phase after PATIENCE epochs without "
+                                        "val_loss progress", group="optimisation",
+                                        metavar="PATIENCE")
+    keep: str = option("best", "weights a run ends with: those of its best validated epoch, "
+                       "or the last", group="optimisation", choices=KEEP_WEIGHTS)
     # runtime
-    strategy: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
-    jit_compile: str = "auto"
-    steps_per_execution: int | None = None
-    feature_cache: str = "auto"
-    feature_cache_dir: str | None = None
+    strategy: str = option("auto", "tf.distribute strategy", group="runtime",
+                           choices=STRATEGIES)
+    precision: str = option("auto", "Keras dtype policy", group="runtime", choices=PRECISIONS)
+    seed: int = option(0, "seed of weights, data order, augmentation and splits",
+                       group="runtime", metavar="N")
+    jit_compile: str = option("auto", "XLA-compile the train step (auto: on GPU/TPU)",
+                              group="runtime", choices=JIT_CHOICES)
+    steps_per_execution: int | None = option(None, "train steps per compiled call (default: "
+                                             "32 on TPU, else 1)", group="runtime",
+                                             metavar="N")
+    feature_cache: str = option("auto", "frozen phases train the head on cached base "
+                                "features", group="runtime", choices=FEATURE_CACHE_MODES)
+    feature_cache_dir: str | None = option(None, "where cached features persist between runs "
+                                           "(relative paths: inside --output)",
+                                           group="runtime", metavar="DIR")
     # output
-    output: str = "runs/latest"
-    resume: bool = False
-    verbose: int = 1
+    output: str | None = option(None, "output directory (default: a new runs/trainN); an "
+                                "existing finished run is never overwritten",
+                                group="output", metavar="DIR")
+    resume: bool = option(False, "continue the interrupted run in --output", group="output")
+    verbose: int = option(1, "0 silent, 1 progress, 2 also TensorFlow's own log",
+                          group="output", choices=(0, 1, 2))
 
-    def resolved_phases(self) -> list[Phase]:
-        """The phases to run: ``phases`` if given, else derived from ``mode``.
+    def __init__(self, **values: Any) -> None:
+        _init_fields(self, values)
 
-        ``finetune``/``full`` warm the new head up with the base frozen first (a
-        randomly initialised head sends large gradients into a pretrained base),
-        then unfreeze at ``lr * finetune_lr_factor``.
-        """
-        if self.phases:
-            return [p if isinstance(p, Phase) else Phase(**p) for p in self.phases]
-        if self.mode in ("frozen", "scratch"):
-            return [Phase(self.mode, self.epochs, mode=self.mode, lr=self.lr,
-                          bn_policy="train" if self.mode == "scratch" else self.bn_policy)]
-        head = self.head_epochs if self.head_epochs is not None else max(1, self.epochs // 3)
-        if not 0 < head < self.epochs:
-            raise ConfigError(
-                f"mode={self.mode!r} runs a head warm-up then a {self.mode} phase, so it needs "
-                f"0 < head_epochs < epochs; received head_epochs={head}, epochs={self.epochs}."
-            )
-        unfreeze = {}
-        if self.mode == "finetune":
-            if self.unfreeze_top is None and self.unfreeze_blocks is None:
-                unfreeze = {"unfreeze_blocks": 2}
-            else:
-                unfreeze = {"unfreeze_top": self.unfreeze_top,
-                            "unfreeze_blocks": self.unfreeze_blocks}
-        return [
-            Phase("head", head, mode="frozen", lr=self.lr, bn_policy=self.bn_policy),
-            Phase(self.mode, self.epochs - head, mode=self.mode,
-                  lr=self.lr * self.finetune_lr_factor, bn_policy=self.bn_policy, **unfreeze),
-        ]
-
-    def validate(self) -> RunConfig:
-        """Refuse bad values with a one-line reason quoting them."""
-        if self.backbone is not None:
-            from .backbones import get_backbone
-
-            self.backbone = get_backbone(self.backbone).name
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("class_weight", self.class_weight, CLASS_WEIGHTS)
-        _choice("on_bad_file", self.on_bad_file, ON_BAD_FILE)
-        _choice("feature_cache", self.feature_cache, FEATURE_CACHE)
-        _positive("batch_size", self.batch_size)
-        _positive("epochs", self.epochs)
-        if self.image_size is not None:
-            _positive("image_size", self.image_size)
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0; received lr={self.lr!r}.")
-        if not 0.0 < self.val_split < 1.0:
-            raise ConfigError(
-                f"val_split must be in (0, 1); received val_split={self.val_split!r}."
-            )
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ConfigError(
-                f"warmup_fraction must be in [0, 1); received {self.warmup_fraction!r}."
-            )
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(
-                f"label_smoothing must be in [0, 1); received {self.label_smoothing!r}."
-            )
-        phases = self.resolved_phases()
-        for phase in phases:
-            _positive(f"epochs of phase {phase.name!r}", phase.epochs)
-        if self.phases is None and self.mode == "scratch" and self.weights not in (None, "none"):
-            self.weights = None  # scratch means random initialisation
-        return self
-
+    # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["phases"] = [dataclasses.asdict(p) for p in self.resolved_phases()]
+        """Plain values of every field (phases as dicts), for YAML and JSON."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data = json.loads(json.dumps(data, default=_plain))
+        if self.phases is not None:
+            data["phases"] = [dataclasses.asdict(p) for p in self.phases]
         return data
 
     def to_yaml(self) -> str:
@@ -185,16 +204,203 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """A config from a dict of field values (e.g. a YAML file); keys count as given."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(
-                f"Unknown configuration keys {unknown}; valid keys are {sorted(known)}."
-            )
-        data = dict(data)
-        if data.get("phases"):
-            data["phases"] = [Phase(**p) if isinstance(p, dict) else p for p in data["phases"]]
+            close = {key: _close_key(key, known) for key in unknown}
+            hints = ", ".join(f"{k!r} (did you mean {v!r}?)" if v else repr(k)
+                              for k, v in close.items())
+            raise ConfigError(f"Unknown configuration keys {hints}; valid keys are "
+                              f"{sorted(known)}.")
         return cls(**data)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes`` applied; they join ``given``."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        copy = RunConfig(**{**values, **changes})
+        copy.given = frozenset(self.given | set(changes))
+        return copy
+
+    # ------------------------------------------------------------------ resolution
+    def resolve(self, *, in_memory_data: bool = False) -> RunConfig:
+        """A validated copy with every derived default filled in, done once.
+
+        * no ``data`` (and ``in_memory_data`` False): the shipped ``data_samples/``
+          and their source backbone;
+        * ``weights`` ``"none"``/``None`` are the same; ``mode="scratch"`` means
+          random initialisation;
+        * no ``backbone``: the one a weights file was saved from (its kerastl
+          ``config.yaml`` or JSON record), else ``MobileNetV2``; names in any case;
+        * no ``image_size``: the size those weights were trained at, else the
+          backbone's default size.
+
+        Raises:
+            ConfigError: a value outside its choices or range, quoting it.
+        """
+        from .samples import apply_sample_defaults
+        from .weights import weights_record
+
+        config = self.replace()
+        config.given = self.given
+        config.weights = _none_weights(config.weights)
+        if config.data is None and not in_memory_data:
+            apply_sample_defaults(config)
+        record = weights_record(config.weights)
+        if record is not None and (config.backbone is None or _canonical_backbone(
+                config.backbone) == _canonical_backbone(record["backbone"])):
+            config.backbone = record["backbone"]
+            if "backbone_kwargs" not in config.given:
+                config.backbone_kwargs = dict(record.get("backbone_kwargs") or {})
+            if config.image_size is None and record.get("input_size"):
+                config.image_size = int(record["input_size"])
+        config.backbone = _canonical_backbone(config.backbone or DEFAULT_BACKBONE)
+        if config.image_size is None:
+            from .backbones import get_backbone
+
+            config.image_size = get_backbone(config.backbone).default_size
+        if config.mode == "scratch" and config.phases is None:
+            config.weights = None  # scratch means random initialisation
+        if config.phases is not None:
+            config.phases = [p if isinstance(p, Phase) else Phase(**p) for p in config.phases]
+        _validate(config)
+        return config
+
+    def build_model_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`kerastl.build_model` for this (resolved) config."""
+        return {
+            "input_shape": self.image_size,
+            "weights": self.weights,
+            "weights_hash": self.weights_hash,
+            "head": "avg" if self.head.startswith("sklearn-") else self.head,
+            "dense_units": tuple(self.dense_units),
+            "dropout": self.dropout,
+            "task": self.task,
+            "head_norm": self.head_norm,
+            "backbone_kwargs": dict(self.backbone_kwargs),
+        }
+
+    @property
+    def sklearn_head(self) -> str | None:
+        """``"logreg"`` for ``head="sklearn-logreg"``, None for a Keras head."""
+        return self.head[len("sklearn-"):] if self.head.startswith("sklearn-") else None
+
+
+DEFAULT_BACKBONE = "MobileNetV2"
+# The knobs one changes to recover a failed run; --resume applies them when given.
+RESUME_OVERRIDES = ("lr", "precision", "early_stopping", "verbose")
+
+
+def _init_fields(config: RunConfig, values: dict[str, Any]) -> None:
+    known = {f.name: f for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise TypeError(f"RunConfig got unknown fields {unknown}")
+    for name, spec in known.items():
+        if name in values:
+            value = values[name]
+        elif spec.default_factory is not dataclasses.MISSING:
+            value = spec.default_factory()
+        else:
+            value = spec.default
+        setattr(config, name, value)
+    config.given = frozenset(values)
+
+
+def field_default(spec: dataclasses.Field) -> Any:
+    """The default value of a :class:`RunConfig` field."""
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return spec.default
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not a plain config value")
+
+
+def _close_key(key: str, known: set[str]) -> str | None:
+    import difflib
+
+    close = difflib.get_close_matches(key.replace("-", "_"), sorted(known), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _none_weights(weights: Any) -> Any:
+    if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
+        return None
+    return str(weights)
+
+
+def _canonical_backbone(name: str) -> str:
+    from .backbones import get_backbone
+
+    return get_backbone(name).name
+
+
+# ---------------------------------------------------------------------- validation
+def _validate(config: RunConfig) -> None:
+    for spec in dataclasses.fields(RunConfig):
+        choices = spec.metadata.get("choices")
+        value = getattr(config, spec.name)
+        if choices is None or value is None:
+            continue
+        values = value if isinstance(value, list) else [value]
+        bad = [v for v in values if v not in choices]
+        if bad:
+            raise ConfigError(f"{spec.name} must be one of {list(choices)}; received "
+                              f"{spec.name}={value!r}.")
+    _positive_int("batch_size", config.batch_size)
+    _positive_int("image_size", config.image_size)
+    _positive_int("seed", config.seed, minimum=0)
+    if config.epochs != AUTO:
+        _positive_int("epochs", config.epochs)
+    for name in ("unfreeze_top", "unfreeze_blocks", "head_epochs", "early_stopping",
+                 "steps_per_execution"):
+        if getattr(config, name) is not None:
+            _positive_int(name, getattr(config, name))
+    _number("lr", config.lr, low=0.0, low_open=True)
+    _number("finetune_lr_factor", config.finetune_lr_factor, low=0.0, low_open=True)
+    _number("val_split", config.val_split, low=0.0, high=1.0, low_open=True, high_open=True)
+    _number("warmup_fraction", config.warmup_fraction, low=0.0, high=1.0, high_open=True)
+    _number("label_smoothing", config.label_smoothing, low=0.0, high=1.0, high_open=True)
+    _number("dropout", config.dropout, low=0.0, high=1.0, high_open=True)
+    _number("weight_decay", config.weight_decay, low=0.0)
+    _number("momentum", config.momentum, low=0.0, high=1.0, high_open=True)
+    if config.resume and config.output is None:
+        raise ConfigError("--resume needs --output DIR: the run to continue.")
+    if not isinstance(config.backbone_kwargs, dict):
+        raise ConfigError(f"backbone_kwargs must be a mapping; received "
+                          f"{config.backbone_kwargs!r}.")
+    for phase in config.phases or []:
+        _positive_int(f"epochs of phase {phase.name!r}", phase.epochs)
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{name} must be {kind}; received {name}={value!r}.")
+
+
+def _number(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        left = "(" if low_open else "["
+        right = ")" if high_open else "]"
+        lower = "-inf" if low is None else f"{low:g}"
+        upper = "inf" if high is None else f"{high:g}"
+        span = f"{left}{lower}, {upper}{right}"
+        raise ConfigError(f"{name} must be a number in {span}; received {name}={value!r}.")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -209,13 +415,3 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {str(path)!r} must hold a mapping of keys to values.")
     return {key.replace("-", "_"): value for key, value in data.items()}
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {choices}; received {name}={value!r}.")
-
-
-def _positive(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer; received {value!r}.")

@@ -17,13 +17,10 @@ exactly what training decodes.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
-import json
 import os
 import struct
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -567,40 +564,7 @@ def _warnings(report: DoctorReport, train: FolderScan) -> list[str]:
     return found
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m kerastl.doctor DIR [--val-data DIR] [--json]``.
-
-    Returns:
-        int. Exit code: 0 when the data loads as it is, 1 when there are bad files,
-        empty classes or mismatched classes, 2 when a folder cannot be read.
-
-    Example:
-        >>> main(["data/train", "--json"])  # doctest: +SKIP
-        0
-    """
-    parser = argparse.ArgumentParser(
-        prog="python -m kerastl.doctor",
-        description="Check an image-classification folder (one subfolder per class) "
-        "for files that would break or skew training.",
-    )
-    parser.add_argument("data", metavar="DIR", help="training folder, one subfolder per class")
-    parser.add_argument("--val-data", metavar="DIR", help="validation folder to compare")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help="refuse images larger than this many pixels (default: %(default)s)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        report = diagnose(args.data, args.val_data, max_pixels=args.max_pixels)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
-    return 0 if report.ok else 1
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from .cli import doctor_main
+
+    raise SystemExit(doctor_main())

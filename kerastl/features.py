@@ -40,6 +40,9 @@ from .errors import ConfigError, DataError
 from .freezing import BACKBONE_LAYER, PREPROCESS_LAYER, find_backbone
 
 POOLINGS = (None, "avg", "max")
+# --feature-cache: "auto" trains frozen phases on cached base features when that
+# trains the same model (see cache_applies); "off" always runs the images.
+FEATURE_CACHE_MODES = ("auto", "off")
 
 Features = tuple[np.ndarray, np.ndarray]
 

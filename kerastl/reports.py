@@ -1,10 +1,9 @@
 """Reports: evaluation metrics, confusion matrix, training curves, history CSV, run summary.
 
-Every file is written atomically (a temporary file in the same directory, then
-``os.replace``), so a crash or Ctrl-C mid-write leaves the previous file intact and
-never a half-written one. Figures are drawn on ``matplotlib.figure.Figure`` with the
-Agg canvas, never through pyplot's global state, so a notebook keeps whatever
-backend it chose.
+Every file is written atomically through :mod:`kerastl.outputs`, so a crash or
+Ctrl-C mid-write leaves the previous file intact and never a half-written one.
+Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas, never through
+pyplot's global state, so a notebook keeps whatever backend it chose.
 
 Metrics come from scikit-learn (``classification_report``, ``confusion_matrix``,
 ``accuracy_score``); this module only shapes predictions into labels and the results
@@ -15,13 +14,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
-import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -35,6 +32,7 @@ from sklearn.metrics import (
 )
 
 from .errors import ConfigError, DataError
+from .outputs import atomic_write, atomic_write_json, atomic_write_text
 
 TASKS = ("multiclass", "binary", "multilabel")
 
@@ -53,87 +51,6 @@ ACCURACY_KEYS = (
 # Beyond this many classes the per-cell counts are unreadable; the counts stay in
 # metrics.json.
 MAX_ANNOTATED_CLASSES = 30
-
-
-# --------------------------------------------------------------------------- atomic files
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, *, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` so readers see the old file or the new one, never half.
-
-    Args:
-        path: str or PathLike. Destination; its directory is created if missing.
-        text: str. Full new content.
-        encoding: str. Text encoding. Defaults to ``"utf-8"``.
-
-    Returns:
-        The destination as a ``Path``.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = atomic_write_text(pathlib.Path(tempfile.mkdtemp()) / "a.txt", "hello")
-        >>> p.read_text()
-        'hello'
-    """
-    data = text.encode(encoding)
-    return _atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically.
-
-    NumPy scalars and arrays and ``Path`` objects are converted; anything else JSON
-    cannot encode raises ``TypeError`` before the destination is touched.
-
-    Args:
-        path: str or PathLike. Destination; its directory is created if missing.
-        obj: JSON-serializable object.
-        indent: int. Indentation of the output. Defaults to 2.
-
-    Returns:
-        The destination as a ``Path``.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = atomic_write_json(pathlib.Path(tempfile.mkdtemp()) / "m.json", {"acc": 0.5})
-        >>> json.loads(p.read_text())
-        {'acc': 0.5}
-    """
-    return atomic_write_text(path, json.dumps(obj, indent=indent, default=_json_default) + "\n")
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory as the destination, so os.replace is a rename within one
-    # filesystem (atomic); a dot-name keeps it out of casual listings.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask decide the permissions, as a plain open()
-    # would; tempfile.mkstemp would leave every output readable by the owner only.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(
-        f"Object of type {type(obj).__name__} is not JSON serializable; received {obj!r}. "
-        "Convert it to a str, number, list or dict first."
-    )
 
 
 # --------------------------------------------------------------------------- metrics
@@ -293,7 +210,7 @@ def write_evaluation(
     output_dir = Path(output_dir)
     atomic_write_json(output_dir / f"{prefix}metrics.json", metrics)
     atomic_write_text(output_dir / f"{prefix}classification_report.txt", text)
-    _save_figure(_confusion_figure(metrics), output_dir / f"{prefix}confusion_matrix.png")
+    save_figure(_confusion_figure(metrics), output_dir / f"{prefix}confusion_matrix.png")
     return metrics
 
 
@@ -463,9 +380,9 @@ def _multilabel_confusion_figure(matrices: np.ndarray, names: list[str]) -> Figu
     return fig
 
 
-def _save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     FigureCanvasAgg(fig)  # attaches itself to fig; no pyplot, no global backend change
-    return _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 # --------------------------------------------------------------------------- history
@@ -590,7 +507,7 @@ def plot_curves(
     """
     rows = _history_rows(history)
     boundaries = _phase_starts(rows) if phase_boundaries is None else phase_boundaries
-    return _save_figure(_curves_figure(rows, _check_boundaries(boundaries)), path)
+    return save_figure(_curves_figure(rows, _check_boundaries(boundaries)), path)
 
 
 def _history_rows(history) -> list[Mapping[str, Any]]:

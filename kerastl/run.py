@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -25,16 +24,22 @@ import tensorflow as tf  # noqa: E402
 
 from . import _backend  # noqa: F401
 from .checkpoints import TrainState, latest_readable_state, list_checkpoints
-from .config import Phase, RunConfig, load_yaml
+from .config import RESUME_OVERRIDES, RunConfig, load_yaml
 from .data import DataSplits
 from .errors import ConfigError
 from .freezing import count_params
 from .model import build_model
+from .outputs import (
+    atomic_file,
+    atomic_write_json,
+    atomic_write_text,
+    inside_output,
+    mark_latest,
+    new_run_dir,
+)
+from .recipes import Phase, plan_phases
 from .training import PhaseData, Trainer, make_loss, predict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BACKBONE = "MobileNetV2"
-RESUME_OVERRIDES = ("lr", "precision", "early_stopping")
 OUTPUT_FILES = ("model.keras", "backbone.weights.h5", "labels.json", "config.yaml",
                 "history.csv", "metrics.json", "classification_report.txt",
                 "confusion_matrix.png", "curves.png", "run.json")
@@ -64,103 +69,6 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
 
 
-# ------------------------------------------------------------------ defaults
-def data_samples_dir() -> Path:
-    """The shipped ``data_samples/`` folder (``$KERASTL_DATA_SAMPLES`` overrides)."""
-    return Path(os.environ.get("KERASTL_DATA_SAMPLES", REPO_ROOT / "data_samples"))
-
-
-def apply_sample_defaults(config: RunConfig) -> RunConfig:
-    """With no ``--data``, train on ``data_samples/`` from the shipped source backbone."""
-    if config.data is not None:
-        return config
-    root = data_samples_dir()
-    fashion = root / "fashion"
-    if not (fashion / "train").is_dir():
-        raise ConfigError(
-            f"No --data given and the shipped samples are missing at {str(fashion)!r}. "
-            "Pass --data DIR (a folder of class subfolders), or set KERASTL_DATA_SAMPLES."
-        )
-    config.data = str(fashion / "train")
-    config.val_data = config.val_data or _existing(fashion / "val")
-    config.test_data = config.test_data or _existing(fashion / "test")
-    source = _source_backbone(root)
-    if source and config.backbone is None and config.weights == "imagenet":
-        # The shipped source backbone: pretrained by kerastl on the other five
-        # Fashion-MNIST classes (scripts/pretrain_source.py), so the job runs offline.
-        config.backbone = source["backbone"]
-        config.weights = str(root / "source" / source["weights_file"])
-        config.weights_hash = source.get("weights_sha256")
-        config.backbone_kwargs = config.backbone_kwargs or dict(source.get("backbone_kwargs", {}))
-        config.image_size = config.image_size or int(source["input_size"])
-    return config
-
-
-def _existing(path: Path) -> str | None:
-    return str(path) if path.is_dir() else None
-
-
-def _source_backbone(root: Path) -> dict | None:
-    for meta in sorted((root / "source").glob("*.json")):
-        info = json.loads(meta.read_text())
-        if "backbone" in info and "weights_file" in info:
-            return info
-    return None
-
-
-# ------------------------------------------------------------------ output directory
-def _prepare_output(config: RunConfig) -> tuple[Path, RunConfig, tuple[Path, TrainState] | None]:
-    """Create the output directory; on resume reload its config and last checkpoint."""
-    out = Path(config.output)
-    checkpoints = out / "checkpoints"
-    if config.resume:
-        saved = out / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError(
-                f"--resume: {str(out)!r} holds no config.yaml from an earlier run. Check "
-                "--output, or drop --resume to start a new run there."
-            )
-        # A resumed run keeps its saved settings (same phases, schedule, data), except
-        # the knobs one changes to recover from a failure, when given explicitly.
-        defaults = RunConfig()
-        fixes = {key: getattr(config, key) for key in RESUME_OVERRIDES
-                 if getattr(config, key) != getattr(defaults, key)}
-        saved_values = load_yaml(saved)
-        if "lr" in fixes and saved_values.get("phases"):
-            scale = fixes["lr"] / saved_values["lr"]  # phases stored resolved lrs
-            for phase in saved_values["phases"]:
-                phase["lr"] = phase["lr"] * scale if phase.get("lr") else phase.get("lr")
-        resumed = RunConfig.from_dict({**saved_values, **fixes, "resume": True,
-                                       "output": str(out), "verbose": config.verbose})
-        return out, resumed, latest_readable_state(checkpoints)
-    if list_checkpoints(checkpoints) or (out / "model.keras").exists():
-        raise ConfigError(
-            f"Output directory {str(out)!r} already holds a run. Pass --resume to continue "
-            "it, or choose another --output; kerastl never overwrites a finished run."
-        )
-    return out, config, None
-
-
-def inside_output(out: Path, relative: str | os.PathLike) -> Path:
-    """``out / relative``, refused if ``..`` or a symlink would lead outside ``out``.
-
-    Raises:
-        ConfigError: the path escapes the output directory.
-
-    Example:
-        >>> inside_output(Path("runs/a"), "checkpoints").name
-        'checkpoints'
-    """
-    root = out.resolve()
-    candidate = (out / relative).resolve()
-    if candidate != root and root not in candidate.parents:
-        raise ConfigError(
-            f"Output path {str(relative)!r} resolves to {str(candidate)!r}, outside the output "
-            f"directory {str(root)!r} ('..' or a symlink); use a path inside it."
-        )
-    return candidate
-
-
 # ------------------------------------------------------------------ the run
 def fit(
     config: RunConfig | None = None,
@@ -180,7 +88,7 @@ def fit(
             must then be unset. ``RunConfig`` stays plain values, so the saved
             ``config.yaml`` does not describe this data: pass the same ``splits``
             again to ``--resume``. Defaults to None (read the folders).
-        **overrides: field values replacing those of ``config``.
+        **overrides: field values replacing those of ``config`` (they count as given).
 
     Returns:
         A :class:`RunResult`.
@@ -189,82 +97,160 @@ def fit(
         KerastlError: bad configuration or data (nothing in the output directory is
             lost); ``NonFiniteLossError`` if training diverges (checkpoints kept).
     """
-    from .data import augmentation, load_splits
-    from .reports import atomic_write_json, atomic_write_text
+    from .data import load_splits
     from .runtime import setup_runtime, warn_if_local_data, worker_output_dir
 
-    started = time.perf_counter()
-    config = RunConfig.from_dict({**(config or RunConfig()).__dict__, **overrides})
-    out, config, resume_point = _prepare_output(config)
+    clock = Stopwatch()
+    config = (config or RunConfig()).replace(**overrides)
     if splits is not None:
         _check_no_folders(config)
-    else:
-        config = apply_sample_defaults(config)
-    config.backbone = config.backbone or DEFAULT_BACKBONE
-    config.validate()
+    config, resume_point = _resumed(config)
+    config = config.resolve(in_memory_data=splits is not None)
     runtime = setup_runtime(config.strategy, config.precision, batch_size=config.batch_size,
-                            jit_compile=_jit_flag(config.jit_compile),
+                            jit_compile=config.jit_compile,
                             steps_per_execution=config.steps_per_execution)
     _seed_everything(config.seed, runtime)
     for path in (config.data, config.val_data, config.test_data):
         if path:
             warn_if_local_data(path, runtime)
+    out = _output_dir(config, runtime, resumed=resume_point is not None or config.resume)
+    config.output = str(out)
     out = worker_output_dir(out, runtime)
     log = print if (config.verbose and runtime.is_chief) else (lambda *_: None)
+    clock.lap("setup")
     if splits is None:
         splits = load_splits(config.data, val_dir=config.val_data, test_dir=config.test_data,
                              val_split=config.val_split, seed=config.seed,
                              on_bad_file=config.on_bad_file)
-    image_size = config.image_size or keras_default_size(config.backbone)
-    config.image_size = image_size
-    atomic_write_text(out / "config.yaml", config.to_yaml())
+    clock.lap("load_data")
     log(runtime.describe())
-
-    sklearn_kind = config.head[len("sklearn-"):] if config.head.startswith("sklearn-") else None
-    model = _build_run_model(config, runtime, len(splits.class_names), image_size)
-    if sklearn_kind:
-        return _fit_sklearn(config, runtime, model, splits, image_size, sklearn_kind, out,
-                            started, log)
-    notes: list[str] = []
-    data_for_phase = _phase_data_factory(config, runtime, model, splits, image_size,
-                                         augmentation, notes, log)
+    model = _build_run_model(config, runtime, len(splits.class_names))
+    clock.lap("build_model")
+    if config.sklearn_head:
+        atomic_write_text(out / "config.yaml", config.to_yaml())
+        return _fit_sklearn(config, runtime, model, splits, out, clock, log)
+    steps = _steps_per_epoch(len(splits.train), runtime)
+    plan = plan_phases(config, steps)
+    config.phases = plan.phases
+    atomic_write_text(out / "config.yaml", config.to_yaml())
+    notes: list[str] = list(plan.reasons)
+    data_for_phase = _phase_data_factory(config, runtime, model, splits, steps, notes)
     trainer = _make_trainer(config, runtime, model, splits, out, callbacks, log)
     state, resume_from = _resume_state(resume_point, log)
     writer = tf.summary.create_file_writer(str(inside_output(out, "tensorboard")))
-    state = trainer.run(config.resolved_phases(), data_for_phase, state, resume_from,
+    state = trainer.run(plan.phases, data_for_phase, state, resume_from,
                         on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
-    metrics = _final_outputs(out, config, runtime, model, splits, image_size, state, notes,
-                             started, atomic_write_json, atomic_write_text, log)
+    clock.lap("train")
+    metrics = _final_outputs(out, config, runtime, model, splits, state, notes, clock, log)
     return RunResult(out, model, state.history, metrics, splits.class_names, config,
-                     time.perf_counter() - started, notes)
+                     clock.total(), notes)
 
 
-def _build_run_model(config: RunConfig, runtime, n_classes: int, image_size: int):
+class Stopwatch:
+    """Wall time of each stage of a run, for ``run.json``'s breakdown.
+
+    ``since_process_start`` adds what happened before :func:`fit` was called
+    (importing TensorFlow, parsing flags), read from ``/proc`` on Linux.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.before_fit = _seconds_since_process_start()
+        self.laps: dict[str, float] = {}
+        self._last = self.started
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self._last, 3)
+        self._last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+    def breakdown(self) -> dict[str, float | None]:
+        return {"before_fit": None if self.before_fit is None else round(self.before_fit, 3),
+                **self.laps, "fit_total": round(self.total(), 3)}
+
+
+def _seconds_since_process_start() -> float | None:
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _resumed(config: RunConfig) -> tuple[RunConfig, tuple[Path, TrainState] | None]:
+    """On ``--resume``: the saved config of ``--output`` plus the recovery knobs given."""
+    if not config.resume:
+        return config, None
+    if config.output is None:
+        raise ConfigError("--resume needs --output DIR: the run to continue.")
+    out = Path(config.output)
+    saved_path = out / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(
+            f"--resume: {str(out)!r} holds no config.yaml from an earlier run. Check "
+            "--output, or drop --resume to start a new run there."
+        )
+    # A resumed run keeps its saved settings (same phases, schedule, data), except the
+    # knobs one changes to recover from a failure, when given (whatever their value).
+    fixes = {key: getattr(config, key) for key in RESUME_OVERRIDES if key in config.given}
+    saved = load_yaml(saved_path)
+    if "lr" in fixes and saved.get("phases"):
+        scale = fixes["lr"] / saved["lr"]  # phases store resolved learning rates
+        for phase in saved["phases"]:
+            phase["lr"] = phase["lr"] * scale if phase.get("lr") else phase.get("lr")
+    resumed = RunConfig.from_dict({**saved, **fixes, "resume": True, "output": str(out)})
+    return resumed, latest_readable_state(out / "checkpoints")
+
+
+def _output_dir(config: RunConfig, runtime, *, resumed: bool) -> Path:
+    """The run's directory: given, resumed, or a new numbered ``runs/trainN``."""
+    if resumed:
+        return Path(config.output)
+    if config.output is None:
+        if not runtime.is_chief:  # workers write to a throw-away directory anyway
+            return Path("runs") / "train"
+        out = new_run_dir("train")
+        mark_latest(out)
+        return out
+    out = Path(config.output)
+    if list_checkpoints(out / "checkpoints") or (out / "model.keras").exists():
+        raise ConfigError(
+            f"Output directory {str(out)!r} already holds a run. Pass --resume to continue "
+            "it, or choose another --output (or none: each run then gets a new "
+            "runs/trainN); kerastl never overwrites a finished run."
+        )
+    return out
+
+
+def _build_run_model(config: RunConfig, runtime, n_classes: int):
     """The model a run trains, built inside the strategy scope."""
-    phases = config.resolved_phases()
+    phases = config.phases or []
     # The base is called with training=False unless some phase trains BatchNorm.
-    trains_bn = any(p.bn_policy == "train" or p.mode == "scratch" for p in phases)
+    trains_bn = config.mode == "scratch" or any(
+        p.bn_policy == "train" or p.mode == "scratch" for p in phases)
+    first_mode = phases[0].mode if phases else config.mode
     with runtime.strategy.scope():
         return build_model(
-            config.backbone, n_classes, input_shape=image_size,
-            weights=None if config.weights in (None, "none") else config.weights,
-            weights_hash=config.weights_hash,
-            head="avg" if config.head.startswith("sklearn-") else config.head,
-            dense_units=tuple(config.dense_units), dropout=config.dropout, task=config.task,
-            head_norm=config.head_norm, bn_policy="train" if trains_bn else "frozen",
-            mode="scratch" if phases[0].mode == "scratch" else "frozen",
-            backbone_kwargs=config.backbone_kwargs,
+            config.backbone, n_classes, **config.build_model_kwargs(),
+            bn_policy="train" if trains_bn else "frozen",
+            mode="scratch" if first_mode == "scratch" else "frozen",
         )
 
 
 def _make_trainer(config: RunConfig, runtime, model, splits, out: Path, callbacks, log):
     from .runtime import loss_scale_optimizer
+    from .training import class_weights_for
 
     return Trainer(
         model, runtime.strategy, task=config.task, optimizer=config.optimizer,
         schedule=config.schedule, weight_decay=config.weight_decay, momentum=config.momentum,
         label_smoothing=config.label_smoothing, warmup_fraction=config.warmup_fraction,
-        class_weights=_class_weights(config, splits.train.labels, len(splits.class_names)),
+        class_weights=class_weights_for(config.class_weight, config.task, splits.train.labels,
+                                        len(splits.class_names)),
         early_stopping=config.early_stopping, callbacks=callbacks,
         checkpoint_dir=inside_output(out, "checkpoints"), is_chief=runtime.is_chief,
         wrap_optimizer=lambda opt: loss_scale_optimizer(opt, runtime.precision),
@@ -282,13 +268,14 @@ def _check_no_folders(config: RunConfig) -> None:
         )
 
 
-def _fit_sklearn(config, runtime, model, splits, image_size, kind, out, started, log):
+def _fit_sklearn(config, runtime, model, splits, out, clock, log):
     """``--head sklearn-KIND``: a scikit-learn head on frozen pooled features."""
-    from .reports import atomic_write_json, write_evaluation
+    from .reports import write_evaluation
     from .sklearn_heads import SklearnClassifier
 
+    kind = config.sklearn_head
     log(f"Fitting a scikit-learn {kind} head on frozen {config.backbone} features.")
-    classifier = SklearnClassifier.fit(model, splits.train, kind, image_size=image_size,
+    classifier = SklearnClassifier.fit(model, splits.train, kind, image_size=config.image_size,
                                        batch_size=runtime.global_batch)
     classifier.save(inside_output(out, "sklearn_classifier"))
     evaluation = splits.test or splits.val
@@ -298,8 +285,10 @@ def _fit_sklearn(config, runtime, model, splits, image_size, kind, out, started,
     metrics["evaluated_on"] = "test" if splits.test is not None else "validation"
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "labels.json", {"class_names": splits.class_names,
-                                            "task": config.task, "image_size": image_size})
-    seconds = time.perf_counter() - started
+                                            "task": config.task,
+                                            "image_size": config.image_size})
+    clock.lap("train")
+    seconds = clock.total()
     log(f"{kind} head: accuracy {metrics['accuracy']:.4f} on the {metrics['evaluated_on']} "
         f"split in {seconds:.1f} s. Load it with "
         f"kerastl.SklearnClassifier.load({str(out / 'sklearn_classifier')!r}).")
@@ -307,39 +296,11 @@ def _fit_sklearn(config, runtime, model, splits, image_size, kind, out, started,
                      seconds, [f"scikit-learn {kind} head on frozen features"])
 
 
-def keras_default_size(backbone: str) -> int:
-    from .backbones import get_backbone
-
-    return get_backbone(backbone).default_size
-
-
-def _jit_flag(value: Any) -> bool | str:
-    if isinstance(value, bool) or value == "auto":
-        return value
-    lowered = str(value).lower()
-    if lowered in ("true", "on", "1", "yes"):
-        return True
-    if lowered in ("false", "off", "0", "no"):
-        return False
-    raise ConfigError(f"jit_compile must be auto, on or off; received {value!r}.")
-
-
 def _seed_everything(seed: int, runtime) -> None:
     keras.utils.set_random_seed(seed)
     if runtime.strategy_name == "default" and not tf.config.list_physical_devices("GPU"):
         # Same seed, same weights on CPU: TensorFlow's deterministic kernels.
         tf.config.experimental.enable_op_determinism()
-
-
-def _class_weights(config: RunConfig, labels: np.ndarray, n_classes: int):
-    if config.class_weight == "none" or config.task != "multiclass":
-        return None
-    from sklearn.utils.class_weight import compute_class_weight
-
-    present = np.unique(labels)
-    weights = np.ones(n_classes)
-    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
-    return weights.tolist()
 
 
 def _resume_state(resume_point, log):
@@ -350,16 +311,23 @@ def _resume_state(resume_point, log):
     return state, checkpoint
 
 
-def _phase_data_factory(config, runtime, model, splits, image_size, augmentation, notes, log):
+def _steps_per_epoch(n_train: int, runtime) -> int:
     batch = runtime.global_batch
-    seed = config.seed
-    n_train = len(splits.train)
     steps = n_train // batch if runtime.drop_remainder else math.ceil(n_train / batch)
     if steps < 1:
         raise ConfigError(
             f"batch_size {batch} is larger than the {n_train} training images with "
             "drop_remainder; lower --batch-size."
         )
+    return steps
+
+
+def _phase_data_factory(config, runtime, model, splits, steps, notes):
+    from .data import augmentation
+
+    batch = runtime.global_batch
+    seed = config.seed
+    image_size = config.image_size
     val = (splits.val.batches(image_size, batch) if splits.val is not None else None)
 
     def image_data(phase: Phase, why: str) -> PhaseData:
@@ -384,12 +352,12 @@ def _phase_data_factory(config, runtime, model, splits, image_size, augmentation
             return image_data(phase, "feature cache not used: augmentation runs before the "
                                      "base (use --augment none to train the head on cached "
                                      "features)")
-        return _cached_phase(config, runtime, model, splits, image_size, batch, steps, notes, log)
+        return _cached_phase(config, runtime, model, splits, batch, steps, notes)
 
     return data_for_phase
 
 
-def _cached_phase(config, runtime, model, splits, image_size, batch, steps, notes, log):
+def _cached_phase(config, runtime, model, splits, batch, steps, notes):
     from .features import FeatureCache, cached_feature_datasets, head_model
 
     cache_dir = config.feature_cache_dir
@@ -397,8 +365,8 @@ def _cached_phase(config, runtime, model, splits, image_size, batch, steps, note
         cache_dir = inside_output(Path(config.output), cache_dir)  # relative: inside the run
     cache = FeatureCache(cache_dir)
     train, val = cached_feature_datasets(
-        model, splits.train, splits.val, image_size=image_size, batch_size=batch, cache=cache,
-        seed=config.seed,
+        model, splits.train, splits.val, image_size=config.image_size, batch_size=batch,
+        cache=cache, seed=config.seed,
     )
     note = f"head trained on cached base features ({cache.explain()})"
     notes.append(note)
@@ -419,35 +387,38 @@ def _epoch_outputs(out: Path, state: TrainState, writer) -> None:
     writer.flush()
 
 
-def _final_outputs(out, config, runtime, model, splits, image_size, state, notes, started,
-                   atomic_write_json, atomic_write_text, log) -> dict:
+def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log) -> dict:
     from .reports import plot_curves, summary_text, write_evaluation, write_history_csv
-    from .weights import save_base_weights
+    from .weights import RUN_WEIGHTS_FILE, save_base_weights
 
     evaluation = splits.test or splits.val
     which = "test" if splits.test is not None else "validation"
-    probs, labels = predict(model, evaluation.batches(image_size, runtime.global_batch))
+    probs, labels = predict(model, evaluation.batches(config.image_size, runtime.global_batch))
     loss = float(np.mean(make_loss(config.task)(labels, probs)))
     metrics = write_evaluation(out, labels, probs, splits.class_names, task=config.task,
                                loss=loss)
     metrics["evaluated_on"] = which
     atomic_write_json(out / "metrics.json", metrics)
+    clock.lap("evaluate")
     write_history_csv(state.history, out / "history.csv")
     plot_curves(state.history, out / "curves.png")
-    _save_model_atomically(model, out / "model.keras")
-    save_base_weights(model.get_layer("backbone"), out / "backbone.weights.h5")
+    with atomic_file(out / "model.keras", suffix=".keras") as tmp:
+        model.save(tmp)
+    save_base_weights(model.get_layer("backbone"), out / RUN_WEIGHTS_FILE)
     atomic_write_json(out / "labels.json", {"class_names": splits.class_names,
-                                            "task": config.task, "image_size": image_size})
+                                            "task": config.task,
+                                            "image_size": config.image_size})
     if splits.train.skipped:
         atomic_write_text(out / "skipped_files.txt", "".join(
             f"{path}\t{reason}\n" for path, reason in splits.train.skipped.items()))
-    seconds = time.perf_counter() - started
+    clock.lap("save_outputs")
+    seconds = clock.total()
     atomic_write_json(out / "run.json", _run_facts(config, runtime, model, state, notes,
-                                                   seconds, splits))
+                                                   clock, splits))
     best = max(state.history, key=lambda r: r.get("val_accuracy", -1.0), default={})
     log("\n" + summary_text({
         "backbone": config.backbone,
-        "phases": [{"name": p.name, "epochs": p.epochs} for p in config.resolved_phases()],
+        "phases": [{"name": p.name, "epochs": p.epochs} for p in config.phases],
         "epochs": state.epoch,
         "examples": {"train": len(splits.train), "val": len(splits.val or []),
                      "test": len(splits.test or [])},
@@ -460,13 +431,7 @@ def _final_outputs(out, config, runtime, model, splits, image_size, state, notes
     return metrics
 
 
-def _save_model_atomically(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def _run_facts(config, runtime, model, state, notes, seconds, splits) -> dict:
+def _run_facts(config, runtime, model, state, notes, clock, splits) -> dict:
     from . import __version__
 
     return {
@@ -477,7 +442,8 @@ def _run_facts(config, runtime, model, state, notes, seconds, splits) -> dict:
         },
         "devices": [d.name for d in tf.config.list_logical_devices()],
         "runtime": runtime.describe(),
-        "seconds": round(seconds, 2),
+        "seconds": round(clock.total(), 2),
+        "seconds_breakdown": clock.breakdown(),
         "epochs": state.epoch,
         "examples": {"train": len(splits.train), "val": len(splits.val or []),
                      "test": len(splits.test or [])},

@@ -38,6 +38,7 @@ from .errors import ConfigError
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+JIT_CHOICES = ("auto", "on", "off")
 BATCH_SIZE_MEANINGS = ("per_replica", "global")
 LR_SCALING_RULES = ("linear", "sqrt", "none")
 
@@ -390,8 +391,9 @@ def setup_runtime(
         batch_size: int. Batch size, per replica or global (see ``batch_size_is``).
         batch_size_is: str. ``"per_replica"`` or ``"global"`` (then it must divide
             evenly by the replica count). Defaults to ``"per_replica"``.
-        jit_compile: bool or ``"auto"``. ``"auto"`` is True on GPU/TPU and False on
-            CPU, where XLA is several times slower. Defaults to ``"auto"``.
+        jit_compile: bool, ``"on"``, ``"off"`` or ``"auto"``. ``"auto"`` is True on
+            GPU/TPU and False on CPU, where XLA is several times slower. Defaults to
+            ``"auto"``.
         steps_per_execution: int or None. None means 32 on TPU, else 1.
         facts: DeviceFacts or None. None detects this machine.
 
@@ -410,8 +412,10 @@ def setup_runtime(
     _check_positive_int("batch_size", batch_size)
     if steps_per_execution is not None:
         _check_positive_int("steps_per_execution", steps_per_execution)
+    jit_compile = {"on": True, "off": False}.get(jit_compile, jit_compile)
     if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
-        raise ConfigError(f"jit_compile must be True, False or 'auto'; received {jit_compile!r}.")
+        raise ConfigError(f"jit_compile must be True, False or one of {JIT_CHOICES}; received "
+                          f"jit_compile={jit_compile!r}.")
     facts = facts if facts is not None else DeviceFacts.detect()
     strategy_name = choose_strategy_name(strategy, facts)
     precision, precision_reason = _precision_and_reason(precision, facts, strategy_name)

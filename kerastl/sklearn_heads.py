@@ -29,6 +29,7 @@ from . import _backend  # noqa: F401
 from .errors import ConfigError, DataError
 from .features import feature_extractor, run_extractor
 from .model import load_model
+from .outputs import atomic_file, atomic_write, atomic_write_json
 
 SKLEARN_HEADS = ("logreg", "linear-svm", "knn")
 
@@ -240,9 +241,11 @@ class SklearnClassifier:
             "batch_size": self.batch_size,
             "sklearn_version": sklearn.__version__,
         }
-        self.extractor.save(directory / EXTRACTOR_FILE)
-        np.savez(directory / ARRAYS_FILE, **arrays)
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        # The JSON is written last: its presence marks a complete classifier.
+        with atomic_file(directory / EXTRACTOR_FILE, suffix=".keras") as tmp:
+            self.extractor.save(tmp)
+        atomic_write(directory / ARRAYS_FILE, lambda handle: np.savez(handle, **arrays))
+        atomic_write_json(directory / CONFIG_FILE, config)
         return directory
 
     @classmethod

@@ -31,9 +31,15 @@ import tensorflow as tf  # noqa: E402
 
 from . import _backend  # noqa: F401
 from .checkpoints import TrainState, restore_weights, save_checkpoint
-from .config import Phase
 from .errors import ConfigError, NonFiniteLossError, StaleTrainableError
 from .freezing import set_regime, trainable_signature
+from .recipes import Phase
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "onecycle")
+CLASS_WEIGHTS = ("none", "balanced")
+# What a run ends with: the weights of its best validated epoch, or the last ones.
+KEEP_WEIGHTS = ("best", "last")
 
 
 class Preempted(Exception):
@@ -95,7 +101,7 @@ def make_schedule(kind: str, peak_lr: float, total_steps: int, warmup_steps: int
             peak_lr / 25.0, decay_steps=max(1, total_steps - warmup), warmup_target=peak_lr,
             warmup_steps=warmup, alpha=1e-4,
         )
-    raise ConfigError(f"schedule must be constant, cosine or onecycle; received {kind!r}.")
+    raise ConfigError(f"schedule must be one of {SCHEDULES}; received schedule={kind!r}.")
 
 
 def make_optimizer(
@@ -111,7 +117,28 @@ def make_optimizer(
             learning_rate, momentum=momentum, nesterov=True,
             weight_decay=weight_decay or None,
         )
-    raise ConfigError(f"optimizer must be adam, adamw or sgd; received {name!r}.")
+    raise ConfigError(f"optimizer must be one of {OPTIMIZERS}; received optimizer={name!r}.")
+
+
+def class_weights_for(kind: str, task: str, labels: np.ndarray,
+                      n_classes: int) -> list[float] | None:
+    """Per-class loss weights: None for ``"none"``, inverse frequency for ``"balanced"``.
+
+    Example:
+        >>> class_weights_for("balanced", "multiclass", np.array([0, 0, 0, 1]), 2)
+        [0.6666666666666666, 2.0]
+    """
+    if kind not in CLASS_WEIGHTS:
+        raise ConfigError(f"class_weight must be one of {CLASS_WEIGHTS}; received "
+                          f"class_weight={kind!r}.")
+    if kind == "none" or task != "multiclass":
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = np.ones(n_classes)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return weights.tolist()
 
 
 def make_loss(task: str, label_smoothing: float = 0.0) -> Callable:

@@ -9,6 +9,7 @@ as an h5py ``OSError`` or a long ``ValueError``. kerastl turns each into one
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import warnings
@@ -16,11 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import keras  # noqa: E402
+import yaml
 
 from . import _backend  # noqa: F401
 from .backbones import Backbone
 from .errors import WeightsError
+from .outputs import atomic_file
 
+# The base weights every run writes, usable as --weights of another run.
+RUN_WEIGHTS_FILE = "backbone.weights.h5"
 _URL = re.compile(r"(https?://[^\s:]+(?::\d+)?[^\s:]*)")
 
 
@@ -146,6 +151,47 @@ def load_weights_file(
         ) from error
 
 
+def weights_record(weights: str | os.PathLike | None) -> dict[str, Any] | None:
+    """What a weights file was saved from: backbone, its arguments, input size.
+
+    kerastl records it next to every ``backbone.weights.h5`` it writes (the run's
+    ``config.yaml``), and ``scripts/pretrain_source.py`` writes a JSON record
+    beside its file (``<name>.json`` with ``weights_file``). So ``--weights
+    runs/src/backbone.weights.h5`` is enough to rebuild the right architecture.
+
+    Args:
+        weights: ``"imagenet"``, None or a path.
+
+    Returns:
+        ``{"backbone", "backbone_kwargs", "input_size"}`` or None when the file has
+        no record (or ``weights`` is not a file path).
+
+    Example:
+        >>> weights_record("imagenet") is None
+        True
+    """
+    if weights is None or str(weights) == "imagenet":
+        return None
+    path = Path(weights)
+    for meta in sorted(path.parent.glob("*.json")):
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and info.get("weights_file") == path.name and "backbone" in info:
+            return {"backbone": info["backbone"],
+                    "backbone_kwargs": info.get("backbone_kwargs") or {},
+                    "input_size": info.get("input_size")}
+    saved = path.parent / "config.yaml"
+    if path.name == RUN_WEIGHTS_FILE and saved.is_file():
+        info = yaml.safe_load(saved.read_text()) or {}
+        if isinstance(info, dict) and info.get("backbone"):
+            return {"backbone": info["backbone"],
+                    "backbone_kwargs": info.get("backbone_kwargs") or {},
+                    "input_size": info.get("image_size")}
+    return None
+
+
 def save_base_weights(base: keras.Model, path: str | os.PathLike) -> Path:
     """Save the base's weights atomically (temporary file, then rename).
 
@@ -159,7 +205,6 @@ def save_base_weights(base: keras.Model, path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.name.endswith(".weights.h5"):
         raise WeightsError(f"Base weights path must end in .weights.h5; received {str(path)!r}.")
-    tmp = path.with_name(f".{path.name[: -len('.weights.h5')]}.{os.getpid()}.tmp.weights.h5")
-    base.save_weights(str(tmp))
-    os.replace(tmp, path)
+    with atomic_file(path, suffix=".weights.h5") as tmp:
+        base.save_weights(str(tmp))
     return path

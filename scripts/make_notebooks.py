@@ -76,7 +76,7 @@ COLAB_TPU = [
         "Fashion-MNIST samples."
     ),
     new_code_cell(
-        "from kerastl.run import data_samples_dir\n"
+        "from kerastl.samples import data_samples_dir\n"
         "samples = data_samples_dir() / \"fashion\"\n"
         "print(kerastl.diagnose(samples / \"train\", samples / \"val\"))"
     ),
@@ -108,7 +108,7 @@ COLAB_TPU = [
 SOURCE_CELL = code('''
     import json
     import kerastl
-    from kerastl.run import data_samples_dir
+    from kerastl.samples import data_samples_dir
 
     SAMPLES = data_samples_dir()                      # the shipped data_samples/ folder
     SOURCE = json.loads((SAMPLES / "source" / "mobilenetv3small_fashion_source.json").read_text())
@@ -191,9 +191,9 @@ QUICKSTART = [
             epochs=2 if SMOKE else 10, head_epochs=1 if SMOKE else 3,
             output=OUTPUT, verbose=2,
         )
-        for phase in config.resolved_phases():
-            print(phase)
         result = kerastl.fit(config)
+        for phase in result.config.phases:
+            print(phase)
     '''),
     md('''
         `fit` returned a `RunResult` and wrote everything to the output directory: the

@@ -17,7 +17,8 @@ import pytest
 import kerastl
 from kerastl.cli import evaluate_main, predict_main
 from kerastl.reports import read_history_csv
-from kerastl.run import OUTPUT_FILES, data_samples_dir, fit
+from kerastl.run import OUTPUT_FILES, fit
+from kerastl.samples import data_samples_dir
 
 SAMPLES = data_samples_dir() / "fashion"
 TINY = dict(
@@ -173,7 +174,7 @@ def test_frozen_run_trains_the_head_on_cached_features_and_saves_the_full_model(
 
 
 def test_output_paths_cannot_escape_the_output_directory(tmp_path):
-    from kerastl.run import inside_output
+    from kerastl.outputs import inside_output
 
     out = tmp_path / "run"
     out.mkdir()

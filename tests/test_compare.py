@@ -7,9 +7,10 @@ import json
 import pytest
 
 import kerastl
-from kerastl.compare import REGIMES, compare, main
+from kerastl.cli import compare_main as main
+from kerastl.compare import REGIMES, compare
 from kerastl.errors import ConfigError
-from kerastl.run import data_samples_dir
+from kerastl.samples import data_samples_dir
 
 SAMPLES = data_samples_dir() / "fashion"
 TINY = dict(

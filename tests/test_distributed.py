@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from kerastl.reports import read_history_csv
-from kerastl.run import REPO_ROOT, data_samples_dir
+from kerastl.samples import REPO_ROOT, data_samples_dir
 
 SAMPLES = data_samples_dir() / "fashion"
 CHILD_TIMEOUT = 240  # seconds; a hung collective must fail the test, not block CI

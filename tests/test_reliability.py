@@ -22,7 +22,7 @@ import pytest
 
 import kerastl
 from kerastl.reports import read_history_csv
-from kerastl.run import data_samples_dir
+from kerastl.samples import data_samples_dir
 
 pytestmark = pytest.mark.slow
 
