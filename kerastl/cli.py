@@ -50,6 +50,15 @@ def _positive_int_or_auto(text: str) -> int | str:
     return "auto" if text.lower() == "auto" else _positive_int(text)
 
 
+def _positive_float_or_auto(text: str) -> float | str:
+    if text.lower() == "auto":
+        return "auto"
+    value = _float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 or auto, got {text!r}")
+    return value
+
+
 def _csv_list(text: str) -> list[str]:
     return [] if text.lower() in ("", "none", "off") else [t.strip() for t in text.split(",")]
 
@@ -89,6 +98,7 @@ def _backbone_name(text: str) -> str:
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "str": str, "str | None": str, "int": _int, "int | None": _positive_int,
     "float": _float, "float | None": _float, "int | str": _positive_int_or_auto,
+    "float | str": _positive_float_or_auto,
     "list[str]": _csv_list, "list[int]": _int_list, "list[float]": _float_list,
     "dict[str, Any]": _key_values,
 }
@@ -335,12 +345,52 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     return run_guarded(action)
 
 
+def lr_find_parser() -> argparse.ArgumentParser:
+    """``train``'s flags plus the range of the learning-rate range test."""
+    parser = argparse.ArgumentParser(
+        prog="python -m kerastl.lr_find",
+        description="Learning-rate range test (fastai's lr_find) for the run the flags "
+        "describe: writes lr_find.png and lr_find.json to --output (default: a new "
+        "runs/lr_findN) and prints the suggested learning rate.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="YAML file of defaults (flags override it)")
+    _add_config_flags(parser, skip=("resume", "phases"))
+    group = parser.add_argument_group("range test")
+    group.add_argument("--start-lr", type=_float, default=1e-7, help="(1e-07)")
+    group.add_argument("--end-lr", type=_float, default=10.0, help="(10)")
+    group.add_argument("--steps", type=_positive_int, default=100, help="(100)")
+    return parser
+
+
+def lr_find_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m kerastl.lr_find``."""
+    _quiet_tensorflow(argv)
+    parser = lr_find_parser()
+    args = vars(parser.parse_args(argv))
+    test = {key: args.pop(key) for key in ("start_lr", "end_lr", "steps")}
+
+    def action() -> int:
+        from .config import RunConfig, load_yaml
+        from .run import lr_find
+
+        values = load_yaml(args.pop("config")) if "config" in args else {}
+        values.update(args)
+        result = lr_find(RunConfig.from_dict(values), **test)
+        print(f"suggested learning rate: {result.suggestion:.3g}")
+        return 0
+
+    return run_guarded(action)
+
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str] | None], int], str]] = {
     "train": (train_main, "train a model (python -m kerastl.train)"),
     "evaluate": (evaluate_main, "metrics of a saved model on a folder"),
     "predict": (predict_main, "CSV of predicted classes and probabilities"),
     "doctor": (doctor_main, "check an image folder for broken or suspicious files"),
     "compare": (compare_main, "frozen vs fine-tuned vs scratch vs scikit-learn on your data"),
+    "lr_find": (lr_find_main, "learning-rate range test: loss vs learning rate, a suggestion"),
 }
 
 

@@ -33,10 +33,11 @@ from .errors import ConfigError
 from .features import FEATURE_CACHE_MODES
 from .freezing import BN_POLICIES
 from .model import HEAD_NORMS, HEADS, TASKS
+from .optimizers import OPTIMIZERS, SCHEDULES
 from .recipes import HEAD_WARMUPS, RUN_MODES, Phase
 from .runtime import JIT_CHOICES, PRECISIONS, STRATEGIES
 from .sklearn_heads import SKLEARN_HEADS
-from .training import CLASS_WEIGHTS, KEEP_WEIGHTS, OPTIMIZERS, SCHEDULES
+from .training import CLASS_WEIGHTS, KEEP_WEIGHTS
 
 GROUPS = ("data", "model", "regime", "optimisation", "runtime", "output")
 ALL_HEADS = (*HEADS, *(f"sklearn-{kind}" for kind in SKLEARN_HEADS))
@@ -142,8 +143,9 @@ class RunConfig:
     # optimisation
     epochs: int | str = option(10, "total epochs, or auto", group="optimisation",
                                metavar="E|auto")
-    lr: float = option(1e-2, "peak learning rate of the head phase", group="optimisation",
-                       metavar="X")
+    lr: float | str = option(1e-2, "peak learning rate of the head phase, or auto (a "
+                             "learning-rate range test at the start of each phase)",
+                             group="optimisation", metavar="X|auto")
     finetune_lr_factor: float = option(0.1, "unfrozen phases use lr * F",
                                        group="optimisation", metavar="F")
     optimizer: str = option("adamw", "optimizer", group="optimisation", choices=OPTIMIZERS)
@@ -163,6 +165,10 @@ class RunConfig:
                                         metavar="PATIENCE")
     keep: str = option("best", "weights a run ends with: those of its best validated epoch, "
                        "or the last", group="optimisation", choices=KEEP_WEIGHTS)
+    block_lr_decay: float = option(1.0, "discriminative learning rates: while the base "
+                                   "trains, each block learns at F times the rate of the "
+                                   "block above it (1: one rate)", group="optimisation",
+                                   metavar="F")
     # runtime
     strategy: str = option("auto", "tf.distribute strategy", group="runtime",
                            choices=STRATEGIES)
@@ -184,6 +190,9 @@ class RunConfig:
                                 "existing finished run is never overwritten",
                                 group="output", metavar="DIR")
     resume: bool = option(False, "continue the interrupted run in --output", group="output")
+    checkpoint_interval: float = option(30.0, "seconds between checkpoints within a phase "
+                                        "(every phase end is checkpointed; 0: every epoch)",
+                                        group="output", metavar="SECONDS")
     verbose: int = option(1, "0 silent, 1 progress, 2 also TensorFlow's own log",
                           group="output", choices=(0, 1, 2))
 
@@ -364,7 +373,8 @@ def _validate(config: RunConfig) -> None:
                  "steps_per_execution"):
         if getattr(config, name) is not None:
             _positive_int(name, getattr(config, name))
-    _number("lr", config.lr, low=0.0, low_open=True)
+    if config.lr != AUTO:
+        _number("lr", config.lr, low=0.0, low_open=True)
     _number("finetune_lr_factor", config.finetune_lr_factor, low=0.0, low_open=True)
     _number("val_split", config.val_split, low=0.0, high=1.0, low_open=True, high_open=True)
     _number("warmup_fraction", config.warmup_fraction, low=0.0, high=1.0, high_open=True)
@@ -372,6 +382,8 @@ def _validate(config: RunConfig) -> None:
     _number("dropout", config.dropout, low=0.0, high=1.0, high_open=True)
     _number("weight_decay", config.weight_decay, low=0.0)
     _number("momentum", config.momentum, low=0.0, high=1.0, high_open=True)
+    _number("block_lr_decay", config.block_lr_decay, low=0.0, high=1.0, low_open=True)
+    _number("checkpoint_interval", config.checkpoint_interval, low=0.0)
     if config.resume and config.output is None:
         raise ConfigError("--resume needs --output DIR: the run to continue.")
     if not isinstance(config.backbone_kwargs, dict):

@@ -675,10 +675,13 @@ class FeatureDatasets(NamedTuple):
         train: callable ``epoch -> tf.data.Dataset`` of batched ``(features,
             labels)``, shuffled in an order that is a pure function of seed and epoch.
         val: batched ``(features, labels)`` in data order, or None.
+        train_arrays: ``(features, labels)`` of the first cached training pass, for
+            a linear probe.
     """
 
     train: Callable[[int], tf.data.Dataset]
     val: tf.data.Dataset | None
+    train_arrays: Features | None = None
 
 
 def cached_feature_datasets(
@@ -762,7 +765,7 @@ def cached_feature_datasets(
     if val is not None:
         source = _Served(*cached(val, None))
         val_dataset = source.batches(np.arange(source.rows), batch_size)
-    return FeatureDatasets(train_epoch, val_dataset)
+    return FeatureDatasets(train_epoch, val_dataset, passes[0])
 
 
 class _Served:

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from .freezing import MODES
 if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig
 
-RUN_MODES = MODES
+RUN_MODES = ("auto", *MODES)
 HEAD_WARMUPS = ("train", "probe")
 PHASE_FITS = ("train", "probe")
 DEFAULT_UNFREEZE_BLOCKS = 2
@@ -42,8 +43,9 @@ class Phase:
         mode: str. ``"frozen"``, ``"finetune"``, ``"full"`` or ``"scratch"``.
         unfreeze_top: int, optional. Fine-tune the top N layers.
         unfreeze_blocks: int, optional. Fine-tune the top K registry blocks.
-        lr: float, optional. Peak learning rate; defaults to the run's ``lr`` times
-            ``finetune_lr_factor`` for phases that unfreeze the base.
+        lr: float or ``"auto"``, optional. Peak learning rate (the run's ``lr``, times
+            ``finetune_lr_factor`` for phases that unfreeze the base); ``"auto"``
+            runs a learning-rate range test when the phase starts.
         bn_policy: str. ``"frozen"`` or ``"train"``.
         fit: str. ``"train"`` (gradient steps) or ``"probe"`` (a frozen phase whose
             head is fitted by logistic regression on cached features).
@@ -58,7 +60,7 @@ class Phase:
     mode: str = "frozen"
     unfreeze_top: int | None = None
     unfreeze_blocks: int | None = None
-    lr: float | None = None
+    lr: float | str | None = None
     bn_policy: str = "frozen"
     fit: str = "train"
 
@@ -83,10 +85,17 @@ class Plan:
 def plan_phases(config: RunConfig, steps_per_epoch: int) -> Plan:
     """Expand ``config.mode`` into phases for data of ``steps_per_epoch`` batches.
 
-    ``finetune``/``full`` warm the new head up with the base frozen first (a
-    randomly initialised head sends large gradients into a pretrained base and
-    distorts its features, Kumar et al. 2022), then unfreeze at
-    ``lr * finetune_lr_factor``.
+    * ``frozen``/``scratch``: one phase.
+    * ``finetune``/``full``: a head warm-up with the base frozen (a randomly
+      initialised head sends large gradients into a pretrained base and distorts its
+      features, Kumar et al. 2022), then the unfrozen phase at
+      ``lr * finetune_lr_factor``. With ``head_warmup="probe"`` the warm-up is a
+      logistic regression written into the head (seconds), and every epoch of the
+      budget goes to the unfrozen phase.
+    * ``auto``: the probe, then ``full``; with ``keep="best"`` the run keeps
+      whichever validated better, the probe included.
+
+    ``epochs="auto"`` sizes the budget in optimizer steps (:func:`epoch_budget`).
 
     Args:
         config: RunConfig. Resolved (:meth:`RunConfig.resolve`).
@@ -100,13 +109,22 @@ def plan_phases(config: RunConfig, steps_per_epoch: int) -> Plan:
     """
     if config.phases:
         return Plan(list(config.phases), ["phases given explicitly"])
-    epochs = int(config.epochs)
-    reasons = [f"{epochs} epochs x {steps_per_epoch} steps = {epochs * steps_per_epoch} "
-               "optimizer steps"]
-    if config.mode in ("frozen", "scratch"):
-        bn = "train" if config.mode == "scratch" else config.bn_policy
-        return Plan([Phase(config.mode, epochs, mode=config.mode, lr=config.lr,
-                           bn_policy=bn)], reasons)
+    epochs, reason = epoch_budget(config.epochs, steps_per_epoch)
+    reasons = [reason]
+    mode = "full" if config.mode == "auto" else config.mode
+    if mode in ("frozen", "scratch"):
+        bn = "train" if mode == "scratch" else config.bn_policy
+        return Plan([Phase(mode, epochs, mode=mode, lr=config.lr, bn_policy=bn)], reasons)
+    # lr="auto": each phase runs its own range test; the factor does not apply.
+    tune_lr = "auto" if config.lr == "auto" else config.lr * config.finetune_lr_factor
+    if config.mode == "auto" or config.head_warmup == "probe":
+        reasons.append("head warm-up: a linear probe on cached features, then every epoch "
+                       f"to the {mode} phase")
+        return Plan([
+            Phase("probe", 1, mode="frozen", bn_policy=config.bn_policy, fit="probe"),
+            Phase(mode, epochs, mode=mode, lr=tune_lr, bn_policy=config.bn_policy,
+                  **_unfreeze(config)),
+        ], reasons)
     head = config.head_epochs if config.head_epochs is not None else max(1, epochs // 3)
     if not 0 < head < epochs:
         raise ConfigError(
@@ -115,10 +133,38 @@ def plan_phases(config: RunConfig, steps_per_epoch: int) -> Plan:
         )
     return Plan([
         Phase("head", head, mode="frozen", lr=config.lr, bn_policy=config.bn_policy),
-        Phase(config.mode, epochs - head, mode=config.mode,
-              lr=config.lr * config.finetune_lr_factor, bn_policy=config.bn_policy,
+        Phase(mode, epochs - head, mode=mode, lr=tune_lr, bn_policy=config.bn_policy,
               **_unfreeze(config)),
     ], reasons)
+
+
+# Budgets in optimizer steps (epochs="auto"). Chosen on the transfer suite's
+# validation images (benchmarks/transfer_suite.py), not on any test set.
+TARGET_STEPS = 300
+MIN_EPOCHS = 10
+MAX_STEPS = 10_000
+
+
+def epoch_budget(epochs: int | str, steps_per_epoch: int) -> tuple[int, str]:
+    """Epochs to train, and why: ``epochs`` as given, or sized in optimizer steps.
+
+    ``"auto"`` gives at least :data:`TARGET_STEPS` optimizer steps (tiny data sets get
+    many epochs: 50 images at batch 32 are 2 steps each) and at least
+    :data:`MIN_EPOCHS` passes, but no more than :data:`MAX_STEPS` steps in all (large
+    data sets get fewer, longer epochs).
+
+    Example:
+        >>> epoch_budget("auto", 2)[0], epoch_budget("auto", 16)[0], epoch_budget(7, 16)[0]
+        (150, 19, 7)
+    """
+    if epochs != "auto":
+        return int(epochs), (f"{epochs} epochs x {steps_per_epoch} steps = "
+                             f"{int(epochs) * steps_per_epoch} optimizer steps (--epochs)")
+    wanted = max(math.ceil(TARGET_STEPS / steps_per_epoch), MIN_EPOCHS)
+    chosen = max(1, min(wanted, MAX_STEPS // steps_per_epoch))
+    return chosen, (f"--epochs auto: {chosen} epochs x {steps_per_epoch} steps = "
+                    f"{chosen * steps_per_epoch} optimizer steps (at least {TARGET_STEPS} "
+                    f"steps and {MIN_EPOCHS} epochs, at most {MAX_STEPS} steps)")
 
 
 def _unfreeze(config: RunConfig) -> dict[str, int | None]:

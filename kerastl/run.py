@@ -97,6 +97,96 @@ def fit(
         KerastlError: bad configuration or data (nothing in the output directory is
             lost); ``NonFiniteLossError`` if training diverges (checkpoints kept).
     """
+    run = _prepare(config, splits, overrides, kind="train")
+    config, out, log, clock = run.config, run.out, run.log, run.clock
+    if config.sklearn_head:
+        return _fit_sklearn(config, run.runtime, run.model, run.splits, out, clock, log)
+    trainer = _make_trainer(config, run.runtime, run.model, run.splits, out, callbacks, log)
+    state, resume_from = _resume_state(run.resume_point, log)
+    writer = tf.summary.create_file_writer(str(inside_output(out, "tensorboard")))
+    state = trainer.run(config.phases, run.data_for_phase, state, resume_from,
+                        on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
+    clock.lap("train")
+    metrics = _final_outputs(out, config, run.runtime, run.model, run.splits, state,
+                             run.notes, clock, log)
+    return RunResult(out, run.model, state.history, metrics, run.splits.class_names, config,
+                     clock.total(), run.notes)
+
+
+def lr_find(
+    config: RunConfig | None = None,
+    *,
+    splits: DataSplits | None = None,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    steps: int = 100,
+    **overrides: Any,
+):
+    """The learning-rate range test for the run ``config`` describes.
+
+    Prepares the run exactly as :func:`fit` would (data, model, phases) and tests the
+    first phase that trains with gradient steps; a linear-probe phase before it is
+    fitted first, so a fine-tuning phase is tested from its warmed-up head. The model
+    is left as it was. Writes ``lr_find.png`` and ``lr_find.json`` to the output
+    directory (default: a new ``runs/lr_findN``).
+
+    Args:
+        config: RunConfig, optional. As for :func:`fit`.
+        splits: DataSplits, optional. In-memory data, as for :func:`fit`.
+        start_lr, end_lr: float. Range of the test. Defaults to 1e-7 and 10.
+        steps: int. Optimizer steps at most. Defaults to 100.
+        **overrides: field values replacing those of ``config``.
+
+    Returns:
+        A :class:`kerastl.lr_finder.LRFinderResult`; ``.suggestion`` is the rate,
+        ``.plot()`` draws the curve.
+
+    Example:
+        >>> result = kerastl.lr_find(kerastl.RunConfig(mode="frozen"))  # doctest: +SKIP
+        >>> result.plot("lr.png")  # doctest: +SKIP
+    """
+    from .lr_finder import range_test
+
+    run = _prepare(config, splits, overrides, kind="lr_find")
+    if run.config.sklearn_head:
+        raise ConfigError("lr_find tests a Keras head; --head sklearn-* has no learning rate.")
+    trainer = _make_trainer(run.config, run.runtime, run.model, run.splits, run.out, (),
+                            run.log, checkpoints=False)
+    trained = [(i, p) for i, p in enumerate(run.config.phases) if p.fit == "train"]
+    if not trained:
+        raise ConfigError("This run has no phase trained with gradient steps to test.")
+    index, phase = trained[0]
+    for earlier in run.config.phases[:index]:  # only probes: fitted in seconds
+        trainer.fit_probe_phase(earlier, run.data_for_phase(earlier))
+    data = run.data_for_phase(phase)
+    trainer.prepare_phase(phase, data, constant_lr=True)
+    result = range_test(trainer, data, phase_name=phase.name, start_lr=start_lr,
+                        end_lr=end_lr, steps=steps)
+    result.plot(run.out / "lr_find.png")
+    atomic_write_json(run.out / "lr_find.json", result.to_dict())
+    run.log(f"lr_find ({phase.name} phase): suggested learning rate {result.suggestion:.3g}; "
+            f"plot in {run.out / 'lr_find.png'}")
+    return result
+
+
+@dataclass
+class _Prepared:
+    """A run set up and ready to train: what :func:`fit` and :func:`lr_find` share."""
+
+    config: RunConfig
+    runtime: Any
+    out: Path
+    log: Any
+    clock: Stopwatch
+    splits: DataSplits
+    model: keras.Model
+    resume_point: tuple[Path, TrainState] | None
+    data_for_phase: Any = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
+    """Resolve the config, set up the runtime and output, load data, plan, build."""
     from .data import load_splits
     from .runtime import setup_runtime, warn_if_local_data, worker_output_dir
 
@@ -104,7 +194,7 @@ def fit(
     config = (config or RunConfig()).replace(**overrides)
     if splits is not None:
         _check_no_folders(config)
-    config, resume_point = _resumed(config)
+    config, resume_point = _resumed(config) if kind == "train" else (config, None)
     config = config.resolve(in_memory_data=splits is not None)
     runtime = setup_runtime(config.strategy, config.precision, batch_size=config.batch_size,
                             jit_compile=config.jit_compile,
@@ -113,7 +203,8 @@ def fit(
     for path in (config.data, config.val_data, config.test_data):
         if path:
             warn_if_local_data(path, runtime)
-    out = _output_dir(config, runtime, resumed=resume_point is not None or config.resume)
+    out = _output_dir(config, runtime, kind=kind,
+                      resumed=resume_point is not None or config.resume)
     config.output = str(out)
     out = worker_output_dir(out, runtime)
     log = print if (config.verbose and runtime.is_chief) else (lambda *_: None)
@@ -124,26 +215,23 @@ def fit(
                              on_bad_file=config.on_bad_file)
     clock.lap("load_data")
     log(runtime.describe())
+    notes: list[str] = []
+    if not config.sklearn_head:
+        plan = plan_phases(config, _steps_per_epoch(len(splits.train), runtime))
+        config.phases = plan.phases
+        notes += plan.reasons
+        for reason in plan.reasons:
+            log(f"Plan: {reason}.")
+    if kind == "train":
+        atomic_write_text(out / "config.yaml", config.to_yaml())
     model = _build_run_model(config, runtime, len(splits.class_names))
     clock.lap("build_model")
-    if config.sklearn_head:
-        atomic_write_text(out / "config.yaml", config.to_yaml())
-        return _fit_sklearn(config, runtime, model, splits, out, clock, log)
-    steps = _steps_per_epoch(len(splits.train), runtime)
-    plan = plan_phases(config, steps)
-    config.phases = plan.phases
-    atomic_write_text(out / "config.yaml", config.to_yaml())
-    notes: list[str] = list(plan.reasons)
-    data_for_phase = _phase_data_factory(config, runtime, model, splits, steps, notes)
-    trainer = _make_trainer(config, runtime, model, splits, out, callbacks, log)
-    state, resume_from = _resume_state(resume_point, log)
-    writer = tf.summary.create_file_writer(str(inside_output(out, "tensorboard")))
-    state = trainer.run(plan.phases, data_for_phase, state, resume_from,
-                        on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
-    clock.lap("train")
-    metrics = _final_outputs(out, config, runtime, model, splits, state, notes, clock, log)
-    return RunResult(out, model, state.history, metrics, splits.class_names, config,
-                     clock.total(), notes)
+    run = _Prepared(config, runtime, out, log, clock, splits, model, resume_point, notes=notes)
+    if not config.sklearn_head:
+        run.data_for_phase = _phase_data_factory(config, runtime, model, splits,
+                                                 _steps_per_epoch(len(splits.train), runtime),
+                                                 notes)
+    return run
 
 
 class Stopwatch:
@@ -206,18 +294,20 @@ def _resumed(config: RunConfig) -> tuple[RunConfig, tuple[Path, TrainState] | No
     return resumed, latest_readable_state(out / "checkpoints")
 
 
-def _output_dir(config: RunConfig, runtime, *, resumed: bool) -> Path:
-    """The run's directory: given, resumed, or a new numbered ``runs/trainN``."""
+def _output_dir(config: RunConfig, runtime, *, kind: str, resumed: bool) -> Path:
+    """The run's directory: given, resumed, or a new numbered ``runs/<kind>N``."""
     if resumed:
         return Path(config.output)
     if config.output is None:
         if not runtime.is_chief:  # workers write to a throw-away directory anyway
-            return Path("runs") / "train"
-        out = new_run_dir("train")
-        mark_latest(out)
+            return Path("runs") / kind
+        out = new_run_dir(kind)
+        if kind == "train":
+            mark_latest(out)
         return out
     out = Path(config.output)
-    if list_checkpoints(out / "checkpoints") or (out / "model.keras").exists():
+    if kind == "train" and (list_checkpoints(out / "checkpoints")
+                            or (out / "model.keras").exists()):
         raise ConfigError(
             f"Output directory {str(out)!r} already holds a run. Pass --resume to continue "
             "it, or choose another --output (or none: each run then gets a new "
@@ -228,11 +318,12 @@ def _output_dir(config: RunConfig, runtime, *, resumed: bool) -> Path:
 
 def _build_run_model(config: RunConfig, runtime, n_classes: int):
     """The model a run trains, built inside the strategy scope."""
-    phases = config.phases or []
+    phases = config.phases or [Phase(config.mode, 1, mode=config.mode
+                                     if config.mode in ("frozen", "scratch") else "frozen",
+                                     bn_policy=config.bn_policy)]
     # The base is called with training=False unless some phase trains BatchNorm.
-    trains_bn = config.mode == "scratch" or any(
-        p.bn_policy == "train" or p.mode == "scratch" for p in phases)
-    first_mode = phases[0].mode if phases else config.mode
+    trains_bn = any(p.bn_policy == "train" or p.mode == "scratch" for p in phases)
+    first_mode = phases[0].mode
     with runtime.strategy.scope():
         return build_model(
             config.backbone, n_classes, **config.build_model_kwargs(),
@@ -241,7 +332,8 @@ def _build_run_model(config: RunConfig, runtime, n_classes: int):
         )
 
 
-def _make_trainer(config: RunConfig, runtime, model, splits, out: Path, callbacks, log):
+def _make_trainer(config: RunConfig, runtime, model, splits, out: Path, callbacks, log,
+                  checkpoints: bool = True):
     from .runtime import loss_scale_optimizer
     from .training import class_weights_for
 
@@ -251,11 +343,13 @@ def _make_trainer(config: RunConfig, runtime, model, splits, out: Path, callback
         label_smoothing=config.label_smoothing, warmup_fraction=config.warmup_fraction,
         class_weights=class_weights_for(config.class_weight, config.task, splits.train.labels,
                                         len(splits.class_names)),
-        early_stopping=config.early_stopping, callbacks=callbacks,
-        checkpoint_dir=inside_output(out, "checkpoints"), is_chief=runtime.is_chief,
+        class_weight=config.class_weight, early_stopping=config.early_stopping,
+        keep=config.keep, block_lr_decay=config.block_lr_decay, callbacks=callbacks,
+        checkpoint_dir=inside_output(out, "checkpoints") if checkpoints else None,
+        checkpoint_interval=config.checkpoint_interval, is_chief=runtime.is_chief,
         wrap_optimizer=lambda opt: loss_scale_optimizer(opt, runtime.precision),
         jit_compile=runtime.jit_compile, steps_per_execution=runtime.steps_per_execution,
-        verbose=config.verbose if runtime.is_chief else 0, log=log,
+        seed=config.seed, verbose=config.verbose if runtime.is_chief else 0, log=log,
     )
 
 
@@ -344,6 +438,8 @@ def _phase_data_factory(config, runtime, model, splits, steps, notes):
         return PhaseData(model, train, val, steps, description=why)
 
     def data_for_phase(phase: Phase) -> PhaseData:
+        if phase.fit == "probe":  # fitted on un-augmented features, cached or not
+            return _cached_phase(config, runtime, model, splits, batch, steps, notes)
         if phase.mode != "frozen":
             return image_data(phase, "images through the whole model")
         if config.feature_cache == "off":
@@ -364,7 +460,7 @@ def _cached_phase(config, runtime, model, splits, batch, steps, notes):
     if cache_dir is not None and not Path(cache_dir).is_absolute():
         cache_dir = inside_output(Path(config.output), cache_dir)  # relative: inside the run
     cache = FeatureCache(cache_dir)
-    train, val = cached_feature_datasets(
+    train, val, arrays = cached_feature_datasets(
         model, splits.train, splits.val, image_size=config.image_size, batch_size=batch,
         cache=cache, seed=config.seed,
     )
@@ -372,7 +468,7 @@ def _cached_phase(config, runtime, model, splits, batch, steps, notes):
     notes.append(note)
     with runtime.strategy.scope():
         head = head_model(model)
-    return PhaseData(head, train, val, steps, description=note)
+    return PhaseData(head, train, val, steps, description=note, arrays=lambda: arrays)
 
 
 def _epoch_outputs(out: Path, state: TrainState, writer) -> None:

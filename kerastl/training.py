@@ -30,20 +30,25 @@ import numpy as np
 import tensorflow as tf  # noqa: E402
 
 from . import _backend  # noqa: F401
-from .checkpoints import TrainState, restore_weights, save_checkpoint
+from .checkpoints import (
+    MODEL_WEIGHTS_FILE,
+    TrainState,
+    read_best_weights,
+    restore_weights,
+    save_checkpoint,
+)
 from .errors import ConfigError, NonFiniteLossError, StaleTrainableError
-from .freezing import set_regime, trainable_signature
+from .freezing import UnfreezePlan, set_regime, trainable_signature
+from .optimizers import block_lr_multipliers, make_optimizer, make_schedule
 from .recipes import Phase
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine", "onecycle")
 CLASS_WEIGHTS = ("none", "balanced")
 # What a run ends with: the weights of its best validated epoch, or the last ones.
 KEEP_WEIGHTS = ("best", "last")
 
 
 class Preempted(Exception):
-    """SIGTERM arrived; the last completed epoch is checkpointed."""
+    """SIGTERM arrived; the message says which epoch a resumed run continues from."""
 
 
 @dataclass
@@ -58,6 +63,8 @@ class PhaseData:
         val: tf.data.Dataset, optional. Validation batches.
         steps_per_epoch: int. Batches per epoch.
         description: str. For the run log (e.g. why the feature cache is used).
+        arrays: callable, optional. ``() -> (features, labels)`` of the whole
+            training set, for probe phases (cached features only).
     """
 
     model: keras.Model
@@ -65,61 +72,10 @@ class PhaseData:
     val: tf.data.Dataset | None
     steps_per_epoch: int
     description: str = ""
+    arrays: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
 
 
-# ------------------------------------------------------------------ optimisation
-def make_schedule(kind: str, peak_lr: float, total_steps: int, warmup_steps: int = 0):
-    """A Keras learning-rate schedule.
-
-    Args:
-        kind: str. ``"constant"``, ``"cosine"`` (cosine decay after an optional
-            linear warm-up) or ``"onecycle"`` (30 % warm-up from ``peak/25``, then
-            cosine decay to ``peak/1e4``, as fastai's ``fit_one_cycle``).
-        peak_lr: float. Highest learning rate.
-        total_steps: int. Optimizer steps in the phase.
-        warmup_steps: int. Linear warm-up steps (cosine only).
-
-    Example:
-        >>> float(make_schedule("cosine", 1e-3, 100)(100)) < 1e-5
-        True
-    """
-    total_steps = max(1, int(total_steps))
-    schedules = keras.optimizers.schedules
-    if kind == "constant":
-        return peak_lr
-    if kind == "cosine":
-        warmup = min(int(warmup_steps), total_steps - 1)
-        if warmup <= 0:
-            return schedules.CosineDecay(peak_lr, decay_steps=total_steps, alpha=0.0)
-        return schedules.CosineDecay(
-            0.0, decay_steps=total_steps - warmup, warmup_target=peak_lr,
-            warmup_steps=warmup, alpha=0.0,
-        )
-    if kind == "onecycle":
-        warmup = max(1, int(0.3 * total_steps))
-        return schedules.CosineDecay(
-            peak_lr / 25.0, decay_steps=max(1, total_steps - warmup), warmup_target=peak_lr,
-            warmup_steps=warmup, alpha=1e-4,
-        )
-    raise ConfigError(f"schedule must be one of {SCHEDULES}; received schedule={kind!r}.")
-
-
-def make_optimizer(
-    name: str, learning_rate, *, weight_decay: float = 0.0, momentum: float = 0.9
-) -> keras.optimizers.Optimizer:
-    """Adam, AdamW (decoupled weight decay) or SGD with momentum."""
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    if name == "adamw":
-        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
-    if name == "sgd":
-        return keras.optimizers.SGD(
-            learning_rate, momentum=momentum, nesterov=True,
-            weight_decay=weight_decay or None,
-        )
-    raise ConfigError(f"optimizer must be one of {OPTIMIZERS}; received optimizer={name!r}.")
-
-
+# ------------------------------------------------------------------ losses
 def class_weights_for(kind: str, task: str, labels: np.ndarray,
                       n_classes: int) -> list[float] | None:
     """Per-class loss weights: None for ``"none"``, inverse frequency for ``"balanced"``.
@@ -248,7 +204,8 @@ class _Steps:
         return self._reduce(self.strategy.run(self._replica_eval, args=(x, y)))
 
 
-def _distribute(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
+def distribute_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
+    """``dataset`` as the strategy's replicas read it (unchanged on one device)."""
     if strategy is tf.distribute.get_strategy() and strategy.num_replicas_in_sync == 1:
         return dataset  # the default strategy: nothing to shard or rebatch
     options = tf.data.Options()
@@ -263,7 +220,7 @@ def _logs(sums: np.ndarray, prefix: str = "") -> dict[str, float]:
 
 # ------------------------------------------------------------------ the trainer
 class Trainer:
-    """Runs phases with one distributed step, checkpoints every epoch, resumes.
+    """Runs phases with one distributed step, keeps the best epoch, checkpoints, resumes.
 
     Args:
         model: keras.Model. A kerastl model (built inside ``strategy.scope()``).
@@ -275,14 +232,24 @@ class Trainer:
         warmup_fraction: float. Share of each phase's steps spent warming the
             learning rate up linearly (cosine schedule).
         class_weights: sequence of float, optional. Loss weight per class.
-        early_stopping: int, optional. Patience (epochs, on ``val_loss``) within a
-            phase; the best weights of the phase are restored.
+        class_weight: str. ``"none"`` or ``"balanced"``, for probe phases.
+        early_stopping: int, optional. Patience: a phase stops after this many epochs
+            without a new best validated epoch.
+        keep: str. ``"best"``: each phase ends with the weights of its best validated
+            epoch, and the run with those of its best epoch overall; ``"last"``: the
+            weights of the last epoch. Without validation data, always the last.
+        block_lr_decay: float. In phases that train the base from pretrained weights,
+            each block below the top learns at this factor of the one above it
+            (1.0: one learning rate for every layer).
         callbacks: sequence of keras callbacks. Receive the usual epoch hooks.
         checkpoint_dir: path, optional. Where epoch checkpoints go (chief only).
+        checkpoint_interval: float. Seconds between checkpoints within a phase (the
+            end of every phase is always checkpointed); 0 checkpoints every epoch.
         is_chief: bool. Only the chief writes checkpoints.
         wrap_optimizer: callable, optional. E.g. loss scaling for ``mixed_float16``.
         jit_compile: bool. XLA-compile the step (off on CPU, where it is slower).
         steps_per_execution: int. Train steps per call of the compiled function.
+        seed: int. Seeds probe phases' solver and folds.
         verbose: int. 0 silent, 1 progress bar, 2 one line per epoch.
 
     Example:
@@ -303,34 +270,50 @@ class Trainer:
         label_smoothing: float = 0.0,
         warmup_fraction: float = 0.0,
         class_weights: Sequence[float] | None = None,
+        class_weight: str = "none",
         early_stopping: int | None = None,
+        keep: str = "best",
+        block_lr_decay: float = 1.0,
         callbacks: Sequence[keras.callbacks.Callback] = (),
         checkpoint_dir: str | Path | None = None,
+        checkpoint_interval: float = 0.0,
         is_chief: bool = True,
         wrap_optimizer: Callable | None = None,
         jit_compile: bool = False,
         steps_per_execution: int = 1,
+        seed: int = 0,
         verbose: int = 1,
         log: Callable[[str], None] = print,
     ) -> None:
+        if keep not in KEEP_WEIGHTS:
+            raise ConfigError(f"keep must be one of {KEEP_WEIGHTS}; received keep={keep!r}.")
         self.model, self.strategy, self.task = model, strategy, task
         self.optimizer_name, self.schedule = optimizer, schedule
         self.weight_decay, self.momentum = weight_decay, momentum
         self.warmup_fraction = warmup_fraction
         self.loss_fn = make_loss(task, label_smoothing)
+        self.label_smoothing = label_smoothing
         self.class_weights = class_weights
+        self.class_weight = class_weight
         self.early_stopping = early_stopping
+        self.keep = keep
+        self.block_lr_decay = float(block_lr_decay)
         self.callbacks = list(callbacks)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.checkpoint_interval = float(checkpoint_interval)
         self.is_chief = is_chief
         self.wrap_optimizer = wrap_optimizer
         self.jit_compile = jit_compile
         self.steps_per_execution = max(1, int(steps_per_execution))
+        self.seed = seed
         self.verbose = verbose
         self.log = log
         self.optimizer = None
         self._steps: _Steps | None = None
         self._stop_requested = threading.Event()
+        self._best = _BestWeights()
+        self._last_checkpoint = time.monotonic()
+        self._unsaved_epochs = 0
 
     # -- public -----------------------------------------------------------------
     def run(
@@ -345,22 +328,33 @@ class Trainer:
 
         Returns:
             The final :class:`~kerastl.checkpoints.TrainState` (history included).
+            With ``keep="best"`` the model holds the weights of the best validated
+            epoch, named by ``state.best``.
 
         Raises:
             NonFiniteLossError: the loss became NaN/Inf (the last good checkpoint is
                 kept).
-            Preempted: SIGTERM arrived (the last completed epoch is checkpointed).
+            Preempted: SIGTERM arrived (the message says which epoch is saved).
         """
         state = state or TrainState()
+        if resume_from is not None:
+            self._best.load(resume_from, state, self.model)
         with self._sigterm_guard():
             for index, phase in enumerate(phases):
                 if index < state.phase_index:
                     continue
                 if index > state.phase_index:
                     state.phase_index, state.phase_epoch = index, 0
+                    state.phase_best = None
                 self._run_phase(phase, index, data_for_phase(phase), state, resume_from,
                                 on_epoch_end)
                 resume_from = None
+        if self.keep == "best" and state.best is not None and self._best.overall is not None:
+            self.model.set_weights(self._best.overall)
+            if self.verbose:
+                self.log(f"Restored the weights of epoch {state.best['epoch']} (phase "
+                         f"'{state.best['phase']}', val_accuracy "
+                         f"{state.best['val_accuracy']:.4f}), the best validated epoch.")
         state.finished = True
         return state
 
@@ -374,14 +368,44 @@ class Trainer:
                 "kerastl.set_regime on a compiled model, which recompiles)."
             )
 
+    def prepare_phase(self, phase: Phase, data: PhaseData, *,
+                      constant_lr: bool = False) -> UnfreezePlan:
+        """Set the phase's regime and compile its optimizer and step.
+
+        Args:
+            phase: Phase. What trains.
+            data: PhaseData. What it trains on.
+            constant_lr: bool. Compile with a constant learning rate (the
+                learning-rate range test sets it step by step).
+
+        Returns:
+            The :class:`~kerastl.freezing.UnfreezePlan` of the phase.
+        """
+        plan = set_regime(self.model, phase.mode, unfreeze_top=phase.unfreeze_top,
+                          unfreeze_blocks=phase.unfreeze_blocks, bn_policy=phase.bn_policy,
+                          recompile=False)
+        self._compile_phase(phase, data, "constant" if constant_lr else self.schedule)
+        return plan
+
+    def fit_probe_phase(self, phase: Phase, data: PhaseData) -> dict[str, float]:
+        """Fit a probe phase's head (logistic regression), without history or checkpoint."""
+        self.prepare_phase(phase, data)
+        callbacks = self._callback_list(phase)
+        return self._probe_epoch(phase, data, 0, callbacks)
+
     # -- phases -------------------------------------------------------------------
-    def _compile_phase(self, phase: Phase, data: PhaseData) -> None:
+    def _compile_phase(self, phase: Phase, data: PhaseData, schedule_kind: str) -> None:
         total = phase.epochs * data.steps_per_epoch
         warmup = int(self.warmup_fraction * total)
+        multipliers = None
+        if phase.mode in ("finetune", "full") and self.block_lr_decay < 1.0:
+            multipliers = block_lr_multipliers(self.model, self.block_lr_decay)
+        lr = phase.lr if isinstance(phase.lr, (int, float)) else 1e-3  # "auto": found next
         with self.strategy.scope():
-            schedule = make_schedule(self.schedule, phase.lr, total, warmup)
+            schedule = make_schedule(schedule_kind, lr, total, warmup)
             optimizer = make_optimizer(self.optimizer_name, schedule,
-                                       weight_decay=self.weight_decay, momentum=self.momentum)
+                                       weight_decay=self.weight_decay, momentum=self.momentum,
+                                       lr_multipliers=multipliers)
             if self.wrap_optimizer is not None:
                 optimizer = self.wrap_optimizer(optimizer)
             optimizer.build(data.model.trainable_variables)
@@ -390,50 +414,131 @@ class Trainer:
                              self.class_weights, self.jit_compile, self.steps_per_execution)
 
     def _run_phase(self, phase, index, data, state, resume_from, on_epoch_end) -> None:
-        plan = set_regime(self.model, phase.mode, unfreeze_top=phase.unfreeze_top,
-                          unfreeze_blocks=phase.unfreeze_blocks, bn_policy=phase.bn_policy,
-                          recompile=False)
+        if phase.lr == "auto" and phase.fit == "train":
+            phase = self._with_found_lr(phase, index, data, state)
+        plan = self.prepare_phase(phase, data)
         if self.verbose:
-            self.log(f"\nPhase {index + 1} '{phase.name}': {phase.epochs} epoch(s), "
-                     f"lr {phase.lr:g}, {data.description}")
+            what = ("linear probe (logistic regression) on" if phase.fit == "probe"
+                    else f"{phase.epochs} epoch(s), lr {phase.lr:g},")
+            self.log(f"\nPhase {index + 1} '{phase.name}': {what} {data.description}")
             self.log(str(plan))
-        self._compile_phase(phase, data)
         if resume_from is not None:
-            restore_weights(resume_from, self.model, self.optimizer)
+            # A checkpoint taken at a phase boundary holds the previous phase's
+            # optimizer (other variables): this phase starts with a fresh one.
+            restore_weights(resume_from, self.model,
+                            self.optimizer if state.phase_epoch > 0 else None)
+            self._reset_constant_lr(phase)
         callbacks = self._callback_list(phase)
         callbacks.on_train_begin()
         for _ in range(state.phase_epoch, phase.epochs):
             self.assert_fresh()
-            logs = self._run_epoch(phase, data, state.epoch, callbacks)
+            logs = (self._probe_epoch(phase, data, state.epoch, callbacks)
+                    if phase.fit == "probe" else
+                    self._run_epoch(phase, data, state.epoch, callbacks))
             state.epoch += 1
             state.phase_epoch += 1
             state.history.append({"epoch": state.epoch, "phase": phase.name, **logs})
-            self._checkpoint(state)
+            self._best.update(self.model, state, phase.name, logs)
+            stop = self.model.stop_training or self._patience_exhausted(state)
+            if state.phase_epoch < phase.epochs and not stop:
+                self._checkpoint(state)
             if on_epoch_end is not None:
                 on_epoch_end(state)
-            if self.model.stop_training:
+            if stop:
                 self.log(f"Early stopping in phase '{phase.name}' after epoch {state.epoch}.")
                 break
         callbacks.on_train_end()
-        # Early stopping ends the phase, not the run: the remaining epochs of this phase
-        # are skipped and the next phase starts from the restored best weights.
-        state.phase_epoch = phase.epochs
+        self._finish_phase(phase, index, state)
+
+    def _with_found_lr(self, phase: Phase, index: int, data: PhaseData,
+                       state: TrainState) -> Phase:
+        """``lr="auto"``: the range test's suggestion, found once (a resume reuses it)."""
+        import dataclasses
+
+        from .lr_finder import range_test
+
+        key = str(index)
+        if key not in state.lrs:
+            self.prepare_phase(phase, data, constant_lr=True)
+            result = range_test(self, data, phase_name=phase.name)
+            state.lrs[key] = result.suggestion
+            if self.verbose:
+                self.log(f"Phase {index + 1} '{phase.name}': learning-rate range test "
+                         f"suggests {result.suggestion:.3g}.")
+        return dataclasses.replace(phase, lr=state.lrs[key])
+
+    def step(self, iterator, steps: int = 1) -> np.ndarray:
+        """Run ``steps`` compiled train steps; returns (loss sum, examples, correct, total)."""
+        return self._steps.train(iterator, tf.constant(steps)).numpy()
+
+    def _finish_phase(self, phase: Phase, index: int, state: TrainState) -> None:
+        """End a phase: its best weights (``keep="best"``), then a checkpoint saying so.
+
+        The checkpoint is written after the weights are restored and marks the phase
+        finished, so a crash early in the next phase resumes there, from these
+        weights. Early stopping ends the phase, not the run.
+        """
+        if self.keep == "best" and state.phase_best is not None \
+                and state.phase_best["epoch"] != state.epoch:
+            self.model.set_weights(self._best.phase)
+            if self.verbose:
+                self.log(f"Phase '{phase.name}' ends with the weights of its best epoch, "
+                         f"{state.phase_best['epoch']} (val_accuracy "
+                         f"{state.phase_best['val_accuracy']:.4f}).")
+        state.phase_index, state.phase_epoch = index + 1, 0
         self.model.stop_training = False
+        self._checkpoint(state, force=True)
+        state.phase_best = None
+
+    def _patience_exhausted(self, state: TrainState) -> bool:
+        if not self.early_stopping or state.phase_best is None:
+            return False
+        return state.epoch - state.phase_best["epoch"] >= self.early_stopping
+
+    def _reset_constant_lr(self, phase: Phase) -> None:
+        # Restoring optimizer variables also restores a constant learning rate, which
+        # would undo `--resume --lr X`; schedules compute the rate from the step.
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        if self.schedule == "constant" and phase.lr is not None:
+            optimizer.learning_rate.assign(phase.lr)
 
     def _callback_list(self, phase: Phase) -> keras.callbacks.CallbackList:
-        callbacks = list(self.callbacks)
-        if self.early_stopping:
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=self.early_stopping, restore_best_weights=True,
-                verbose=0,
-            ))
         self.model.stop_training = False
-        return keras.callbacks.CallbackList(callbacks, model=self.model, epochs=phase.epochs)
+        return keras.callbacks.CallbackList(list(self.callbacks), model=self.model,
+                                            epochs=phase.epochs)
+
+    def _probe_epoch(self, phase, data, epoch, callbacks) -> dict[str, float]:
+        """A probe phase's one epoch: logistic regression on cached features."""
+        from .probe import fit_probe
+
+        callbacks.on_epoch_begin(epoch)
+        started = time.perf_counter()
+        if data.arrays is None:
+            raise ConfigError(f"Phase {phase.name!r} is a probe, which needs cached features; "
+                              "this phase trains on images (--feature-cache off?).")
+        features, labels = data.arrays()
+        facts = fit_probe(data.model, features, labels, task=self.task,
+                          class_weight=self.class_weight, seed=self.seed,
+                          label_smoothing=self.label_smoothing)
+        train = self.evaluate(data.train(epoch))
+        logs = {key[len("val_"):]: value for key, value in train.items()}
+        if data.val is not None:
+            logs.update(self.evaluate(data.val))
+        logs["lr"] = 0.0
+        logs["seconds"] = round(time.perf_counter() - started, 3)
+        if self.verbose:
+            cv = ("" if facts["cv_accuracy"] is None
+                  else f", cross-validated accuracy {facts['cv_accuracy']:.4f}")
+            self.log(f"Epoch {epoch + 1} ({phase.name}): logistic regression C={facts['C']:g}"
+                     f"{cv}; " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()
+                                            if k not in ("seconds", "lr")))
+        callbacks.on_epoch_end(epoch, logs)
+        return logs
 
     def _run_epoch(self, phase, data, epoch, callbacks) -> dict[str, float]:
         callbacks.on_epoch_begin(epoch)
         started = time.perf_counter()
-        iterator = iter(_distribute(self.strategy, data.train(epoch)))
+        iterator = iter(distribute_dataset(self.strategy, data.train(epoch)))
         progbar = (keras.utils.Progbar(data.steps_per_epoch, verbose=self.verbose,
                                        stateful_metrics=["loss", "accuracy"])
                    if self.verbose else None)
@@ -454,8 +559,9 @@ class Trainer:
                 )
             if progbar is not None:
                 progbar.update(step, list(logs.items()), finalize=False)
-            if self._stop_requested.is_set():
-                raise Preempted(epoch)
+            if self._stop_requested.is_set() and not self._finish_before_stopping(
+                    started, step, data.steps_per_epoch):
+                raise Preempted(self._saved_epoch_text(epoch))
         if data.val is not None:
             logs.update(self.evaluate(data.val, model_steps=self._steps))
         logs["lr"] = self._current_lr()
@@ -470,7 +576,7 @@ class Trainer:
         """Loss and accuracy over a batched dataset, aggregated over replicas."""
         steps = model_steps or self._steps
         totals = np.zeros(4)
-        iterator = iter(_distribute(self.strategy, dataset))
+        iterator = iter(distribute_dataset(self.strategy, dataset))
         for _ in range(int(dataset.cardinality())):
             totals += steps.evaluate(iterator).numpy()
         return _logs(totals, prefix="val_")
@@ -478,9 +584,30 @@ class Trainer:
     def _current_lr(self) -> float:
         return float(np.asarray(self.optimizer.learning_rate))
 
-    def _checkpoint(self, state: TrainState) -> None:
-        if self.checkpoint_dir is not None and self.is_chief:
-            save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, state)
+    # -- checkpoints ----------------------------------------------------------------
+    def _checkpoint(self, state: TrainState, force: bool = False) -> None:
+        self._unsaved_epochs += 1
+        due = time.monotonic() - self._last_checkpoint >= self.checkpoint_interval
+        if self._stop_requested.is_set() or force or due:
+            if self.checkpoint_dir is not None and self.is_chief:
+                save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, state,
+                                best=self._best.to_save(state))
+            self._last_checkpoint = time.monotonic()
+            self._unsaved_epochs = 0
+        if self._stop_requested.is_set():
+            raise Preempted(f"epoch {state.epoch} is checkpointed.")
+
+    def _finish_before_stopping(self, started: float, step: int, steps: int) -> bool:
+        """On SIGTERM: finish a short epoch rather than lose unsaved ones."""
+        if self._unsaved_epochs == 0 or self.checkpoint_dir is None:
+            return False
+        remaining = (time.perf_counter() - started) / step * (steps - step)
+        return remaining < PREEMPTION_GRACE_SECONDS
+
+    def _saved_epoch_text(self, epoch: int) -> str:
+        last = epoch - self._unsaved_epochs
+        return (f"epoch {last} is the last checkpointed one." if last > 0
+                else "no epoch was checkpointed yet.")
 
     @contextmanager
     def _sigterm_guard(self):
@@ -497,6 +624,67 @@ class Trainer:
             yield
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+
+# Seconds of work a preempted run may still do to finish its epoch and checkpoint it
+# (schedulers give some 30 s between SIGTERM and SIGKILL).
+PREEMPTION_GRACE_SECONDS = 10.0
+
+
+class _BestWeights:
+    """The weights of the best validated epoch, of the run and of the current phase.
+
+    "Best" is the highest ``val_accuracy``, ties broken by the lower ``val_loss``.
+    Kept in memory (every worker of a distributed run tracks the same epochs, since
+    validation metrics are reduced over replicas) and saved with each checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self.overall: list[np.ndarray] | None = None
+        self.phase: list[np.ndarray] | None = None
+
+    def update(self, model: keras.Model, state: TrainState, phase: str, logs: dict) -> None:
+        if "val_accuracy" not in logs or not math.isfinite(logs.get("val_loss", math.nan)):
+            return
+        entry = {"epoch": state.epoch, "phase": phase, "val_accuracy": logs["val_accuracy"],
+                 "val_loss": logs["val_loss"]}
+        improves_phase = _better(entry, state.phase_best)
+        improves_run = _better(entry, state.best)
+        if improves_phase or improves_run:
+            weights = model.get_weights()
+            if improves_phase:
+                state.phase_best, self.phase = entry, weights
+            if improves_run:
+                state.best, self.overall = entry, weights
+
+    def to_save(self, state: TrainState) -> dict[str, list[np.ndarray]]:
+        """Best weights a checkpoint of ``state`` must carry (not the current ones)."""
+        saved = {}
+        for key, entry, weights in (("best", state.best, self.overall),
+                                    ("phase_best", state.phase_best, self.phase)):
+            if entry is not None and weights is not None and entry["epoch"] != state.epoch:
+                saved[key] = weights
+        return saved
+
+    def load(self, checkpoint: Path, state: TrainState, model: keras.Model) -> None:
+        """Best weights of a resumed run: saved beside the checkpoint, or its own."""
+        saved = read_best_weights(checkpoint)
+        for key, attr in (("best", "overall"), ("phase_best", "phase")):
+            entry = getattr(state, key)
+            if entry is None:
+                continue
+            if key not in saved:  # the best epoch is the checkpointed epoch itself
+                model.load_weights(str(checkpoint / MODEL_WEIGHTS_FILE))
+                saved[key] = model.get_weights()
+            setattr(self, attr, saved[key])
+
+
+def _better(entry: dict, best: dict | None) -> bool:
+    if best is None:
+        return True
+    if entry["val_accuracy"] != best["val_accuracy"]:
+        return entry["val_accuracy"] > best["val_accuracy"]
+    return entry["val_loss"] < best["val_loss"]
 
 
 def predict(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -559,7 +559,7 @@ GRADUAL_UNFREEZING = [
         import matplotlib.pyplot as plt
         import numpy as np
 
-        from kerastl.training import make_schedule
+        from kerastl.optimizers import make_schedule
 
         steps = np.arange(200)
         fig, ax = plt.subplots(figsize=(7, 3.2))

@@ -8,7 +8,8 @@ import tensorflow as tf
 
 import kerastl
 from kerastl.config import Phase
-from kerastl.training import PhaseData, Trainer, make_schedule
+from kerastl.optimizers import make_schedule
+from kerastl.training import PhaseData, Trainer
 
 
 def _tiny_data(model):
