@@ -1,26 +1,21 @@
 """kerastl: transfer learning and fine-tuning of Keras Applications backbones.
 
+The names below are what a user calls; everything else lives in the submodules
+(``kerastl.training``, ``kerastl.features``, ``kerastl.runtime``...), importable but
+not part of this list.
+
 Example:
     >>> import kerastl
     >>> model = kerastl.build_model("MobileNetV2", 5, input_shape=32, weights=None)
     >>> print(kerastl.set_regime(model, "finetune", unfreeze_blocks=2))  # doctest: +SKIP
 """
 
-from . import (  # noqa: F401  (submodules)
-    _backend,  # noqa: F401  (pins the TensorFlow backend first)
-    cli,
-    config,
-    data,
-    datasets,
-    doctor,
-    features,
-    reports,
-    runtime,
-    sklearn_heads,
-)
+from . import _backend  # noqa: F401  (pins the TensorFlow backend first)
 from .backbones import Backbone, get_backbone, list_backbones
+from .compare import compare
 from .config import Phase, RunConfig
 from .data import DataSplits, ImageData, augmentation, from_arrays, from_folder, load_splits
+from .datasets import fashion_mnist
 from .doctor import DoctorReport, diagnose
 from .errors import (
     ConfigError,
@@ -33,33 +28,32 @@ from .errors import (
 )
 from .features import FeatureCache, extract_features, feature_extractor, head_model
 from .freezing import UnfreezePlan, backbone_blocks, set_regime
-from .model import Preprocess, build_model, load_model
-from .run import RunResult, fit
-from .runtime import DeviceFacts, Runtime, setup_runtime
+from .inference import evaluate_folder, predict_paths
+from .lr_finder import LRFinderResult
+from .model import build_model, load_model
+from .run import RunResult, fit, lr_find
+from .runtime import Runtime, setup_runtime
 from .sklearn_heads import SklearnClassifier
-from .training import Trainer
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Backbone",
     "ConfigError",
     "DataError",
     "DataSplits",
-    "DeviceFacts",
     "DoctorReport",
     "FeatureCache",
     "ImageData",
     "KerastlError",
+    "LRFinderResult",
     "NonFiniteLossError",
     "Phase",
-    "Preprocess",
     "RunConfig",
     "RunResult",
     "Runtime",
     "SklearnClassifier",
     "StaleTrainableError",
-    "Trainer",
     "UnfreezePlan",
     "UnknownBackboneError",
     "WeightsError",
@@ -67,8 +61,11 @@ __all__ = [
     "augmentation",
     "backbone_blocks",
     "build_model",
+    "compare",
     "diagnose",
+    "evaluate_folder",
     "extract_features",
+    "fashion_mnist",
     "feature_extractor",
     "fit",
     "from_arrays",
@@ -78,6 +75,8 @@ __all__ = [
     "list_backbones",
     "load_model",
     "load_splits",
+    "lr_find",
+    "predict_paths",
     "set_regime",
     "setup_runtime",
 ]

@@ -66,6 +66,11 @@ def compare(
 
     Raises:
         ConfigError: an unknown regime or a fraction outside ``(0, 1]``.
+
+    Example:
+        >>> rows = kerastl.compare(kerastl.RunConfig(epochs=3),
+        ...                        output="runs/compare")  # doctest: +SKIP
+        >>> [(row["regime"], row["accuracy"]) for row in rows]  # doctest: +SKIP
     """
     regimes, fractions = _check_regimes(regimes), _check_fractions(fractions)
     # Resolved once, so every regime (and the scikit-learn probe, which does not go

@@ -723,9 +723,9 @@ def cached_feature_datasets(
         >>> from kerastl.features import FeatureCache, cached_feature_datasets
         >>> model = kerastl.build_model("VGG16", 2, input_shape=32, weights=None)
         >>> data = (np.zeros((4, 32, 32, 3)), np.array([0, 1, 0, 1]))
-        >>> train, val = cached_feature_datasets(model, data, None, image_size=32,
+        >>> datasets = cached_feature_datasets(model, data, None, image_size=32,
         ...     batch_size=2, cache=FeatureCache(), seed=0)
-        >>> [tuple(f.shape) for f, _ in train(0)]
+        >>> [tuple(f.shape) for f, _ in datasets.train(0)]
         [(2, 1, 1, 512), (2, 1, 1, 512)]
     """
     if not isinstance(augment_passes, int) or augment_passes < 0:

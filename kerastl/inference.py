@@ -52,7 +52,22 @@ def evaluate_folder(model_path, data_dir, *, output=None, batch_size: int = 64) 
 
 
 def predict_paths(model_path, inputs: Sequence[str], *, output=None, batch_size: int = 64) -> str:
-    """CSV (path, predicted class, one probability column per class) for files/folders."""
+    """CSV (path, predicted class, one probability column per class) for files/folders.
+
+    Args:
+        model_path: path of a run's ``model.keras`` (``labels.json`` beside it).
+        inputs: image files and/or folders (searched recursively, hidden files skipped).
+        output: path, optional. Also write the CSV there (atomically).
+        batch_size: int. Images per forward pass.
+
+    Returns:
+        The CSV text.
+
+    Example:
+        >>> print(predict_paths("runs/latest/model.keras", ["photo.jpg"]))  # doctest: +SKIP
+        path,class,p_bag,p_sandal
+        photo.jpg,bag,0.981200,0.018800
+    """
     from .data import ImageData
     from .doctor import SUPPORTED_EXTENSIONS, find_bad_files
 
@@ -88,7 +103,7 @@ def predict_paths(model_path, inputs: Sequence[str], *, output=None, batch_size:
         writer.writerow([path, names[int(np.argmax(row))], *[f"{p:.6f}" for p in row]])
     text = buffer.getvalue()
     if output is not None:
-        from .reports import atomic_write_text
+        from .outputs import atomic_write_text
 
         atomic_write_text(output, text)
     return text

@@ -164,7 +164,7 @@ def steepest(lrs: list[float], losses: list[float]) -> float:
     """The learning rate where the loss falls fastest against log(lr).
 
     Example:
-        >>> steepest([1e-3, 1e-2, 1e-1, 1.0], [1.0, 0.9, 0.3, 0.2])
+        >>> steepest([1e-3, 1e-2, 1e-1, 1.0], [1.0, 0.95, 0.3, 0.28])
         0.01
     """
     slopes = np.gradient(np.asarray(losses), np.log(np.asarray(lrs)))

@@ -96,6 +96,11 @@ def fit(
     Raises:
         KerastlError: bad configuration or data (nothing in the output directory is
             lost); ``NonFiniteLossError`` if training diverges (checkpoints kept).
+
+    Example:
+        >>> result = kerastl.fit(kerastl.RunConfig(data="flowers/train",
+        ...                                        backbone="EfficientNetB0"))  # doctest: +SKIP
+        >>> result.metrics["accuracy"], result.output_dir  # doctest: +SKIP
     """
     run = _prepare(config, splits, overrides, kind="train")
     config, out, log, clock = run.config, run.out, run.log, run.clock
@@ -511,7 +516,10 @@ def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log
     seconds = clock.total()
     atomic_write_json(out / "run.json", _run_facts(config, runtime, model, state, notes,
                                                    clock, splits))
-    best = max(state.history, key=lambda r: r.get("val_accuracy", -1.0), default={})
+    best = state.best or {}
+    for note in _probe_notes(config, state):
+        notes.append(note)
+        log(f"Note: {note}")
     log("\n" + summary_text({
         "backbone": config.backbone,
         "phases": [{"name": p.name, "epochs": p.epochs} for p in config.phases],
@@ -525,6 +533,23 @@ def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log
     }))
     log(f"Outputs written to {out.resolve()}")
     return metrics
+
+
+def _probe_notes(config: RunConfig, state: TrainState) -> list[str]:
+    """How the run compares with its own linear probe, on validation."""
+    probes = [r for r in state.history if r.get("phase") == "probe" and "val_accuracy" in r]
+    if not probes or not state.history:
+        return []
+    probe = probes[-1]["val_accuracy"]
+    final = (state.best or {}).get("val_accuracy") if config.keep == "best" else \
+        state.history[-1].get("val_accuracy")
+    if final is None:
+        return []
+    kept = (state.best or {}).get("phase") if config.keep == "best" else "last epoch"
+    if final < probe:
+        return [f"this run ends below its own linear probe on validation ({final:.4f} < "
+                f"{probe:.4f}); --keep best would have kept the probe"]
+    return [f"linear probe val_accuracy {probe:.4f}; the run keeps {kept!r} at {final:.4f}"]
 
 
 def _run_facts(config, runtime, model, state, notes, clock, splits) -> dict:
@@ -545,5 +570,7 @@ def _run_facts(config, runtime, model, state, notes, clock, splits) -> dict:
                      "test": len(splits.test or [])},
         "trainable_params": count_params(model.trainable_weights),
         "total_params": count_params(model.weights),
+        "best_epoch": state.best,
+        "found_learning_rates": state.lrs,
         "notes": notes,
     }

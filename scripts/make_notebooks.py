@@ -64,7 +64,7 @@ COLAB_TPU = [
     ),
     new_code_cell(
         "import kerastl\n"
-        "facts = kerastl.DeviceFacts.detect()\n"
+        "facts = kerastl.runtime.DeviceFacts.detect()\n"
         "print(facts)\n"
         "HAS_TPU = facts.tpu\n"
         "strategy = \"tpu\" if HAS_TPU else \"default\"\n"
@@ -709,7 +709,7 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
         TPU, CPU flags, the worker count in `TF_CONFIG`); it creates no strategy.
     '''),
     code('''
-        facts = kerastl.DeviceFacts.detect()
+        facts = kerastl.runtime.DeviceFacts.detect()
         print(facts.gpus, facts.tpu, facts.n_workers,
               sorted(facts.cpu_flags & {"avx512f", "avx512_bf16", "amx_bf16"}))
     '''),
@@ -731,7 +731,7 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
 
         from kerastl.runtime import choose_precision, choose_strategy_name
 
-        Facts = kerastl.DeviceFacts
+        Facts = kerastl.runtime.DeviceFacts
         machines = {
             "1 GPU, compute capability 8.0 (A100)": Facts(gpus=((8, 0),)),
             "2 GPUs, compute capability 8.0": Facts(gpus=((8, 0), (8, 0))),
