@@ -93,9 +93,13 @@ class RunConfig:
                                     "were trained at, else the backbone's default)",
                                     group="data", metavar="S")
     batch_size: int = option(32, "batch size per replica", group="data", metavar="B")
-    augment: list[str] = option(help="comma list of augmentations, or 'none'", group="data",
+    augment: list[str] = option(help="comma list of augmentations, or 'none' (mode frozen: "
+                                "none unless given, so the base runs once)", group="data",
                                 factory=lambda: ["flip", "translate"], choices=AUGMENTATIONS,
                                 metavar="LIST")
+    augment_passes: int = option(4, "frozen phases with --augment: augmented passes computed "
+                                 "once and cached (epoch e trains on pass e mod K)",
+                                 group="data", metavar="K")
     on_bad_file: str = option("error", "unreadable images: stop with the list, or skip them",
                               group="data", choices=BAD_FILE_POLICIES)
     # model
@@ -175,6 +179,9 @@ class RunConfig:
     precision: str = option("auto", "Keras dtype policy", group="runtime", choices=PRECISIONS)
     seed: int = option(0, "seed of weights, data order, augmentation and splits",
                        group="runtime", metavar="N")
+    deterministic: bool = option(False, "TensorFlow's deterministic kernels: the same seed "
+                                 "gives bit-identical runs on the same machine (slower)",
+                                 group="runtime")
     jit_compile: str = option("auto", "XLA-compile the train step (auto: on GPU/TPU)",
                               group="runtime", choices=JIT_CHOICES)
     steps_per_execution: int | None = option(None, "train steps per compiled call (default: "
@@ -270,6 +277,10 @@ class RunConfig:
             config.image_size = get_backbone(config.backbone).default_size
         if config.mode == "scratch" and config.phases is None:
             config.weights = None  # scratch means random initialisation
+        if config.mode == "frozen" and "augment" not in config.given:
+            # A frozen base computes the same features every epoch unless augmentation
+            # runs before it: without it they are computed once and cached.
+            config.augment = []
         if config.phases is not None:
             config.phases = [p if isinstance(p, Phase) else Phase(**p) for p in config.phases]
         _validate(config)
@@ -367,6 +378,7 @@ def _validate(config: RunConfig) -> None:
     _positive_int("batch_size", config.batch_size)
     _positive_int("image_size", config.image_size)
     _positive_int("seed", config.seed, minimum=0)
+    _positive_int("augment_passes", config.augment_passes)
     if config.epochs != AUTO:
         _positive_int("epochs", config.epochs)
     for name in ("unfreeze_top", "unfreeze_blocks", "head_epochs", "early_stopping",

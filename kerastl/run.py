@@ -204,7 +204,7 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
     runtime = setup_runtime(config.strategy, config.precision, batch_size=config.batch_size,
                             jit_compile=config.jit_compile,
                             steps_per_execution=config.steps_per_execution)
-    _seed_everything(config.seed, runtime)
+    _seed_everything(config.seed, config.deterministic)
     for path in (config.data, config.val_data, config.test_data):
         if path:
             warn_if_local_data(path, runtime)
@@ -395,10 +395,11 @@ def _fit_sklearn(config, runtime, model, splits, out, clock, log):
                      seconds, [f"scikit-learn {kind} head on frozen features"])
 
 
-def _seed_everything(seed: int, runtime) -> None:
+def _seed_everything(seed: int, deterministic: bool) -> None:
     keras.utils.set_random_seed(seed)
-    if runtime.strategy_name == "default" and not tf.config.list_physical_devices("GPU"):
-        # Same seed, same weights on CPU: TensorFlow's deterministic kernels.
+    if deterministic:
+        # Same seed, same weights: TensorFlow's deterministic kernels (opt-in; they
+        # cost throughput, see benchmarks/throughput.py).
         tf.config.experimental.enable_op_determinism()
 
 

@@ -24,7 +24,7 @@ SAMPLES = data_samples_dir() / "fashion"
 TINY = dict(
     data=str(SAMPLES / "train"), val_data=str(SAMPLES / "val"), test_data=str(SAMPLES / "test"),
     backbone="MobileNetV2", backbone_kwargs={"alpha": 0.35}, weights=None, image_size=32,
-    batch_size=64, augment=[], verbose=0, seed=3,
+    batch_size=64, augment=[], verbose=0, seed=3, deterministic=True,
 )
 
 

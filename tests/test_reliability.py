@@ -33,7 +33,7 @@ TINY = ["--data", str(SAMPLES / "train"), "--val-data", str(SAMPLES / "val"),
         "--augment", "none", "--batch-size", "64"]
 EPOCHS = 4
 RUN = [*TINY, "--mode", "finetune", "--epochs", str(EPOCHS), "--head-epochs", "1", "--seed", "5",
-       "--verbose", "0", "--checkpoint-interval", "0"]
+       "--verbose", "0", "--checkpoint-interval", "0", "--deterministic"]
 TIMEOUT = 300
 
 
