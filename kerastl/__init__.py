@@ -33,7 +33,7 @@ from .errors import (
 )
 from .features import FeatureCache, extract_features, feature_extractor, head_model
 from .freezing import UnfreezePlan, backbone_blocks, set_regime
-from .model import Preprocess, build_model, load_model
+from .model import build_model, load_model
 from .run import RunResult, fit
 from .runtime import DeviceFacts, Runtime, setup_runtime
 from .sklearn_heads import SklearnClassifier
@@ -53,7 +53,6 @@ __all__ = [
     "KerastlError",
     "NonFiniteLossError",
     "Phase",
-    "Preprocess",
     "RunConfig",
     "RunResult",
     "Runtime",
