@@ -148,6 +148,9 @@ def train_parser() -> argparse.ArgumentParser:
     opt.add_argument("--early-stopping", type=_positive_int, metavar="PATIENCE",
                      help="stop a phase after PATIENCE epochs without val_loss progress and "
                      "restore its best weights")
+    opt.add_argument("--prune", type=_fraction, metavar="SPARSITY",
+                     help="magnitude-prune the last phase that trains the base to this share "
+                     "of zero weights (e.g. 0.5), gradually; writes pruning.json")
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--strategy", choices=("auto", "default", "mirrored", "multiworker",
                                                 "tpu"))

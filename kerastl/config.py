@@ -95,6 +95,8 @@ class RunConfig:
     label_smoothing: float = 0.1
     class_weight: str = "none"
     early_stopping: int | None = None
+    # compression: magnitude pruning of the last phase that trains the base
+    prune: float | None = None
     # runtime
     strategy: str = "auto"
     precision: str = "auto"
@@ -171,6 +173,7 @@ class RunConfig:
         phases = self.resolved_phases()
         for phase in phases:
             _positive(f"epochs of phase {phase.name!r}", phase.epochs)
+        _check_prune(self.prune, phases, self.head)
         if self.phases is None and self.mode == "scratch" and self.weights not in (None, "none"):
             self.weights = None  # scratch means random initialisation
         return self
@@ -209,6 +212,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {str(path)!r} must hold a mapping of keys to values.")
     return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+def _check_prune(prune: float | None, phases: list[Phase], head: str) -> None:
+    if prune is None:
+        return
+    if isinstance(prune, bool) or not isinstance(prune, (int, float)) or not 0 < prune < 1:
+        raise ConfigError(
+            f"prune is the final share of zero weights, in (0, 1); received prune={prune!r}."
+        )
+    if head.startswith("sklearn-") or all(p.mode == "frozen" for p in phases):
+        raise ConfigError(
+            f"prune={prune} prunes a phase that trains the base, and this run has none "
+            f"(head={head!r}, phases {[p.mode for p in phases]}); use mode finetune, full or "
+            "scratch with a Keras head."
+        )
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

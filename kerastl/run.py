@@ -30,6 +30,7 @@ from .data import DataSplits
 from .errors import ConfigError
 from .freezing import count_params
 from .model import build_model
+from .pruning import pruning_hooks, write_pruning_report
 from .training import PhaseData, Trainer, make_loss, predict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -228,13 +229,16 @@ def fit(
     notes: list[str] = []
     data_for_phase = _phase_data_factory(config, runtime, model, splits, image_size,
                                          augmentation, notes, log)
-    trainer = _make_trainer(config, runtime, model, splits, out, callbacks, log)
+    prune_hooks = pruning_hooks(config.prune, config.resolved_phases(), log)
+    trainer = _make_trainer(config, runtime, model, splits, out, callbacks, log, prune_hooks)
     state, resume_from = _resume_state(resume_point, log)
     writer = tf.summary.create_file_writer(str(inside_output(out, "tensorboard")))
     state = trainer.run(config.resolved_phases(), data_for_phase, state, resume_from,
                         on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
     metrics = _final_outputs(out, config, runtime, model, splits, image_size, state, notes,
                              started, atomic_write_json, atomic_write_text, log)
+    if prune_hooks and runtime.is_chief:
+        write_pruning_report(out, prune_hooks[0], model, log)
     return RunResult(out, model, state.history, metrics, splits.class_names, config,
                      time.perf_counter() - started, notes)
 
@@ -257,7 +261,8 @@ def _build_run_model(config: RunConfig, runtime, n_classes: int, image_size: int
         )
 
 
-def _make_trainer(config: RunConfig, runtime, model, splits, out: Path, callbacks, log):
+def _make_trainer(config: RunConfig, runtime, model, splits, out: Path, callbacks, log,
+                  step_hooks=()):
     from .runtime import loss_scale_optimizer
 
     return Trainer(
@@ -269,7 +274,7 @@ def _make_trainer(config: RunConfig, runtime, model, splits, out: Path, callback
         checkpoint_dir=inside_output(out, "checkpoints"), is_chief=runtime.is_chief,
         wrap_optimizer=lambda opt: loss_scale_optimizer(opt, runtime.precision),
         jit_compile=runtime.jit_compile, steps_per_execution=runtime.steps_per_execution,
-        verbose=config.verbose if runtime.is_chief else 0, log=log,
+        verbose=config.verbose if runtime.is_chief else 0, log=log, step_hooks=step_hooks,
     )
 
 

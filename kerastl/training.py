@@ -61,6 +61,36 @@ class PhaseData:
     description: str = ""
 
 
+class StepHook:
+    """Something that runs with every optimizer step, such as magnitude pruning.
+
+    The one training loop serves every strategy, resumed runs and the cached-feature
+    path; a hook joins it instead of a second loop. Override what you need:
+
+    * ``on_phase_begin(trainer, phase, index, state)``: on the host, after the phase's
+      optimizer is built and a resumed checkpoint restored, before the step is traced
+      (create variables here, inside ``trainer.strategy.scope()``).
+    * ``on_epoch_begin(phase_epoch)``: on the host, before each epoch of the phase.
+    * ``after_step()``: traced into the compiled train function right after each
+      ``strategy.run`` step, in cross-replica context (assign to mirrored variables
+      there; nothing is returned).
+    * ``on_phase_end()``: on the host, after the phase's callbacks ended (after an
+      early-stopping restore).
+    """
+
+    def on_phase_begin(self, trainer, phase: Phase, index: int, state: TrainState) -> None:
+        pass
+
+    def on_epoch_begin(self, phase_epoch: int) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def on_phase_end(self) -> None:
+        pass
+
+
 # ------------------------------------------------------------------ optimisation
 def make_schedule(kind: str, peak_lr: float, total_steps: int, warmup_steps: int = 0):
     """A Keras learning-rate schedule.
@@ -154,8 +184,9 @@ class _Steps:
     """Distributed train/eval functions for one phase (rebuilt every phase)."""
 
     def __init__(self, model, optimizer, strategy, loss_fn, task, class_weights, jit_compile,
-                 steps_per_execution=1):
+                 steps_per_execution=1, hooks=()):
         self.model, self.optimizer, self.strategy = model, optimizer, strategy
+        self.hooks = list(hooks)
         self.loss_fn, self.task = loss_fn, task
         self.class_weights = (
             None if class_weights is None else tf.constant(class_weights, tf.float32)
@@ -209,12 +240,21 @@ class _Steps:
         for _ in tf.range(steps):
             x, y = next(iterator)
             totals += self._reduce(self.strategy.run(self._replica_train, args=(x, y)))
+            self._after_step()
         return totals
 
     def _train_one(self, iterator, steps):
         del steps  # always 1
         x, y = next(iterator)
-        return self._reduce(self.strategy.run(self._replica_train, args=(x, y)))
+        sums = self._reduce(self.strategy.run(self._replica_train, args=(x, y)))
+        self._after_step()
+        return sums
+
+    def _after_step(self):
+        # Cross-replica context: the optimizer step of every replica is done, so a
+        # hook's assignment to a mirrored variable reaches all of them.
+        for hook in self.hooks:
+            hook.after_step()
 
     def _evaluate(self, iterator):
         x, y = next(iterator)
@@ -257,6 +297,8 @@ class Trainer:
         jit_compile: bool. XLA-compile the step (off on CPU, where it is slower).
         steps_per_execution: int. Train steps per call of the compiled function.
         verbose: int. 0 silent, 1 progress bar, 2 one line per epoch.
+        step_hooks: sequence of :class:`StepHook`. Run with every optimizer step
+            (e.g. :class:`kerastl.pruning.MagnitudePruning`).
 
     Example:
         >>> trainer = Trainer(model, tf.distribute.get_strategy())  # doctest: +SKIP
@@ -285,6 +327,7 @@ class Trainer:
         steps_per_execution: int = 1,
         verbose: int = 1,
         log: Callable[[str], None] = print,
+        step_hooks: Sequence[StepHook] = (),
     ) -> None:
         self.model, self.strategy, self.task = model, strategy, task
         self.optimizer_name, self.schedule = optimizer, schedule
@@ -301,6 +344,7 @@ class Trainer:
         self.steps_per_execution = max(1, int(steps_per_execution))
         self.verbose = verbose
         self.log = log
+        self.step_hooks = list(step_hooks)
         self.optimizer = None
         self._steps: _Steps | None = None
         self._stop_requested = threading.Event()
@@ -360,7 +404,8 @@ class Trainer:
             optimizer.build(data.model.trainable_variables)
         self.optimizer = optimizer
         self._steps = _Steps(data.model, optimizer, self.strategy, self.loss_fn, self.task,
-                             self.class_weights, self.jit_compile, self.steps_per_execution)
+                             self.class_weights, self.jit_compile, self.steps_per_execution,
+                             self.step_hooks)
 
     def _run_phase(self, phase, index, data, state, resume_from, on_epoch_end) -> None:
         plan = set_regime(self.model, phase.mode, unfreeze_top=phase.unfreeze_top,
@@ -373,10 +418,14 @@ class Trainer:
         self._compile_phase(phase, data)
         if resume_from is not None:
             restore_weights(resume_from, self.model, self.optimizer)
+        for hook in self.step_hooks:
+            hook.on_phase_begin(self, phase, index, state)
         callbacks = self._callback_list(phase)
         callbacks.on_train_begin()
         for _ in range(state.phase_epoch, phase.epochs):
             self.assert_fresh()
+            for hook in self.step_hooks:
+                hook.on_epoch_begin(state.phase_epoch)
             logs = self._run_epoch(phase, data, state.epoch, callbacks)
             state.epoch += 1
             state.phase_epoch += 1
@@ -388,6 +437,8 @@ class Trainer:
                 self.log(f"Early stopping in phase '{phase.name}' after epoch {state.epoch}.")
                 break
         callbacks.on_train_end()
+        for hook in self.step_hooks:
+            hook.on_phase_end()
         # Early stopping ends the phase, not the run: the remaining epochs of this phase
         # are skipped and the next phase starts from the restored best weights.
         state.phase_epoch = phase.epochs
