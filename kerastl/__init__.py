@@ -12,8 +12,10 @@ from . import (  # noqa: F401  (submodules)
     config,
     data,
     datasets,
+    deploy,
     doctor,
     features,
+    pruning,
     reports,
     runtime,
     sklearn_heads,
@@ -21,11 +23,13 @@ from . import (  # noqa: F401  (submodules)
 from .backbones import Backbone, get_backbone, list_backbones
 from .config import Phase, RunConfig
 from .data import DataSplits, ImageData, augmentation, from_arrays, from_folder, load_splits
+from .deploy import ExportReport, export
 from .doctor import DoctorReport, diagnose
 from .errors import (
     ConfigError,
     DataError,
     KerastlError,
+    MissingDependencyError,
     NonFiniteLossError,
     StaleTrainableError,
     UnknownBackboneError,
@@ -48,9 +52,11 @@ __all__ = [
     "DataSplits",
     "DeviceFacts",
     "DoctorReport",
+    "ExportReport",
     "FeatureCache",
     "ImageData",
     "KerastlError",
+    "MissingDependencyError",
     "NonFiniteLossError",
     "Phase",
     "RunConfig",
@@ -67,6 +73,7 @@ __all__ = [
     "backbone_blocks",
     "build_model",
     "diagnose",
+    "export",
     "extract_features",
     "feature_extractor",
     "fit",
