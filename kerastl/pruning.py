@@ -216,19 +216,21 @@ class MagnitudePruning(StepHook):
             return
         # Early stopping may have restored weights of an earlier epoch: prune them to
         # the sparsity reached, then drop the masks (the model is a plain model again).
-        self._prune_to(self._current)
+        self._prune_to(self._current, final=True)
         self.report = sparsity_report(self._weights, target=self.sparsity)
         self._weights, self._masks = [], []
 
-    def _prune_to(self, sparsity: float) -> None:
+    def _prune_to(self, sparsity: float, final: bool = False) -> None:
+        changed = sparsity != self._current
         self._current = sparsity
         for pruned, mask in zip(self._weights, self._masks, strict=True):
             values = np.asarray(pruned.variable)
             new = magnitude_mask(values, sparsity, per_kernel=pruned.per_kernel)
             mask.assign(new)
             pruned.variable.assign(values * new)
-        self.log(f"Pruning: {len(self._weights)} kernels at {sparsity:.1%} sparsity "
-                 f"(target {self.sparsity:.0%}).")
+        if changed and not final:
+            self.log(f"Pruning: {len(self._weights)} kernels at {sparsity:.1%} sparsity "
+                     f"(target {self.sparsity:.0%}).")
 
 
 def sparsity_report(weights: list[PrunedWeight], *, target: float | None = None) -> dict:
