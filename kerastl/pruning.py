@@ -5,7 +5,7 @@ small implementation of gradual magnitude pruning (Zhu & Gupta 2017, "To prune, 
 not to prune"). It runs inside kerastl's one training loop as a
 :class:`~kerastl.training.StepHook`:
 
-* **Schedule.** Over the first two thirds of the pruned phase's epochs the target
+* **Schedule.** Over the first half of the pruned phase's epochs the target
   sparsity rises as ``s_e = s_final * (1 - (1 - t_e) ** 3)``, ``t_e = (e + 1) / ramp``:
   large steps while many weights are redundant, small ones near the end; the last
   epochs fine-tune at the final sparsity.
@@ -52,7 +52,7 @@ from .errors import ConfigError
 from .freezing import PREPROCESS_LAYER
 from .training import StepHook
 
-RAMP_FRACTION = 2 / 3  # share of the phase's epochs over which sparsity rises
+RAMP_FRACTION = 0.5  # share of the phase's epochs over which sparsity rises
 OUTPUT_LAYER = "predictions"
 _KERNEL_LAYERS = (
     keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
@@ -72,7 +72,7 @@ def polynomial_sparsity(final: float, epoch: int, epochs: int,
 
     Example:
         >>> [round(polynomial_sparsity(0.5, e, 6), 3) for e in range(6)]
-        [0.289, 0.438, 0.492, 0.5, 0.5, 0.5]
+        [0.352, 0.481, 0.5, 0.5, 0.5, 0.5]
     """
     ramp = max(1, math.ceil(ramp_fraction * epochs))
     progress = min(1.0, (epoch + 1) / ramp)
@@ -168,12 +168,14 @@ class MagnitudePruning(StepHook):
         >>> trainer = Trainer(model, strategy, step_hooks=[hook])  # doctest: +SKIP
     """
 
-    def __init__(self, sparsity: float, phase_index: int, log=print) -> None:
+    def __init__(self, sparsity: float, phase_index: int, log=print, *,
+                 ramp_fraction: float = RAMP_FRACTION, depthwise: bool = True) -> None:
         if not 0.0 < float(sparsity) < 1.0:
             raise ConfigError(f"prune sparsity must be in (0, 1); received {sparsity!r}.")
         self.sparsity = float(sparsity)
         self.phase_index = int(phase_index)
         self.log = log
+        self.ramp_fraction, self.depthwise = float(ramp_fraction), bool(depthwise)
         self.report: dict | None = None
         self._weights: list[PrunedWeight] = []
         self._masks: list[tf.Variable] = []
@@ -184,7 +186,8 @@ class MagnitudePruning(StepHook):
         self._weights, self._masks = [], []
         if index != self.phase_index:
             return
-        self._weights = prunable_weights(trainer.model)
+        self._weights = [w for w in prunable_weights(trainer.model)
+                         if self.depthwise or not w.per_kernel]
         if not self._weights:
             raise ConfigError(
                 f"--prune: phase {phase.name!r} trains no Conv/Dense kernel to prune; prune a "
@@ -205,7 +208,8 @@ class MagnitudePruning(StepHook):
     def on_epoch_begin(self, phase_epoch: int) -> None:
         if not self._masks:
             return
-        self._prune_to(polynomial_sparsity(self.sparsity, phase_epoch, self._epochs))
+        self._prune_to(polynomial_sparsity(self.sparsity, phase_epoch, self._epochs,
+                                           self.ramp_fraction))
 
     def after_step(self) -> None:
         for pruned, mask in zip(self._weights, self._masks, strict=True):

@@ -969,7 +969,7 @@ DEPLOYMENT = [
 
         `prune=0.5` applies gradual magnitude pruning (Zhu & Gupta 2017) to the last
         phase, the one that fine-tunes the base: the share of zeroed weights rises along
-        a cubic schedule over its first two thirds, the masks are re-applied after every
+        a cubic schedule over its first half, the masks are re-applied after every
         optimizer step (also under `tf.distribute`), and the last epochs recover at 50 %.
         BatchNorm, biases and the output layer are never pruned; depthwise filters lose
         their own smallest taps each. At the end the masks are dropped: the saved model

@@ -26,7 +26,7 @@ from kerastl.training import PhaseData, Trainer
 
 from .test_distributed import _child_env, _source_backbone
 
-EPOCHS = 3  # the pruned phase: sparsity 0.4375, 0.5, 0.5 at a target of 0.5
+EPOCHS = 3  # the pruned phase: sparsity 0.4375, 0.5, 0.5 at a target of 0.5 (ramp 2)
 
 
 def test_mask_zeros_exactly_the_requested_share_of_smallest_magnitudes():
@@ -55,7 +55,8 @@ def test_masks_only_grow_once_weights_are_pruned():
 def test_polynomial_schedule_rises_monotonically_to_the_target_and_stays():
     values = [polynomial_sparsity(0.8, epoch, 9) for epoch in range(9)]
     assert values == sorted(values) and values[0] > 0
-    assert values[5:] == [pytest.approx(0.8)] * 4  # ramp: ceil(2/3 * 9) = 6 epochs
+    assert values[4:] == [pytest.approx(0.8)] * 5  # ramp: ceil(0.5 * 9) = 5 epochs
+    assert values[3] < 0.8
     assert polynomial_sparsity(0.5, 0, 1) == pytest.approx(0.5)  # one epoch: one shot
 
 
