@@ -9,5 +9,5 @@ def test_all_names_exist_and_are_sorted():
 
 
 def test_public_functions_have_docstrings_with_examples():
-    for name in ("build_model", "set_regime", "list_backbones", "load_model"):
+    for name in ("build_model", "set_regime", "list_backbones", "load_model", "export"):
         assert "Example:" in getattr(kerastl, name).__doc__, name
