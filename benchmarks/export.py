@@ -138,7 +138,8 @@ def latency_224(name: str, runs: int, workdir: Path) -> dict:
     timings = deploy.latency(model, runtime, calibration[:1], runs)
     model.save(folder / "model.keras")
     return {"model": f"{name} 224x224, weights=None, 10 classes, calibrated on 32 random "
-                     "images", "latency_ms": timings, "threads": os.cpu_count(),
+                     "images", "keras_policy": model.dtype_policy.name,
+            "latency_ms": timings, "threads": os.cpu_count(),
             "int8_bytes": (folder / file).stat().st_size,
             "keras_bytes": (folder / "model.keras").stat().st_size,
             "convert_seconds": round(convert_seconds, 1),
@@ -157,10 +158,11 @@ def goals(default: dict, pruned: dict, reports: dict, pruned_int8: dict) -> dict
     results = {
         "int8_size_ratio": {"value": int8["bytes"]["ratio"],
                             "goal": f">= {GOALS['int8_size_ratio_min']}"},
-        "int8_accuracy_drop": {"value": int8["keras_accuracy"] - int8["exported_accuracy"],
+        # "within N points": the absolute difference, either way.
+        "int8_accuracy_drop": {"value": abs(int8["keras_accuracy"] - int8["exported_accuracy"]),
                                "goal": f"<= {GOALS['int8_accuracy_drop_max']}"},
         "float16_accuracy_drop": {
-            "value": float16["keras_accuracy"] - float16["exported_accuracy"],
+            "value": abs(float16["keras_accuracy"] - float16["exported_accuracy"]),
             "goal": f"<= {GOALS['float16_accuracy_drop_max']}"},
         "onnx_agreement": {"value": agreement(reports["onnx"]),
                            "float32_reference": reports["onnx"]["agreement_float32"],
@@ -168,7 +170,7 @@ def goals(default: dict, pruned: dict, reports: dict, pruned_int8: dict) -> dict
         "savedmodel_agreement": {"value": agreement(reports["savedmodel"]),
                                  "float32_reference": reports["savedmodel"]["agreement_float32"],
                                  "goal": f">= {GOALS['agreement_min']}"},
-        "pruned_accuracy_drop": {"value": default["accuracy"] - pruned["accuracy"],
+        "pruned_accuracy_drop": {"value": abs(default["accuracy"] - pruned["accuracy"]),
                                  "goal": f"<= {GOALS['pruned_accuracy_drop_max']}"},
         "pruned_gzip_ratio": {"value": pruned_gzip / unpruned_gzip,
                               "goal": f"<= {GOALS['pruned_gzip_ratio_max']}"},
@@ -220,13 +222,19 @@ def main(argv: list[str] | None = None) -> dict:
         "latency_224": latency,
         "goals": goals(default, pruned, reports, pruned_int8),
         "seconds": round(time.perf_counter() - started, 1),
+        "notes": [
+            "agreement is measured against model.keras as saved; the default run trains "
+            "under mixed_bfloat16 on this CPU, and every exporter converts a float32 copy "
+            "of the same weights, so float32_reference is the conversion's own fidelity",
+            "300 test images: one image is 0.33 points of accuracy",
+        ],
     }
     result = json.loads(json.dumps(result).replace(str(workdir), "<workdir>"))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     for key, goal in result["goals"].items():
-        print(f"{key:>24}: {goal['value']:.4f}  goal {goal['goal']}  "
-              f"{'met' if goal.get('met', True) else 'NOT met'}")
+        verdict = {True: "met", False: "NOT met"}.get(goal.get("met"), "")
+        print(f"{key:>24}: {goal['value']:.4f}  goal {goal['goal']}  {verdict}")
     print(f"wrote {args.output}")
     return result
 
