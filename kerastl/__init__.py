@@ -16,11 +16,13 @@ from .compare import compare
 from .config import Phase, RunConfig
 from .data import DataSplits, ImageData, augmentation, from_arrays, from_folder, load_splits
 from .datasets import fashion_mnist
+from .deploy import ExportReport, export
 from .doctor import DoctorReport, diagnose
 from .errors import (
     ConfigError,
     DataError,
     KerastlError,
+    MissingDependencyError,
     NonFiniteLossError,
     StaleTrainableError,
     UnknownBackboneError,
@@ -43,10 +45,12 @@ __all__ = [
     "DataError",
     "DataSplits",
     "DoctorReport",
+    "ExportReport",
     "FeatureCache",
     "ImageData",
     "KerastlError",
     "LRFinderResult",
+    "MissingDependencyError",
     "NonFiniteLossError",
     "Phase",
     "RunConfig",
@@ -64,6 +68,7 @@ __all__ = [
     "compare",
     "diagnose",
     "evaluate_folder",
+    "export",
     "extract_features",
     "fashion_mnist",
     "feature_extractor",

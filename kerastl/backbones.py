@@ -38,6 +38,11 @@ class Backbone:
         preprocess_input: callable. The backbone's own preprocessing, applied to raw
             pixels in ``[0, 255]``. Identity for models that preprocess internally
             (EfficientNet, EfficientNetV2, ConvNeXt, MobileNetV3).
+        preprocessing: str. What ``preprocess_input`` computes, which
+            :func:`kerastl.model.preprocessing_layer` rebuilds from Keras built-in
+            layers: ``"caffe"`` (RGB to BGR, minus the ImageNet BGR mean),
+            ``"tf"`` (scale to ``[-1, 1]``), ``"torch"`` (scale to ``[0, 1]``, then
+            the ImageNet mean and standard deviation) or ``"none"``.
         default_size: int. Input size the ImageNet weights were trained at.
         min_size: int. Smallest input side the architecture accepts.
         feature_width: int. Channels of the base output (``include_top=False``).
@@ -52,6 +57,7 @@ class Backbone:
     family: str
     constructor: Callable[..., keras.Model]
     preprocess_input: Callable[[Any], Any]
+    preprocessing: str
     default_size: int
     min_size: int
     feature_width: int
@@ -86,14 +92,21 @@ def _identity(x: Any) -> Any:
     return x
 
 
-def _entry(name: str, module: str, **fields: Any) -> Backbone:
+PREPROCESSING = ("caffe", "tf", "torch", "none")
+
+
+def _entry(name: str, module: str, preprocessing: str, **fields: Any) -> Backbone:
+    """A record; ``preprocessing="none"`` means the model normalises its own inputs."""
+    if preprocessing not in PREPROCESSING:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSING}; got {preprocessing!r}")
     family_module = getattr(apps, module)
-    preprocess = fields.pop("preprocess_input", None) or family_module.preprocess_input
     return Backbone(
         name=name,
         family=module,
         constructor=getattr(apps, name),
-        preprocess_input=preprocess,
+        preprocess_input=(_identity if preprocessing == "none"
+                          else family_module.preprocess_input),
+        preprocessing=preprocessing,
         **fields,
     )
 
@@ -113,64 +126,61 @@ _NASNET = (r"_(reduce_\d+)$", r"^(?:normal|adjust)_\w+?_(\d+)$")
 _CONVNEXT = (r"_(stage_\d+_block_\d+)_", r"_(downsampling_block_\d+)")
 
 _ENTRIES: list[Backbone] = [
-    _entry("VGG16", "vgg16", default_size=224, min_size=32, feature_width=512,
+    _entry("VGG16", "vgg16", "caffe", default_size=224, min_size=32, feature_width=512,
            block_patterns=_VGG),
-    _entry("VGG19", "vgg19", default_size=224, min_size=32, feature_width=512,
+    _entry("VGG19", "vgg19", "caffe", default_size=224, min_size=32, feature_width=512,
            block_patterns=_VGG),
     *[
-        _entry(n, "resnet", default_size=224, min_size=32, feature_width=2048,
+        _entry(n, "resnet", "caffe", default_size=224, min_size=32, feature_width=2048,
                block_patterns=_RESNET)
         for n in ("ResNet50", "ResNet101", "ResNet152")
     ],
     *[
-        _entry(n, "resnet_v2", default_size=224, min_size=32, feature_width=2048,
+        _entry(n, "resnet_v2", "tf", default_size=224, min_size=32, feature_width=2048,
                block_patterns=_RESNET)
         for n in ("ResNet50V2", "ResNet101V2", "ResNet152V2")
     ],
-    _entry("Xception", "xception", default_size=299, min_size=71, feature_width=2048,
+    _entry("Xception", "xception", "tf", default_size=299, min_size=71, feature_width=2048,
            block_patterns=_XCEPTION),
-    _entry("InceptionV3", "inception_v3", default_size=299, min_size=75,
+    _entry("InceptionV3", "inception_v3", "tf", default_size=299, min_size=75,
            feature_width=2048, block_patterns=_INCEPTION_V3),
-    _entry("InceptionResNetV2", "inception_resnet_v2", default_size=299, min_size=75,
+    _entry("InceptionResNetV2", "inception_resnet_v2", "tf", default_size=299, min_size=75,
            feature_width=1536, block_patterns=_INCEPTION_RESNET_V2),
-    _entry("MobileNet", "mobilenet", default_size=224, min_size=32, feature_width=1024,
+    _entry("MobileNet", "mobilenet", "tf", default_size=224, min_size=32, feature_width=1024,
            block_patterns=_MOBILENET),
-    _entry("MobileNetV2", "mobilenet_v2", default_size=224, min_size=32,
+    _entry("MobileNetV2", "mobilenet_v2", "tf", default_size=224, min_size=32,
            feature_width=1280, block_patterns=_MOBILENET_V2),
-    _entry("MobileNetV3Small", "mobilenet_v3", default_size=224, min_size=32,
-           feature_width=576, block_patterns=_MOBILENET_V3,
-           preprocess_input=_identity),
-    _entry("MobileNetV3Large", "mobilenet_v3", default_size=224, min_size=32,
-           feature_width=960, block_patterns=_MOBILENET_V3,
-           preprocess_input=_identity),
+    _entry("MobileNetV3Small", "mobilenet_v3", "none", default_size=224, min_size=32,
+           feature_width=576, block_patterns=_MOBILENET_V3),
+    _entry("MobileNetV3Large", "mobilenet_v3", "none", default_size=224, min_size=32,
+           feature_width=960, block_patterns=_MOBILENET_V3),
     *[
-        _entry(n, "densenet", default_size=224, min_size=32, feature_width=w,
+        _entry(n, "densenet", "torch", default_size=224, min_size=32, feature_width=w,
                block_patterns=_DENSENET)
         for n, w in (("DenseNet121", 1024), ("DenseNet169", 1664), ("DenseNet201", 1920))
     ],
-    _entry("NASNetMobile", "nasnet", default_size=224, min_size=32, feature_width=1056,
+    _entry("NASNetMobile", "nasnet", "tf", default_size=224, min_size=32, feature_width=1056,
            block_patterns=_NASNET, max_crossing=2),
-    _entry("NASNetLarge", "nasnet", default_size=331, min_size=32, feature_width=4032,
+    _entry("NASNetLarge", "nasnet", "tf", default_size=331, min_size=32, feature_width=4032,
            block_patterns=_NASNET, max_crossing=2),
     *[
-        _entry(f"EfficientNetB{i}", "efficientnet", default_size=s, min_size=32,
-               feature_width=w, block_patterns=_EFFICIENTNET, preprocess_input=_identity)
+        _entry(f"EfficientNetB{i}", "efficientnet", "none", default_size=s, min_size=32,
+               feature_width=w, block_patterns=_EFFICIENTNET)
         for i, (s, w) in enumerate(
             [(224, 1280), (240, 1280), (260, 1408), (300, 1536),
              (380, 1792), (456, 2048), (528, 2304), (600, 2560)]
         )
     ],
     *[
-        _entry(f"EfficientNetV2{v}", "efficientnet_v2", default_size=s, min_size=32,
-               feature_width=w, block_patterns=_EFFICIENTNET_V2,
-               preprocess_input=_identity)
+        _entry(f"EfficientNetV2{v}", "efficientnet_v2", "none", default_size=s, min_size=32,
+               feature_width=w, block_patterns=_EFFICIENTNET_V2)
         for v, s, w in [("B0", 224, 1280), ("B1", 240, 1280), ("B2", 260, 1408),
                         ("B3", 300, 1536), ("S", 384, 1280), ("M", 480, 1280),
                         ("L", 480, 1280)]
     ],
     *[
-        _entry(f"ConvNeXt{v}", "convnext", default_size=224, min_size=32,
-               feature_width=w, block_patterns=_CONVNEXT, preprocess_input=_identity)
+        _entry(f"ConvNeXt{v}", "convnext", "none", default_size=224, min_size=32,
+               feature_width=w, block_patterns=_CONVNEXT)
         for v, w in [("Tiny", 768), ("Small", 768), ("Base", 1024), ("Large", 1536),
                      ("XLarge", 2048)]
     ],

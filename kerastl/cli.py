@@ -1,6 +1,7 @@
 """Command line: argument parsing only; every command calls a library function.
 
-``kerastl train|evaluate|predict|doctor|compare`` and ``python -m kerastl.<command>``
+``kerastl train|evaluate|predict|doctor|compare|lr_find|export`` and
+``python -m kerastl.<command>``
 are the same code, and all of their argparse lives here. The ``train`` and
 ``compare`` flags are generated from :class:`~kerastl.config.RunConfig`'s fields
 (help, group, choices, default), grouped as data / model / regime / optimisation /
@@ -277,6 +278,51 @@ def doctor_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m kerastl.export RUN_DIR``: SavedModel / LiteRT / ONNX, verified."""
+    _quiet_tensorflow(argv)
+    from .deploy import CALIBRATION_IMAGES, FORMATS, QUANTIZATIONS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m kerastl.export",
+        description="Export a finished run's model.keras to SavedModel, LiteRT (.tflite) or "
+        "ONNX, run the file with its own runtime on the run's test (else validation) split, "
+        "and write export_report.json (accuracy, agreement with Keras, size, latency).",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="output folder of a kerastl run")
+    parser.add_argument("--format", choices=FORMATS, default="litert",
+                        help="file format (litert)")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
+                        help="LiteRT only: float16 weights, dynamic-range int8 weights, or "
+                        "full-integer int8 calibrated on training images (none)")
+    parser.add_argument("--output", metavar="DIR",
+                        help="export folder (default: RUN_DIR/exports/FORMAT[-QUANTIZE])")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    parser.add_argument("--calibration-images", type=_positive_int, metavar="N",
+                        default=CALIBRATION_IMAGES,
+                        help=f"training images that calibrate int8 ({CALIBRATION_IMAGES})")
+    parser.add_argument("--data", metavar="DIR", help="training folder, if the run's moved")
+    parser.add_argument("--val-data", metavar="DIR", help="validation folder, if moved")
+    parser.add_argument("--test-data", metavar="DIR", help="test folder, if moved")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip running the exported file on the evaluation split")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="LiteRT/ONNX runtime threads (default: every core)")
+    args = parser.parse_args(argv)
+
+    def action() -> int:
+        from .deploy import export, run_splits_from
+
+        splits = run_splits_from(args.run_dir, args.data, args.val_data, args.test_data)
+        export(args.run_dir, args.format, args.quantize, output=args.output,
+               overwrite=args.overwrite, splits=splits,
+               calibration_images=args.calibration_images, verify=args.verify,
+               num_threads=args.threads)
+        return 0
+
+    return run_guarded(action)
+
+
 def doctor_main(argv: Sequence[str] | None = None) -> int:
     """``python -m kerastl.doctor DIR [--val-data DIR] [--json]``.
 
@@ -391,6 +437,7 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str] | None], int], str]] = {
     "doctor": (doctor_main, "check an image folder for broken or suspicious files"),
     "compare": (compare_main, "frozen vs fine-tuned vs scratch vs scikit-learn on your data"),
     "lr_find": (lr_find_main, "learning-rate range test: loss vs learning rate, a suggestion"),
+    "export": (export_main, "SavedModel / LiteRT (quantized) / ONNX, verified"),
 }
 
 

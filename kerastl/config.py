@@ -173,6 +173,10 @@ class RunConfig:
                                    "trains, each block learns at F times the rate of the "
                                    "block above it (1: one rate)", group="optimisation",
                                    metavar="F")
+    prune: float | None = option(None, "magnitude pruning: the share of zero weights the "
+                                 "last phase that trains the base ends with (polynomial "
+                                 "schedule; pruning.json reports it)", group="optimisation",
+                                 metavar="SPARSITY")
     # runtime
     strategy: str = option("auto", "tf.distribute strategy", group="runtime",
                            choices=STRATEGIES)
@@ -396,6 +400,14 @@ def _validate(config: RunConfig) -> None:
     _number("momentum", config.momentum, low=0.0, high=1.0, high_open=True)
     _number("block_lr_decay", config.block_lr_decay, low=0.0, high=1.0, low_open=True)
     _number("checkpoint_interval", config.checkpoint_interval, low=0.0)
+    if config.prune is not None:
+        _number("prune", config.prune, low=0.0, high=1.0, low_open=True, high_open=True)
+        modes = [p.mode for p in config.phases] if config.phases else [config.mode]
+        if config.sklearn_head or all(mode == "frozen" for mode in modes):
+            raise ConfigError(
+                f"prune={config.prune} prunes a phase that trains the base, and this run has "
+                f"none (head={config.head!r}, mode {modes}); use mode auto, finetune, full or "
+                "scratch with a Keras head.")
     if config.resume and config.output is None:
         raise ConfigError("--resume needs --output DIR: the run to continue.")
     if not isinstance(config.backbone_kwargs, dict):

@@ -37,3 +37,7 @@ class StaleTrainableError(KerastlError, RuntimeError):
 
 class NonFiniteLossError(KerastlError, RuntimeError):
     """Training produced a NaN or Inf loss."""
+
+
+class MissingDependencyError(KerastlError, ImportError):
+    """An optional package (an extra such as ``kerastl[export]``) is not installed."""

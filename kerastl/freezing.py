@@ -24,13 +24,14 @@ import keras  # noqa: E402
 
 from . import _backend  # noqa: F401
 from .backbones import Backbone, get_backbone
-from .errors import ConfigError
+from .errors import ConfigError, UnknownBackboneError
 
 MODES = ("frozen", "finetune", "full", "scratch")
 BN_POLICIES = ("frozen", "train")
 
 BACKBONE_LAYER = "backbone"
 PREPROCESS_LAYER = "preprocess"
+MODEL_PREFIX = "kerastl_"
 
 
 @dataclass(frozen=True)
@@ -226,18 +227,48 @@ def _is_batchnorm(layer: keras.layers.Layer) -> bool:
 def find_backbone(model: keras.Model) -> tuple[keras.Model, Backbone]:
     """Return the base model inside a kerastl model and its registry entry.
 
+    The registry entry comes from the model's name, ``kerastl_<backbone>``, which
+    :func:`kerastl.build_model` sets and ``model.keras`` keeps: the model file holds
+    only Keras built-in layers, so nothing else in it names the backbone.
+
     Raises:
         ConfigError: the model was not built by :func:`kerastl.build_model`.
     """
     try:
         base = model.get_layer(BACKBONE_LAYER)
-        preprocess = model.get_layer(PREPROCESS_LAYER)
+        model.get_layer(PREPROCESS_LAYER)
     except ValueError as error:
         raise ConfigError(
             f"Model {model.name!r} has no '{BACKBONE_LAYER}'/'{PREPROCESS_LAYER}' layers; "
             "set_regime works on models built by kerastl.build_model."
         ) from error
-    return base, get_backbone(preprocess.backbone)
+    return base, get_backbone(backbone_name(model))
+
+
+def backbone_name(model: keras.Model) -> str:
+    """Registry name of a kerastl model's backbone, read from ``model.name``.
+
+    Raises:
+        ConfigError: the name is not ``kerastl_<registered backbone>``.
+
+    Example:
+        >>> import kerastl
+        >>> model = kerastl.build_model("VGG16", 2, input_shape=32, weights=None)
+        >>> backbone_name(model)
+        'VGG16'
+    """
+    name = str(model.name)
+    if name.startswith(MODEL_PREFIX):
+        try:
+            return get_backbone(name[len(MODEL_PREFIX):]).name
+        except UnknownBackboneError:
+            pass
+    raise ConfigError(
+        f"Model name {name!r} does not name a registered backbone; kerastl.build_model "
+        f"names its models '{MODEL_PREFIX}<backbone>' (e.g. '{MODEL_PREFIX}mobilenetv2') and "
+        "kerastl finds the backbone's registry entry by that name. Keep the name (rename "
+        "a copy instead), or rebuild the model with kerastl.build_model."
+    )
 
 
 def validate_regime(
@@ -325,6 +356,7 @@ def set_regime(
     train_layers, warnings = _layers_to_train(base, blocks, mode, unfreeze_top, unfreeze_blocks)
     # Keras propagates `trainable` to sublayers, so set the outer flags first.
     model.trainable = True
+    model.get_layer(PREPROCESS_LAYER).trainable = False  # a fixed transform, never trained
     base.trainable = bool(train_layers)
     for layer in base.layers if train_layers else ():
         trains = id(layer) in train_layers

@@ -1,8 +1,9 @@
 """Model builder: raw pixels → the backbone's own preprocessing → base → head.
 
 The model takes raw pixels in ``[0, 255]`` and applies the backbone's
-``preprocess_input`` inside the graph (a registered, serializable layer, never a
-``Lambda``), so no caller can feed a ResNet ``rescale=1/255`` images by mistake. The
+``preprocess_input`` inside the graph, as Keras built-in layers (never a ``Lambda``
+or a custom class), so no caller can feed a ResNet ``rescale=1/255`` images by
+mistake and the saved file loads with plain Keras. The
 output layer computes in float32 whatever the global dtype policy, so a
 ``mixed_float16`` softmax never overflows.
 """
@@ -14,12 +15,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras  # noqa: E402
+import numpy as np
 
 from . import _backend  # noqa: F401
 from .backbones import get_backbone
 from .errors import ConfigError
 from .freezing import (
     BACKBONE_LAYER,
+    MODEL_PREFIX,
     PREPROCESS_LAYER,
     set_regime,
     validate_regime,
@@ -37,38 +40,56 @@ TASKS = ("multiclass", "binary", "multilabel")
 SCRATCH_BN_MOMENTUM = 0.9
 
 
-@keras.saving.register_keras_serializable(package="kerastl")
-class Preprocess(keras.layers.Layer):
-    """The backbone's own ``preprocess_input`` as a serializable layer.
+# The constants of keras.applications.imagenet_utils.preprocess_input.
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCH_STD_RGB = (0.229, 0.224, 0.225)
 
-    Computes in float32 even under a mixed policy: ImageNet mean subtraction in
-    float16/bfloat16 would lose most of a pixel's precision.
+
+def preprocessing_layer(backbone: str) -> keras.layers.Layer:
+    """The backbone's own ``preprocess_input`` as one Keras built-in layer.
+
+    Built-in layers only (no Lambda, no custom class), so a saved model loads with
+    plain Keras and ``safe_mode=True`` in a process that never imported kerastl.
+    The layer computes in float32 even under a mixed policy: ImageNet mean
+    subtraction in float16/bfloat16 would lose most of a pixel's precision.
+
+    * ``"caffe"`` (VGG, ResNet v1): RGB to BGR and minus the BGR mean, as one fixed
+      1x1 ``Conv2D`` whose kernel is the channel permutation and whose bias is the
+      negated mean. Each output is ``1 * x + 0 * y + 0 * z - mean``, exact in float32.
+    * ``"tf"``: ``Rescaling(1 / 127.5, offset=-1)``.
+    * ``"torch"`` (DenseNet): ``Normalization`` with the ImageNet mean and variance
+      in pixel units (``x / 255 - mean) / std == (x - 255 mean) / (255 std)``).
+    * ``"none"`` (EfficientNet, EfficientNetV2, ConvNeXt, MobileNetV3, which
+      normalise inside their own graph): ``Identity``.
 
     Args:
-        backbone: str. Registry name whose ``preprocess_input`` to apply.
+        backbone: str. Registry name.
+
+    Returns:
+        A non-trainable layer named ``"preprocess"``.
 
     Example:
         >>> import numpy as np
-        >>> Preprocess("ResNet50")(np.full((1, 2, 2, 3), 255.0)).shape
-        TensorShape([1, 2, 2, 3])
+        >>> layer = preprocessing_layer("ResNet50")
+        >>> np.asarray(layer(np.array([[[[255.0, 0.0, 0.0]]]]))).round(3).tolist()
+        [[[[-103.939, -116.779, 131.32]]]]
     """
-
-    def __init__(self, backbone: str, **kwargs: Any) -> None:
-        kwargs["dtype"] = "float32"
-        super().__init__(**kwargs)
-        self.backbone = get_backbone(backbone).name
-        self._preprocess_input = get_backbone(backbone).preprocess_input
-
-    def call(self, images):
-        return self._preprocess_input(keras.ops.cast(images, "float32"))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.pop("dtype", None)
-        return {**config, "backbone": self.backbone}
+    kind = get_backbone(backbone).preprocessing
+    common = {"name": PREPROCESS_LAYER, "dtype": "float32", "trainable": False}
+    if kind == "tf":
+        return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, **common)
+    if kind == "torch":
+        mean = [255.0 * m for m in TORCH_MEAN_RGB]
+        variance = [(255.0 * s) ** 2 for s in TORCH_STD_RGB]
+        return keras.layers.Normalization(mean=mean, variance=variance, **common)
+    if kind == "caffe":
+        layer = keras.layers.Conv2D(3, 1, **common)
+        layer.build((None, None, None, 3))
+        permutation = np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3)
+        layer.set_weights([permutation, -np.asarray(CAFFE_MEAN_BGR, "float32")])
+        return layer
+    return keras.layers.Identity(**common)
 
 
 def resolve_input_shape(backbone: str, input_shape: Sequence[int] | int | None) -> tuple:
@@ -175,13 +196,13 @@ def build_model(
                 layer.momentum = scratch_bn_momentum
 
     images = keras.Input(shape=shape, name="image")
-    x = Preprocess(entry.name, name=PREPROCESS_LAYER)(images)
+    x = preprocessing_layer(entry.name)(images)
     # With frozen BatchNorm the base always runs in inference mode, as the Keras
     # transfer-learning guide prescribes: BatchNorm keeps its statistics and any
     # dropout inside the base (EfficientNet drop-connect) stays off while frozen.
     x = base(x, training=False if bn_policy == "frozen" else None)
     outputs = _head(x, num_classes, head, dense_units, dropout, task, head_norm)
-    model = keras.Model(images, outputs, name=f"kerastl_{entry.name.lower()}")
+    model = keras.Model(images, outputs, name=f"{MODEL_PREFIX}{entry.name.lower()}")
     model.plan = set_regime(
         model, mode, unfreeze_top=unfreeze_top, unfreeze_blocks=unfreeze_blocks,
         bn_policy=bn_policy, recompile=False,

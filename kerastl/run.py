@@ -37,6 +37,7 @@ from .outputs import (
     mark_latest,
     new_run_dir,
 )
+from .pruning import pruning_hooks, write_pruning_report
 from .recipes import Phase, plan_phases
 from .training import PhaseData, Trainer, make_loss, predict
 
@@ -106,7 +107,11 @@ def fit(
     config, out, log, clock = run.config, run.out, run.log, run.clock
     if config.sklearn_head:
         return _fit_sklearn(config, run.runtime, run.model, run.splits, out, clock, log)
-    trainer = _make_trainer(config, run.runtime, run.model, run.splits, out, callbacks, log)
+    prune_hooks = pruning_hooks(config.prune, config.phases, log)
+    trainer = _make_trainer(config, run.runtime, run.model, run.splits, out, callbacks, log,
+                            step_hooks=prune_hooks)
+    if prune_hooks:  # the run ends pruned: its best epoch is one of the pruned phase
+        trainer.final_from_phase = prune_hooks[0].phase_index
     state, resume_from = _resume_state(run.resume_point, log)
     writer = tf.summary.create_file_writer(str(inside_output(out, "tensorboard")))
     state = trainer.run(config.phases, run.data_for_phase, state, resume_from,
@@ -114,6 +119,8 @@ def fit(
     clock.lap("train")
     metrics = _final_outputs(out, config, run.runtime, run.model, run.splits, state,
                              run.notes, clock, log)
+    if prune_hooks and run.runtime.is_chief:
+        write_pruning_report(out, prune_hooks[0], run.model, log)
     return RunResult(out, run.model, state.history, metrics, run.splits.class_names, config,
                      clock.total(), run.notes)
 
@@ -338,7 +345,7 @@ def _build_run_model(config: RunConfig, runtime, n_classes: int):
 
 
 def _make_trainer(config: RunConfig, runtime, model, splits, out: Path, callbacks, log,
-                  checkpoints: bool = True):
+                  checkpoints: bool = True, step_hooks=()):
     from .runtime import loss_scale_optimizer
     from .training import class_weights_for
 
@@ -355,6 +362,7 @@ def _make_trainer(config: RunConfig, runtime, model, splits, out: Path, callback
         wrap_optimizer=lambda opt: loss_scale_optimizer(opt, runtime.precision),
         jit_compile=runtime.jit_compile, steps_per_execution=runtime.steps_per_execution,
         seed=config.seed, verbose=config.verbose if runtime.is_chief else 0, log=log,
+        step_hooks=step_hooks,
     )
 
 

@@ -75,6 +75,36 @@ class PhaseData:
     arrays: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
 
 
+class StepHook:
+    """Something that runs with every optimizer step, such as magnitude pruning.
+
+    The one training loop serves every strategy, resumed runs and the cached-feature
+    path; a hook joins it instead of a second loop. Override what you need:
+
+    * ``on_phase_begin(trainer, phase, index, state)``: on the host, after the phase's
+      optimizer is built and a resumed checkpoint restored, before the step is traced
+      (create variables here, inside ``trainer.strategy.scope()``).
+    * ``on_epoch_begin(phase_epoch)``: on the host, before each epoch of the phase.
+    * ``after_step()``: traced into the compiled train function right after each
+      ``strategy.run`` step, in cross-replica context (assign to mirrored variables
+      there; nothing is returned).
+    * ``on_phase_end()``: on the host, after the phase's callbacks ended (after an
+      early-stopping restore).
+    """
+
+    def on_phase_begin(self, trainer, phase: Phase, index: int, state: TrainState) -> None:
+        pass
+
+    def on_epoch_begin(self, phase_epoch: int) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def on_phase_end(self) -> None:
+        pass
+
+
 # ------------------------------------------------------------------ losses
 def class_weights_for(kind: str, task: str, labels: np.ndarray,
                       n_classes: int) -> list[float] | None:
@@ -137,8 +167,9 @@ class _Steps:
     """Distributed train/eval functions for one phase (rebuilt every phase)."""
 
     def __init__(self, model, optimizer, strategy, loss_fn, task, class_weights, jit_compile,
-                 steps_per_execution=1):
+                 steps_per_execution=1, hooks=()):
         self.model, self.optimizer, self.strategy = model, optimizer, strategy
+        self.hooks = list(hooks)
         self.loss_fn, self.task = loss_fn, task
         self.class_weights = (
             None if class_weights is None else tf.constant(class_weights, tf.float32)
@@ -192,12 +223,21 @@ class _Steps:
         for _ in tf.range(steps):
             x, y = next(iterator)
             totals += self._reduce(self.strategy.run(self._replica_train, args=(x, y)))
+            self._after_step()
         return totals
 
     def _train_one(self, iterator, steps):
         del steps  # always 1
         x, y = next(iterator)
-        return self._reduce(self.strategy.run(self._replica_train, args=(x, y)))
+        sums = self._reduce(self.strategy.run(self._replica_train, args=(x, y)))
+        self._after_step()
+        return sums
+
+    def _after_step(self):
+        # Cross-replica context: the optimizer step of every replica is done, so a
+        # hook's assignment to a mirrored variable reaches all of them.
+        for hook in self.hooks:
+            hook.after_step()
 
     def _evaluate(self, iterator):
         x, y = next(iterator)
@@ -249,8 +289,12 @@ class Trainer:
         wrap_optimizer: callable, optional. E.g. loss scaling for ``mixed_float16``.
         jit_compile: bool. XLA-compile the step (off on CPU, where it is slower).
         steps_per_execution: int. Train steps per call of the compiled function.
+        final_from_phase: int. With ``keep="best"``, the run's best epoch is chosen
+            among this phase and later ones (pruning: the pruned phase).
         seed: int. Seeds probe phases' solver and folds.
         verbose: int. 0 silent, 1 progress bar, 2 one line per epoch.
+        step_hooks: sequence of :class:`StepHook`. Run with every optimizer step
+            (e.g. :class:`kerastl.pruning.MagnitudePruning`).
 
     Example:
         >>> trainer = Trainer(model, tf.distribute.get_strategy())  # doctest: +SKIP
@@ -281,9 +325,11 @@ class Trainer:
         wrap_optimizer: Callable | None = None,
         jit_compile: bool = False,
         steps_per_execution: int = 1,
+        final_from_phase: int = 0,
         seed: int = 0,
         verbose: int = 1,
         log: Callable[[str], None] = print,
+        step_hooks: Sequence[StepHook] = (),
     ) -> None:
         if keep not in KEEP_WEIGHTS:
             raise ConfigError(f"keep must be one of {KEEP_WEIGHTS}; received keep={keep!r}.")
@@ -305,9 +351,11 @@ class Trainer:
         self.wrap_optimizer = wrap_optimizer
         self.jit_compile = jit_compile
         self.steps_per_execution = max(1, int(steps_per_execution))
+        self.final_from_phase = final_from_phase
         self.seed = seed
         self.verbose = verbose
         self.log = log
+        self.step_hooks = list(step_hooks)
         self.optimizer = None
         self._steps: _Steps | None = None
         self._stop_requested = threading.Event()
@@ -411,7 +459,8 @@ class Trainer:
             optimizer.build(data.model.trainable_variables)
         self.optimizer = optimizer
         self._steps = _Steps(data.model, optimizer, self.strategy, self.loss_fn, self.task,
-                             self.class_weights, self.jit_compile, self.steps_per_execution)
+                             self.class_weights, self.jit_compile, self.steps_per_execution,
+                             self.step_hooks)
 
     def _run_phase(self, phase, index, data, state, resume_from, on_epoch_end) -> None:
         if phase.lr == "auto" and phase.fit == "train":
@@ -428,17 +477,22 @@ class Trainer:
             restore_weights(resume_from, self.model,
                             self.optimizer if state.phase_epoch > 0 else None)
             self._reset_constant_lr(phase)
+        for hook in self.step_hooks:
+            hook.on_phase_begin(self, phase, index, state)
         callbacks = self._callback_list(phase)
         callbacks.on_train_begin()
         for _ in range(state.phase_epoch, phase.epochs):
             self.assert_fresh()
+            for hook in self.step_hooks:
+                hook.on_epoch_begin(state.phase_epoch)
             logs = (self._probe_epoch(phase, data, state.epoch, callbacks)
                     if phase.fit == "probe" else
                     self._run_epoch(phase, data, state.epoch, callbacks))
             state.epoch += 1
             state.phase_epoch += 1
             state.history.append({"epoch": state.epoch, "phase": phase.name, **logs})
-            self._best.update(self.model, state, phase.name, logs)
+            self._best.update(self.model, state, phase.name, logs,
+                              counts_for_run=index >= self.final_from_phase)
             stop = self.model.stop_training or self._patience_exhausted(state)
             if state.phase_epoch < phase.epochs and not stop:
                 self._checkpoint(state)
@@ -485,6 +539,8 @@ class Trainer:
                 self.log(f"Phase '{phase.name}' ends with the weights of its best epoch, "
                          f"{state.phase_best['epoch']} (val_accuracy "
                          f"{state.phase_best['val_accuracy']:.4f}).")
+        for hook in self.step_hooks:  # e.g. pruning: after the restore, before saving
+            hook.on_phase_end()
         state.phase_index, state.phase_epoch = index + 1, 0
         self.model.stop_training = False
         self._checkpoint(state, force=True)
@@ -643,13 +699,14 @@ class _BestWeights:
         self.overall: list[np.ndarray] | None = None
         self.phase: list[np.ndarray] | None = None
 
-    def update(self, model: keras.Model, state: TrainState, phase: str, logs: dict) -> None:
+    def update(self, model: keras.Model, state: TrainState, phase: str, logs: dict, *,
+               counts_for_run: bool = True) -> None:
         if "val_accuracy" not in logs or not math.isfinite(logs.get("val_loss", math.nan)):
             return
         entry = {"epoch": state.epoch, "phase": phase, "val_accuracy": logs["val_accuracy"],
                  "val_loss": logs["val_loss"]}
         improves_phase = _better(entry, state.phase_best)
-        improves_run = _better(entry, state.best)
+        improves_run = counts_for_run and _better(entry, state.best)
         if improves_phase or improves_run:
             weights = model.get_weights()
             if improves_phase:

@@ -870,12 +870,203 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
 ]
 
 
+DEPLOYMENT = [
+    md('''
+        # 06 · Deployment: a portable model, LiteRT int8, ONNX, and 50 % pruning
+
+        A transfer-learning run ends with `model.keras`. Getting it onto a phone, a
+        serving box or a colleague's laptop takes three more things, each measured here:
+
+        1. **a portable file**: `model.keras` holds only Keras built-in layers (the
+           backbone's preprocessing included), so plain Keras loads it with
+           `safe_mode=True`, without kerastl;
+        2. **an exported, quantized model**: `kerastl.export` converts the run with
+           Keras's own `model.export` and the TensorFlow Lite converter, *then runs the
+           file with its own runtime* on the held-out test split and reports accuracy,
+           agreement with Keras, size and latency (`export_report.json`);
+        3. **pruning**: `RunConfig(prune=0.5)` zeroes the smallest half of the weights
+           gradually while the base fine-tunes, so the file compresses (gzip) and the
+           accuracy recovers before the run ends.
+
+        `kerastl[export]` brings the runtimes: `pip install 'kerastl[export]'`.
+    '''),
+    parameters("06_deployment", '''
+        # Smoke size (CI): 32x32 images, 2 epochs, few calibration images and timings.
+        EPOCHS, HEAD_EPOCHS = (2, 1) if SMOKE else (10, 3)
+        IMAGE_SIZE = 32 if SMOKE else None          # None: the source backbone's 64x64
+        CALIBRATION_IMAGES = 32 if SMOKE else 200   # training images that calibrate int8
+        LATENCY_RUNS = 3 if SMOKE else 50
+    '''),
+    md('''
+        ## 1. Train, and load the model with plain Keras
+
+        The default run: the shipped samples and the shipped source backbone (see
+        notebook 01). Then we load `model.keras` the way a serving box would: plain
+        `keras.models.load_model`, `safe_mode=True`, no custom objects. Every layer is a
+        Keras built-in; the backbone's own preprocessing is a `preprocess` layer (here
+        `Identity`, because MobileNetV3 normalises inside its graph; a ResNet gets a fixed
+        1x1 convolution that swaps RGB to BGR and subtracts the ImageNet mean).
+    '''),
+    code('''
+        import json
+
+        import keras
+        import numpy as np
+
+        import kerastl
+
+        dense = kerastl.fit(kerastl.RunConfig(
+            epochs=EPOCHS, head_epochs=HEAD_EPOCHS, image_size=IMAGE_SIZE,
+            output=f"{OUTPUT}/dense", verbose=2 if SMOKE else 1,
+        ))
+        plain = keras.models.load_model(dense.output_dir / "model.keras", safe_mode=True)
+        print(sorted({type(layer).__module__.split(".")[0] for layer in plain.layers}))
+        print(type(plain.get_layer("preprocess")).__name__, plain.input_shape, "->",
+              plain.output_shape)
+    '''),
+    md('''
+        ## 2. Export to LiteRT with full-integer (int8) quantization
+
+        Int8 needs the range of every activation: the converter measures it on a
+        *representative dataset*. kerastl draws it from the run's **training** images
+        (never the test split it reports on), with the run's seed, so the same run always
+        gets the same calibration. The file keeps float32 input and output: raw RGB
+        pixels in, probabilities out, like `model.keras`.
+    '''),
+    code('''
+        int8 = kerastl.export(dense.output_dir, "litert", "int8",
+                              calibration_images=CALIBRATION_IMAGES, latency_runs=LATENCY_RUNS)
+        print(json.dumps({k: int8.to_dict()[k] for k in (
+            "evaluated_on", "examples", "keras_accuracy", "exported_accuracy", "agreement",
+            "bytes", "latency_ms", "calibration")}, indent=1))
+    '''),
+    md('''
+        The same command from a shell, for every format:
+
+        ```
+        python -m kerastl.export runs/x --format litert --quantize int8
+        python -m kerastl.export runs/x --format litert --quantize float16
+        python -m kerastl.export runs/x --format onnx
+        python -m kerastl.export runs/x --format savedmodel
+        ```
+
+        Here is ONNX, run by ONNX Runtime: a float32 export should agree with Keras on
+        (nearly) every image. On a CPU with AVX-512 BF16 kerastl trains under
+        `mixed_bfloat16`; the exporters get a float32 copy of the same weights, and
+        `agreement_float32` isolates the conversion itself.
+    '''),
+    code('''
+        if SMOKE:
+            print("ONNX export skipped at smoke size (tests/test_deploy.py covers it).")
+        else:
+            onnx = kerastl.export(dense.output_dir, "onnx", latency_runs=LATENCY_RUNS)
+            print(f"ONNX agreement with model.keras: {onnx.agreement:.2%} "
+                  f"(float32 copy: {onnx.agreement_float32 or onnx.agreement:.2%}), "
+                  f"largest output difference {onnx.max_abs_difference:.2e}")
+    '''),
+    md('''
+        ## 3. Prune 50 % of the weights while fine-tuning
+
+        `prune=0.5` applies gradual magnitude pruning (Zhu & Gupta 2017) to the last
+        phase, the one that fine-tunes the base: the share of zeroed weights rises along
+        a cubic schedule over its first half, the masks are re-applied after every
+        optimizer step (also under `tf.distribute`), and the last epochs recover at 50 %.
+        BatchNorm, biases and the output layer are never pruned; depthwise filters lose
+        their own smallest taps each. At the end the masks are dropped: the saved model
+        is an ordinary Keras model full of exact zeros.
+    '''),
+    code('''
+        pruned = kerastl.fit(kerastl.RunConfig(
+            epochs=EPOCHS, head_epochs=HEAD_EPOCHS, image_size=IMAGE_SIZE, prune=0.5,
+            output=f"{OUTPUT}/pruned", verbose=2 if SMOKE else 1,
+        ))
+        report = json.loads((pruned.output_dir / "pruning.json").read_text())
+        print(f"{report['kernels']} kernels at {report['sparsity']:.1%} zeros "
+              f"({report['model_sparsity']:.1%} of all weights)")
+    '''),
+    code('''
+        import matplotlib.pyplot as plt
+
+        layers = report["layers"]
+        fig, ax = plt.subplots(figsize=(11, 3))
+        ax.bar(range(len(layers)), [row["sparsity"] for row in layers.values()],
+               color=["tab:orange" if row["per_kernel"] else "tab:blue"
+                      for row in layers.values()])
+        ax.axhline(0.5, color="black", lw=0.8)
+        ax.set(xlabel="pruned kernel (input to output)", ylabel="share of zeros",
+               title="sparsity per kernel (orange: depthwise, pruned per filter)")
+        plt.show()
+    '''),
+    md('''
+        ## 4. Export the pruned model to int8, and compare
+
+        Zeros stay zeros under int8 quantization, so pruning and quantization combine:
+        the pruned int8 file is as large as the dense one (a `.tflite` stores every
+        weight), but it compresses far better for download.
+    '''),
+    code('''
+        from IPython.display import Markdown, display
+
+        pruned_int8 = kerastl.export(pruned.output_dir, "litert", "int8",
+                                     calibration_images=CALIBRATION_IMAGES,
+                                     latency_runs=LATENCY_RUNS)
+        rows = []
+        for name, export in (("dense", int8), ("pruned 50 %", pruned_int8)):
+            rows.append(f"| {name} | model.keras | {export.keras_accuracy:.4f} | "
+                        f"{export.bytes['keras'] / 1e6:.2f} | "
+                        f"{export.bytes['keras_gzip'] / 1e6:.2f} |")
+            rows.append(f"| {name} | int8 .tflite | {export.exported_accuracy:.4f} | "
+                        f"{export.bytes['exported'] / 1e6:.2f} | "
+                        f"{export.bytes['exported_gzip'] / 1e6:.2f} |")
+        display(Markdown("| model | file | test accuracy | MB | MB gzip |\\n"
+                         "|---|---|---:|---:|---:|\\n" + "\\n".join(rows)))
+    '''),
+    md('''
+        ## 5. Run the `.tflite` anywhere
+
+        On the device only LiteRT's interpreter is needed (no TensorFlow, no Keras, no
+        kerastl); class names come from `labels.json`, which every export folder holds.
+    '''),
+    code('''
+        from ai_edge_litert.interpreter import Interpreter
+
+        folder = kerastl.deploy.default_output(dense.output_dir, "litert", "int8")
+        labels = json.loads((folder / "labels.json").read_text())
+        interpreter = Interpreter(model_path=str(folder / "model_int8.tflite"))
+        interpreter.allocate_tensors()
+        size = labels["image_size"]
+        test = kerastl.from_folder(kerastl.run.data_samples_dir() / "fashion" / "test")
+        picked = test.subset(np.random.default_rng(0).choice(len(test), 8, replace=False))
+        images, truth = next(iter(picked.batches(size, 8)))
+        guesses = []
+        for image in images.numpy():
+            interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
+            interpreter.invoke()
+            probs = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0]
+            guesses.append(labels["class_names"][int(probs.argmax())])
+        print(list(zip(guesses, [labels["class_names"][int(t)] for t in truth])))
+    '''),
+    md('''
+        ## Summary
+
+        * `model.keras` from kerastl is portable: built-in layers only, `safe_mode=True`.
+        * `kerastl.export` / `python -m kerastl.export` writes SavedModel, LiteRT (float32,
+          float16, dynamic-range, int8) or ONNX and verifies the file with its own runtime;
+          `export_report.json` keeps the evidence.
+        * `--prune 0.5` trains a model with half its weights at zero; combine it with int8.
+        * `benchmarks/export.py` measures all of this on the default run
+          (`benchmarks/results/export.json`).
+    '''),
+]
+
+
 NOTEBOOK_CELLS = {
     "05_colab_tpu.ipynb": COLAB_TPU,
     "01_quickstart.ipynb": QUICKSTART,
     "02_frozen_vs_finetune_vs_scratch.ipynb": FROZEN_VS_FINETUNE_VS_SCRATCH,
     "03_gradual_unfreezing.ipynb": GRADUAL_UNFREEZING,
     "04_distributed_and_mixed_precision.ipynb": DISTRIBUTED_AND_MIXED_PRECISION,
+    "06_deployment.ipynb": DEPLOYMENT,
 }
 
 

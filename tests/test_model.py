@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
 
 import kerastl
+from kerastl.model import preprocessing_layer
 
-from .conftest import is_batchnorm, test_size
+from .conftest import ALL_BACKBONES, is_batchnorm, test_size
 
 # Saving writes every weight to disk (1.4 GB for ConvNeXtXLarge): the round trip runs
 # on the smallest member of each family, which uses the same layer types.
@@ -96,10 +102,10 @@ def test_scratch_mode_trains_everything_with_fast_batchnorm(name):
     base = model.get_layer("backbone")
     bns = [layer for layer in base.layers if is_batchnorm(layer)]
     assert all(layer.trainable and layer.momentum == 0.9 for layer in bns)
-    total = kerastl.freezing.count_params(model.weights)
-    assert kerastl.freezing.count_params(model.trainable_weights) == total - _statistics(
-        base.layers
-    )
+    count = kerastl.freezing.count_params
+    fixed = count(model.get_layer("preprocess").weights)  # ResNet's BGR convolution: 12
+    assert count(model.trainable_weights) == count(model.weights) - _statistics(
+        base.layers) - fixed
 
 
 def test_vgg16_parameter_accounting_matches_the_documented_formula():
@@ -149,9 +155,100 @@ def test_unknown_backbone_in_build_model():
         kerastl.build_model("MobileNetV5", 3, weights=None)
 
 
-def test_preprocessing_inside_the_model_matches_keras_preprocess_input():
+@pytest.mark.parametrize("name", ALL_BACKBONES)
+def test_preprocessing_layer_equals_the_family_preprocess_input(name):
+    entry = kerastl.get_backbone(name)
+    images = np.random.default_rng(1).uniform(0, 255, (2, 5, 7, 3)).astype("float32")
+    images[0, 0, 0] = (0.0, 127.5, 255.0)  # the edges and the zero of "tf" scaling
+    layer = preprocessing_layer(name)
+    inside = np.asarray(layer(images))
+    expected = np.asarray(entry.preprocess_input(images.copy()))
+    assert inside.dtype == np.float32 and layer.name == "preprocess"
+    assert not layer.trainable_weights
+    np.testing.assert_allclose(inside, expected, rtol=1e-6, atol=1e-5)
+    assert not isinstance(layer, keras.layers.Lambda)
+    assert type(layer).__module__.startswith("keras.")  # a built-in, no custom class
+
+
+def test_preprocessing_computes_in_float32_under_a_mixed_policy():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = kerastl.build_model("ResNet50", 2, input_shape=32, weights=None, dense_units=())
-    images = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    inside = model.get_layer("preprocess")(images)
+    assert model.get_layer("preprocess").compute_dtype == "float32"
+    images = np.full((1, 32, 32, 3), 200.0, "float32")
     expected = keras.applications.resnet.preprocess_input(images.copy())
-    np.testing.assert_allclose(np.asarray(inside), expected, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(model.get_layer("preprocess")(images)), expected,
+                               rtol=1e-6, atol=1e-5)
+
+
+def test_preprocessing_never_trains_whatever_the_regime():
+    model = kerastl.build_model("VGG16", 2, input_shape=32, weights=None, dense_units=())
+    for mode in ("full", "frozen"):
+        kerastl.set_regime(model, mode)
+        assert not model.get_layer("preprocess").trainable_weights
+
+
+def test_backbone_is_found_from_the_model_name_and_a_renamed_model_is_refused():
+    model = kerastl.build_model("EfficientNetV2B0", 2, input_shape=32, weights=None)
+    assert kerastl.freezing.find_backbone(model)[1].name == "EfficientNetV2B0"
+    model.name = "my_classifier"
+    with pytest.raises(kerastl.ConfigError, match="'my_classifier'.*kerastl_<backbone>"):
+        kerastl.set_regime(model, "full")
+
+
+# Runs with -I in an empty directory and refuses every import of kerastl, so the
+# editable install cannot sneak it in: the models must load with plain Keras.
+PLAIN_KERAS_LOADER = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class NoKerastl(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] == "kerastl":
+                raise ImportError("kerastl is not installed here")
+
+    sys.meta_path.insert(0, NoKerastl())
+    try:
+        import kerastl  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("kerastl was importable in the plain-Keras process")
+
+    import keras
+    import numpy as np
+
+    images = np.load(sys.argv[1])
+    outputs = {}
+    for path in sys.argv[2:]:
+        model = keras.models.load_model(path, safe_mode=True)
+        outputs[path] = np.asarray(model(images, training=False))
+    np.savez(sys.argv[1] + ".out.npz", **{str(i): v for i, v in enumerate(outputs.values())})
+    """
+)
+
+
+def test_saved_models_load_with_plain_keras_without_kerastl(tmp_path):
+    images = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    models = [kerastl.build_model("MobileNetV2", 3, input_shape=32, weights=None,
+                                  backbone_kwargs={"alpha": 0.35}, dense_units=(4,))]
+    # Every preprocessing kind, on its own: a whole VGG or DenseNet file is large.
+    for name in ("ResNet50", "DenseNet121", "Xception", "EfficientNetB0"):
+        inputs = keras.Input((32, 32, 3))
+        models.append(keras.Model(inputs, preprocessing_layer(name)(inputs)))
+    paths, expected = [], []
+    for index, model in enumerate(models):
+        paths.append(str(tmp_path / f"m{index}.keras"))
+        model.save(paths[-1])
+        expected.append(np.asarray(model(images, training=False)))
+    np.save(tmp_path / "images.npy", images)
+    script = tmp_path / "load.py"
+    script.write_text(PLAIN_KERAS_LOADER)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-I", str(script), str(tmp_path / "images.npy"),
+                           *paths], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(tmp_path / "images.npy.out.npz") as loaded:
+        for index, want in enumerate(expected):
+            assert np.array_equal(loaded[str(index)], want), paths[index]
