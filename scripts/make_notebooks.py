@@ -1035,7 +1035,9 @@ DEPLOYMENT = [
         interpreter = Interpreter(model_path=str(folder / "model_int8.tflite"))
         interpreter.allocate_tensors()
         size = labels["image_size"]
-        test = kerastl.from_folder(kerastl.run.data_samples_dir() / "fashion" / "test")
+        from kerastl.samples import data_samples_dir
+
+        test = kerastl.from_folder(data_samples_dir() / "fashion" / "test")
         picked = test.subset(np.random.default_rng(0).choice(len(test), 8, replace=False))
         images, truth = next(iter(picked.batches(size, 8)))
         guesses = []

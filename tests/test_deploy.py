@@ -16,7 +16,7 @@ import yaml
 import kerastl
 from kerastl import deploy
 from kerastl.cli import export_main
-from kerastl.run import REPO_ROOT, data_samples_dir
+from kerastl.samples import REPO_ROOT, data_samples_dir
 
 from .test_distributed import _source_backbone
 

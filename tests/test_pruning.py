@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import kerastl
+import kerastl.cli
 from kerastl.checkpoints import latest_readable_state
 from kerastl.config import Phase
 from kerastl.pruning import (
@@ -22,6 +23,7 @@ from kerastl.pruning import (
     prunable_weights,
     pruning_hooks,
 )
+from kerastl.recipes import plan_phases
 from kerastl.training import PhaseData, Trainer
 
 from .test_distributed import _child_env, _source_backbone
@@ -75,14 +77,15 @@ def test_prunable_weights_skip_batchnorm_biases_preprocessing_and_the_output():
 
 
 def test_prune_configuration_is_validated_with_the_received_value():
-    with pytest.raises(kerastl.ConfigError, match="received prune=1.5"):
-        kerastl.RunConfig(prune=1.5).validate()
+    with pytest.raises(kerastl.ConfigError, match="prune=1.5"):
+        kerastl.RunConfig(prune=1.5).resolve()
     with pytest.raises(kerastl.ConfigError, match="trains the base"):
-        kerastl.RunConfig(prune=0.5, mode="frozen").validate()
-    assert [h.phase_index for h in pruning_hooks(0.5, kerastl.RunConfig().resolved_phases())] \
-        == [1]
+        kerastl.RunConfig(prune=0.5, mode="frozen").resolve()
+    config = kerastl.RunConfig(mode="full", epochs=6).resolve()
+    phases = plan_phases(config, steps_per_epoch=4).phases
+    assert [h.phase_index for h in pruning_hooks(0.5, phases)] == [1]
     config = kerastl.cli.config_from_args(["--prune", "0.5"])
-    assert config.prune == 0.5 and config.validate().prune == 0.5
+    assert config.prune == 0.5 and config.resolve().prune == 0.5
 
 
 # ------------------------------------------------------------------ the Trainer hook
