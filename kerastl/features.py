@@ -37,7 +37,13 @@ import tensorflow as tf
 
 from . import _backend  # noqa: F401
 from .errors import ConfigError, DataError
-from .freezing import BACKBONE_LAYER, PREPROCESS_LAYER, find_backbone
+from .freezing import (
+    BACKBONE_LAYER,
+    PREPROCESS_LAYER,
+    base_called_in_inference,
+    base_nodes,
+    find_backbone,
+)
 
 POOLINGS = (None, "avg", "max")
 
@@ -100,8 +106,8 @@ def head_model(model: keras.Model) -> keras.Model:
         >>> head.input_shape, head.layers[-1] is model.get_layer("predictions")
         ((None, 1, 1, 512), True)
     """
-    base, _ = find_backbone(model)
-    nodes = [n for ns in model._nodes_by_depth.values() for n in ns if n.operation is base]
+    find_backbone(model)
+    nodes = base_nodes(model)
     if len(nodes) != 1:
         raise ConfigError(
             f"Model {model.name!r} calls its '{BACKBONE_LAYER}' layer {len(nodes)} times; "
@@ -655,12 +661,8 @@ def cache_applies(model: keras.Model, augment: Any = None, *,
 
 
 def _has_active_dropout(model: keras.Model, base: keras.Model) -> bool:
-    called_in_inference = all(
-        node.arguments.kwargs.get("training") is False
-        for ns in model._nodes_by_depth.values() for node in ns if node.operation is base
-    )
     dropouts = (keras.layers.Dropout, keras.layers.SpatialDropout2D)
-    return not called_in_inference and any(
+    return not base_called_in_inference(model) and any(
         isinstance(layer, dropouts) and float(layer.rate) > 0 for layer in base.layers
     )
 

@@ -384,9 +384,24 @@ def _phase_data_factory(config, runtime, model, splits, image_size, augmentation
             return image_data(phase, "feature cache not used: augmentation runs before the "
                                      "base (use --augment none to train the head on cached "
                                      "features)")
+        applies, reason = _cache_applies(model, phase)
+        if not applies:
+            why = f"feature cache not used: {reason}"
+            notes.append(f"phase {phase.name!r}: {why}")
+            return image_data(phase, why)
         return _cached_phase(config, runtime, model, splits, image_size, batch, steps, notes, log)
 
     return data_for_phase
+
+
+def _cache_applies(model, phase: Phase) -> tuple[bool, str]:
+    """Whether this frozen phase can train on cached features (e.g. no active dropout)."""
+    from .features import cache_applies
+    from .freezing import set_regime
+
+    # Checked in the phase's own regime: the previous phase may have unfrozen the base.
+    set_regime(model, "frozen", bn_policy=phase.bn_policy, recompile=False)
+    return cache_applies(model)
 
 
 def _cached_phase(config, runtime, model, splits, image_size, batch, steps, notes, log):
