@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,12 +86,14 @@ def read_state(checkpoint: Path) -> TrainState:
 
 
 def latest_readable_state(directory: str | Path) -> tuple[Path, TrainState] | None:
-    """Newest checkpoint whose ``state.json`` parses; older ones are fallbacks."""
+    """Newest checkpoint whose every file reads back; older ones are fallbacks."""
     for checkpoint in reversed(list_checkpoints(directory)):
         try:
             _check_readable(checkpoint)
             return checkpoint, read_state(checkpoint)
-        except (OSError, ValueError, TypeError, KeyError) as error:
+        # A truncated .npz raises BadZipFile or EOFError, neither an OSError.
+        except (OSError, ValueError, TypeError, KeyError, EOFError,
+                zipfile.BadZipFile) as error:
             warnings.warn(
                 f"Checkpoint {str(checkpoint)!r} is unreadable ({error}); falling back to the "
                 "previous one.",
@@ -100,14 +103,23 @@ def latest_readable_state(directory: str | Path) -> tuple[Path, TrainState] | No
 
 
 def _check_readable(checkpoint: Path) -> None:
-    """Open every file of a checkpoint; a truncated file raises ``OSError``."""
+    """Read every file of a checkpoint, so a truncated one raises here, not mid-restore."""
     import h5py
 
     with h5py.File(checkpoint / "model.weights.h5", "r") as handle:
         handle.visit(lambda name: None)
-    with np.load(checkpoint / "optimizer.npz", allow_pickle=False) as values:
-        for key in values.files:
-            values[key]
+    arrays = ["optimizer.npz"]
+    if (checkpoint / "rng.npz").exists():  # older checkpoints have none
+        arrays.append("rng.npz")
+    for name in arrays:
+        _read_npz(checkpoint / name)
+    read_state(checkpoint)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (our own handle: NumPy leaks it on a bad zip)."""
+    with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as values:
+        return {key: values[key] for key in values.files}
 
 
 def _seed_states(model: keras.Model) -> list:
