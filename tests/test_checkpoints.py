@@ -58,3 +58,61 @@ def test_a_truncated_file_falls_back_to_the_previous_checkpoint(two_checkpoints,
     optimizer.build(model.trainable_variables)
     restore_weights(checkpoint, model, optimizer)  # what a resume does next
     assert int(optimizer.iterations) == 1
+
+
+# ------------------------------------------------------------------ precision change
+def _inner_state(optimizer) -> dict[str, np.ndarray]:
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return {v.name: np.asarray(v) for v in inner.variables}
+
+
+def _trained(tmp_path, loss_scaled: bool):
+    model = _tiny_model()
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    if loss_scaled:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=64.0)
+    optimizer.build(model.trainable_variables)
+    for _ in range(2):
+        _sgd_step(model, optimizer)
+    path = save_checkpoint(tmp_path, model, optimizer, TrainState(epoch=1, phase_epoch=1))
+    return path, model, optimizer
+
+
+def test_a_loss_scaled_checkpoint_restores_into_a_float32_optimizer(tmp_path):
+    # --resume --precision float32 after a mixed_float16 run (kerastl's advice after
+    # a NaN): the slots and step count carry over, the loss scale no longer applies.
+    path, saved_model, saved_optimizer = _trained(tmp_path, loss_scaled=True)
+    model = _tiny_model()
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    with pytest.warns(UserWarning, match="loss-scale state .* not restored"):
+        restore_weights(path, model, optimizer)
+    expected = _inner_state(saved_optimizer)
+    assert int(expected["iteration"]) == 2
+    for name, value in _inner_state(optimizer).items():
+        np.testing.assert_array_equal(value, expected[name], err_msg=name)
+    for a, b in zip(model.get_weights(), saved_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_float32_checkpoint_restores_into_a_loss_scaled_optimizer_with_a_fresh_scale(tmp_path):
+    path, _, saved_optimizer = _trained(tmp_path, loss_scaled=False)
+    model = _tiny_model()
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.1, momentum=0.9), initial_scale=64.0)
+    optimizer.build(model.trainable_variables)
+    with pytest.warns(UserWarning, match="fresh loss scale"):
+        restore_weights(path, model, optimizer)
+    expected = _inner_state(saved_optimizer)
+    for name, value in _inner_state(optimizer).items():
+        np.testing.assert_array_equal(value, expected[name], err_msg=name)
+    assert float(optimizer.dynamic_scale) == 64.0
+
+
+def test_an_optimizer_of_another_shape_is_refused_naming_the_variable(tmp_path):
+    path, _, _ = _trained(tmp_path, loss_scaled=False)
+    model = _tiny_model()
+    optimizer = keras.optimizers.Adam(0.1)  # other slots than SGD's momentum
+    optimizer.build(model.trainable_variables)
+    with pytest.raises(ValueError, match="velocity"):
+        restore_weights(path, model, optimizer)

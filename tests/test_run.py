@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import keras
+import pytest
 from sklearn.datasets import load_digits
 
 import kerastl
@@ -66,3 +68,32 @@ def test_dropout_inside_the_base_falls_back_to_image_batches_and_says_why(tmp_pa
     assert why and "Dropout" in why[0], result.notes
     saved = json.loads((result.output_dir / "run.json").read_text())["notes"]
     assert saved == result.notes
+
+
+# ------------------------------------------------------------------ resume
+class _CrashAfter(keras.callbacks.Callback):
+    """Crash at the end of epoch ``epoch`` (1-based), before its checkpoint is written."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_resume_with_precision_float32_after_a_mixed_float16_run(tmp_path):
+    # kerastl's own advice after a NaN under mixed_float16: --resume --precision float32.
+    splits = _digits_splits(n_train=32, n_val=16)
+    config = _config(tmp_path, "mixed", **_source(), mode="frozen", epochs=2,
+                     precision="mixed_float16")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, splits=splits, callbacks=[_CrashAfter(2)])  # epoch 1 saved
+    keras.mixed_precision.set_global_policy("float32")
+    with pytest.warns(UserWarning, match="loss-scale state is not restored"):
+        resumed = fit(kerastl.RunConfig(output=config.output, resume=True, precision="float32",
+                                        verbose=0), splits=splits)
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    assert resumed.config.precision == "float32"
+    assert resumed.model.get_layer("predictions").kernel.dtype == "float32"
