@@ -32,7 +32,7 @@ import tensorflow as tf  # noqa: E402
 from . import _backend  # noqa: F401
 from .checkpoints import TrainState, restore_weights, save_checkpoint
 from .config import Phase
-from .errors import ConfigError, NonFiniteLossError, StaleTrainableError
+from .errors import ConfigError, DataError, NonFiniteLossError, StaleTrainableError
 from .freezing import set_regime, trainable_signature
 
 
@@ -166,7 +166,9 @@ class _Steps:
         # tracing, which is most of a cached-feature run's overhead.
         train = self._train_one if steps_per_execution == 1 else self._train
         self.train = tf.function(train, jit_compile=jit_compile)
-        self.evaluate = tf.function(self._evaluate, jit_compile=jit_compile)
+        # Called once per batch: the last, smaller batch would retrace it every epoch.
+        self.evaluate = tf.function(self._evaluate, jit_compile=jit_compile,
+                                    reduce_retracing=True)
 
     def _weights(self, y):
         if self.class_weights is None or self.task != "multiclass":
@@ -216,8 +218,7 @@ class _Steps:
         x, y = next(iterator)
         return self._reduce(self.strategy.run(self._replica_train, args=(x, y)))
 
-    def _evaluate(self, iterator):
-        x, y = next(iterator)
+    def _evaluate(self, x, y):
         return self._reduce(self.strategy.run(self._replica_eval, args=(x, y)))
 
 
@@ -440,12 +441,27 @@ class Trainer:
         return logs
 
     def evaluate(self, dataset: tf.data.Dataset, model_steps: _Steps | None = None) -> dict:
-        """Loss and accuracy over a batched dataset, aggregated over replicas."""
+        """Loss and accuracy over a batched dataset read to its end, over replicas.
+
+        Raises:
+            ConfigError: the dataset repeats forever.
+            DataError: it holds no examples.
+        """
         steps = model_steps or self._steps
+        if int(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY:
+            raise ConfigError(
+                "The evaluation dataset is infinite (it repeats); received cardinality "
+                "INFINITE. Pass a finite dataset, e.g. dataset.take(n)."
+            )
         totals = np.zeros(4)
-        iterator = iter(_distribute(self.strategy, dataset))
-        for _ in range(int(dataset.cardinality())):
-            totals += steps.evaluate(iterator).numpy()
+        # Read to the end, not range(cardinality): after filter() the cardinality is
+        # unknown (-2) and nothing would be evaluated. A distributed dataset ends on
+        # every replica at once, its last batch split as evenly as it goes.
+        for x, y in _distribute(self.strategy, dataset):
+            totals += steps.evaluate(x, y).numpy()
+        if totals[1] == 0:
+            raise DataError("The evaluation dataset yielded no examples; received an empty "
+                            "dataset. Check the validation split.")
         return _logs(totals, prefix="val_")
 
     def _current_lr(self) -> float:

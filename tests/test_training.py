@@ -10,6 +10,8 @@ import kerastl
 from kerastl.config import Phase
 from kerastl.training import PhaseData, Trainer, make_schedule
 
+from .conftest import source_model
+
 
 def _tiny_data(model):
     x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
@@ -52,3 +54,20 @@ def test_schedules_peak_at_the_requested_rate_and_decay(kind):
     assert max(rates) == pytest.approx(1e-2, rel=1e-3)
     if kind != "constant":
         assert rates[-1] < 1e-4 and rates[0] < 1e-2
+
+
+def test_validation_of_unknown_cardinality_is_read_to_the_end():
+    # After filter() a dataset's cardinality is unknown (-2): it must still be evaluated.
+    model = source_model(3)
+    data = _tiny_data(model)
+    filtered = data.val.filter(lambda x, y: True)
+    assert int(filtered.cardinality()) == tf.data.UNKNOWN_CARDINALITY
+    trainer = Trainer(model, tf.distribute.get_strategy(), verbose=0)
+    state = trainer.run([Phase("head", 1, lr=1e-3)],
+                        lambda phase: PhaseData(model, data.train, filtered, 2))
+    expected = trainer.evaluate(data.val)
+    assert expected["val_loss"] > 0.1
+    assert state.history[-1]["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)
+    assert state.history[-1]["val_accuracy"] == pytest.approx(expected["val_accuracy"])
+    with pytest.raises(kerastl.ConfigError, match="infinite"):
+        trainer.evaluate(data.val.repeat())
