@@ -180,7 +180,8 @@ class _Steps:
         with tf.GradientTape() as tape:
             y_pred = self.model(x, training=True)
             per_example = self.loss_fn(y, y_pred)
-            loss = tf.nn.compute_average_loss(per_example, sample_weight=weights)
+            loss = tf.nn.compute_average_loss(per_example, sample_weight=weights,
+                                              global_batch_size=self._global_count(y))
             if self.model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
             scaled = self.optimizer.scale_loss(loss)
@@ -188,6 +189,21 @@ class _Steps:
         gradients = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return self._sums(per_example, weights, y, y_pred)
+
+    def _global_count(self, y):
+        """Examples in this step over all replicas.
+
+        Without it ``compute_average_loss`` divides by this replica's batch size times
+        the replica count, which is wrong on a last batch split unevenly (3 examples
+        as 2 + 1 would be divided by 4 and by 2 instead of 3).
+        """
+        local = tf.shape(y)[0]
+        if self.strategy.num_replicas_in_sync == 1:
+            return local
+        context = tf.distribute.get_replica_context()
+        # Summed as float32, which every device's all-reduce supports (TPU included).
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(local, tf.float32))
+        return tf.maximum(tf.cast(total, tf.int32), 1)
 
     def _replica_eval(self, x, y):
         y_pred = self.model(x, training=False)

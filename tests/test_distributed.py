@@ -50,8 +50,10 @@ TRAINER_SCRIPT = textwrap.dedent(
     tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(strategy_name, devices=devices)
     rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (64, 32, 32, 3)).astype("float32")
-    labels = rng.integers(0, 3, 64).astype("int32")
+    # 67 = 4 x 16 + 3: the last global batch of 3 splits 2 + 1 across the replicas, so
+    # a loss averaged per replica instead of over the global batch shows up.
+    images = rng.uniform(0, 255, (67, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 3, 67).astype("int32")
     with strategy.scope():
         model = kerastl.build_model(source["backbone"], 3, input_shape=32,
                                     weights=source["weights"], head="avg", dense_units=(),
@@ -59,7 +61,7 @@ TRAINER_SCRIPT = textwrap.dedent(
     # BatchNorm stays in inference mode (bn_policy="frozen"): per-replica batch
     # statistics would otherwise legitimately differ from whole-batch ones.
     train = lambda epoch: tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
-    data = PhaseData(model, train, None, steps_per_epoch=4)
+    data = PhaseData(model, train, None, steps_per_epoch=5)
     initial = model.get_weights()
     phases = [kerastl.Phase("head", 1, lr=0.05),
               kerastl.Phase("finetune", 1, mode="finetune", unfreeze_blocks=2, lr=0.05)]
@@ -68,8 +70,11 @@ TRAINER_SCRIPT = textwrap.dedent(
     state = Trainer(model, strategy, optimizer="sgd", schedule="constant",
                     verbose=0).run(phases, lambda phase: data)
     moved = sum(not np.array_equal(a, b) for a, b in zip(initial, model.get_weights()))
+    probe = images[:8]
     np.savez(out, replicas=strategy.num_replicas_in_sync, moved=moved,
-             loss=[row["loss"] for row in state.history], *model.get_weights())
+             loss=[row["loss"] for row in state.history],
+             out_train=np.asarray(model(probe, training=True)),
+             out_infer=np.asarray(model(probe, training=False)), *model.get_weights())
     """
 )
 
@@ -120,6 +125,8 @@ def test_mirrored_two_devices_matches_one_device_with_same_global_batch(tmp_path
     assert len(after_single) == len(after_mirrored) > 0
     for a, b in zip(after_mirrored, after_single, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for key in ("out_train", "out_infer"):
+        np.testing.assert_allclose(mirrored[key], single[key], rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------------------ multi-worker
