@@ -30,7 +30,7 @@ from .data import DataSplits
 from .errors import ConfigError
 from .freezing import count_params
 from .model import build_model
-from .training import PhaseData, Trainer, make_loss, predict
+from .training import PhaseData, Trainer, evaluation_losses, predict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BACKBONE = "MobileNetV2"
@@ -332,8 +332,15 @@ def _seed_everything(seed: int, runtime) -> None:
 
 
 def _class_weights(config: RunConfig, labels: np.ndarray, n_classes: int):
-    if config.class_weight == "none" or config.task != "multiclass":
+    """Balanced weight per class (multiclass and binary: 0/1 labels are class ids)."""
+    if config.class_weight == "none":
         return None
+    if config.task == "multilabel":
+        raise ConfigError(
+            "class_weight='balanced' weights each example by its class, which a multilabel "
+            "example does not have; received task='multilabel', class_weight='balanced'. "
+            "Use --class-weight none."
+        )
     from sklearn.utils.class_weight import compute_class_weight
 
     present = np.unique(labels)
@@ -442,9 +449,13 @@ def _final_outputs(out, config, runtime, model, splits, image_size, state, notes
     evaluation = splits.test or splits.val
     which = "test" if splits.test is not None else "validation"
     probs, labels = predict(model, evaluation.batches(image_size, runtime.global_batch))
-    loss = float(np.mean(make_loss(config.task)(labels, probs)))
+    # The definition of val_loss: label smoothing and class weights as in training.
+    loss_settings = {"label_smoothing": config.label_smoothing, "class_weights": _class_weights(
+        config, splits.train.labels, len(splits.class_names))}
+    losses = evaluation_losses(config.task, labels, probs, **loss_settings)
+    loss = losses.pop("loss")
     metrics = write_evaluation(out, labels, probs, splits.class_names, task=config.task,
-                               loss=loss)
+                               loss=loss, extra=losses)
     metrics["evaluated_on"] = which
     atomic_write_json(out / "metrics.json", metrics)
     write_history_csv(state.history, out / "history.csv")
@@ -452,7 +463,8 @@ def _final_outputs(out, config, runtime, model, splits, image_size, state, notes
     _save_model_atomically(model, out / "model.keras")
     save_base_weights(model.get_layer("backbone"), out / "backbone.weights.h5")
     atomic_write_json(out / "labels.json", {"class_names": splits.class_names,
-                                            "task": config.task, "image_size": image_size})
+                                            "task": config.task, "image_size": image_size,
+                                            "loss": loss_settings})
     if splits.train.skipped:
         atomic_write_text(out / "skipped_files.txt", "".join(
             f"{path}\t{reason}\n" for path, reason in splits.train.skipped.items()))

@@ -136,17 +136,57 @@ def make_loss(task: str, label_smoothing: float = 0.0) -> Callable:
 
 
 def correct_count(task: str, y_true, y_pred):
-    """Correct predictions in a batch (elements, for multilabel) and their number."""
+    """Correctly predicted examples in a batch, and the number of examples.
+
+    The ``accuracy`` of :func:`kerastl.reports.classification_metrics`: the arg-max
+    class, or ``sigmoid >= 0.5``; a multilabel example counts when every label is
+    right (exact match), so history and ``metrics.json`` report the same number.
+    """
     if task == "multiclass":
         hits = tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32),
                         tf.cast(tf.reshape(y_true, [-1]), tf.int32))
     elif task == "binary":
-        hits = tf.equal(tf.reshape(y_pred, [-1]) > 0.5,
+        hits = tf.equal(tf.reshape(y_pred, [-1]) >= 0.5,
                         tf.reshape(tf.cast(y_true, tf.float32), [-1]) > 0.5)
     else:
-        hits = tf.equal(y_pred > 0.5, tf.cast(y_true, tf.float32) > 0.5)
+        hits = tf.reduce_all(tf.equal(y_pred >= 0.5, tf.cast(y_true, tf.float32) > 0.5), -1)
     hits = tf.cast(hits, tf.float32)
     return tf.reduce_sum(hits), tf.cast(tf.size(hits), tf.float32)
+
+
+def evaluation_losses(task: str, y_true, y_prob, *, label_smoothing: float = 0.0,
+                      class_weights: Sequence[float] | None = None) -> dict:
+    """``loss`` as the trainer reports it, plain ``cross_entropy``, and their definitions.
+
+    ``loss`` is the training objective: the mean per-example loss with the run's
+    label smoothing and class weights, which is what ``history.csv``'s ``loss`` and
+    ``val_loss`` are. ``cross_entropy`` has neither, to compare runs that differ in them.
+
+    Example:
+        >>> out = evaluation_losses("binary", [0, 1], [[0.2], [0.9]], label_smoothing=0.1)
+        >>> round(out["cross_entropy"], 4), out["loss"] > out["cross_entropy"]
+        (0.1643, True)
+    """
+    y_prob = tf.constant(np.asarray(y_prob, dtype=np.float32))
+    per_example = np.asarray(make_loss(task, label_smoothing)(y_true, y_prob))
+    weighting = ""
+    if class_weights is not None:
+        ids = np.asarray(y_true).reshape(-1).astype(np.int64)
+        per_example = per_example * np.asarray(class_weights)[ids]
+        weighting = ", weighted by class_weight"
+    cross_entropy = np.asarray(make_loss(task)(y_true, y_prob))
+    kind = "categorical" if task == "multiclass" else "binary"
+    every = " (every label right)" if task == "multilabel" else ""
+    return {
+        "loss": float(np.mean(per_example)),
+        "cross_entropy": float(np.mean(cross_entropy)),
+        "definitions": {
+            "loss": f"mean {kind} cross-entropy with label_smoothing={label_smoothing:g}"
+                    f"{weighting}: the training objective, as history.csv's loss and val_loss",
+            "cross_entropy": f"mean {kind} cross-entropy, no label smoothing or class weights",
+            "accuracy": f"share of examples predicted right{every}, as history.csv's accuracy",
+        },
+    }
 
 
 # ------------------------------------------------------------------ the step
@@ -171,7 +211,7 @@ class _Steps:
                                     reduce_retracing=True)
 
     def _weights(self, y):
-        if self.class_weights is None or self.task != "multiclass":
+        if self.class_weights is None:
             return None
         return tf.gather(self.class_weights, tf.cast(tf.reshape(y, [-1]), tf.int32))
 
@@ -206,8 +246,9 @@ class _Steps:
         return tf.maximum(tf.cast(total, tf.int32), 1)
 
     def _replica_eval(self, x, y):
+        # Class weights included: val_loss has the definition of the training loss.
         y_pred = self.model(x, training=False)
-        return self._sums(self.loss_fn(y, y_pred), None, y, y_pred)
+        return self._sums(self.loss_fn(y, y_pred), self._weights(y), y, y_pred)
 
     def _sums(self, per_example, weights, y, y_pred):
         per_example = tf.cast(per_example, tf.float32)
@@ -264,7 +305,8 @@ class Trainer:
         weight_decay, momentum, label_smoothing: optimisation knobs.
         warmup_fraction: float. Share of each phase's steps spent warming the
             learning rate up linearly (cosine schedule).
-        class_weights: sequence of float, optional. Loss weight per class.
+        class_weights: sequence of float, optional. Loss weight per class
+            (multiclass and binary tasks), in the training and the validation loss.
         early_stopping: int, optional. Patience (epochs, on ``val_loss``) within a
             phase; the best weights of the phase are restored.
         callbacks: sequence of keras callbacks. Receive the usual epoch hooks.
@@ -308,6 +350,12 @@ class Trainer:
         self.weight_decay, self.momentum = weight_decay, momentum
         self.warmup_fraction = warmup_fraction
         self.loss_fn = make_loss(task, label_smoothing)
+        if class_weights is not None and task == "multilabel":
+            raise ConfigError(
+                "class_weights weight each example by its class, which a multilabel example "
+                f"does not have; received task='multilabel', class_weights={class_weights!r}. "
+                "Use class weights with multiclass or binary tasks."
+            )
         self.class_weights = class_weights
         self.early_stopping = early_stopping
         self.callbacks = list(callbacks)

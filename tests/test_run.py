@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import keras
+import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
@@ -97,3 +98,34 @@ def test_resume_with_precision_float32_after_a_mixed_float16_run(tmp_path):
     assert [row["epoch"] for row in resumed.history] == [1, 2]
     assert resumed.config.precision == "float32"
     assert resumed.model.get_layer("predictions").kernel.dtype == "float32"
+
+
+# ------------------------------------------------------------------ what is reported
+def test_final_loss_has_the_definition_of_val_loss(tmp_path):
+    # Label smoothing included in both; evaluated on the validation split (no test).
+    from kerastl.training import predict
+
+    splits = _digits_splits(n_train=32, n_val=16, test=False)
+    result = fit(_config(tmp_path, "loss", **_source(), mode="frozen", epochs=1,
+                         label_smoothing=0.2), splits=splits)
+    assert result.metrics["evaluated_on"] == "validation"
+    assert result.metrics["loss"] == pytest.approx(result.history[-1]["val_loss"], rel=1e-5)
+    probs, labels = predict(result.model, splits.val.batches(32, 16))
+    plain = float(np.mean(-np.log(probs[np.arange(len(labels)), labels])))
+    assert result.metrics["cross_entropy"] == pytest.approx(plain, rel=1e-5)
+    assert abs(result.metrics["cross_entropy"] - result.metrics["loss"]) > 1e-3
+    definitions = result.metrics["definitions"]
+    assert "label_smoothing=0.2" in definitions["loss"] and "val_loss" in definitions["loss"]
+    saved = json.loads((result.output_dir / "metrics.json").read_text())
+    assert saved["loss"] == result.metrics["loss"]
+
+
+def test_balanced_class_weights_apply_to_binary_and_are_refused_for_multilabel():
+    from kerastl.run import _class_weights
+
+    labels = np.array([0, 0, 0, 1])
+    binary = kerastl.RunConfig(task="binary", class_weight="balanced")
+    assert _class_weights(binary, labels, 2) == pytest.approx([4 / 6, 4 / 2])
+    multilabel = kerastl.RunConfig(task="multilabel", class_weight="balanced")
+    with pytest.raises(kerastl.ConfigError, match="multilabel"):
+        _class_weights(multilabel, np.array([[0, 1], [1, 1]]), 2)

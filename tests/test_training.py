@@ -137,3 +137,51 @@ def test_mixed_float16_loss_scaled_step_matches_float32(single_step_float32):
         norms.append(np.linalg.norm(update) ** 2)
     assert np.sqrt(sum(errors) / sum(norms)) <= 0.05
     assert mixed["loss"] == pytest.approx(reference["loss"], rel=1e-3)
+
+
+# ------------------------------------------------------------------ reported numbers
+def test_multilabel_accuracy_in_history_is_the_accuracy_of_metrics_json():
+    # One definition: an example counts as right when every one of its labels is.
+    from kerastl.reports import classification_metrics
+    from kerastl.training import predict
+
+    model = source_model(3, task="multilabel")
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 2, (16, 3)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    trainer = Trainer(model, tf.distribute.get_strategy(), task="multilabel", verbose=0)
+    state = trainer.run([Phase("head", 1, lr=1e-3)],
+                        lambda phase: PhaseData(model, lambda epoch: dataset, dataset, 2))
+    probs, labels = predict(model, dataset)
+    metrics = classification_metrics(labels, probs, ["a", "b", "c"], task="multilabel")
+    assert state.history[-1]["val_accuracy"] == pytest.approx(metrics["accuracy"])
+    per_label = float(np.mean((probs >= 0.5) == (labels >= 0.5)))
+    assert metrics["label_accuracy"] == pytest.approx(per_label)
+
+
+def test_binary_class_weights_weight_the_loss():
+    from kerastl.training import make_loss
+
+    model = source_model(2, task="binary")
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 255, (12, 32, 32, 3)).astype("float32")
+    y = np.array([0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0])
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(12)
+    weights = [0.5, 2.0]
+    per_example = np.asarray(make_loss("binary")(y, model(x, training=False)))
+    expected = float(np.mean(np.take(weights, y) * per_example))
+    assert expected != pytest.approx(float(np.mean(per_example)), rel=1e-3)
+    trainer = Trainer(model, tf.distribute.get_strategy(), task="binary", optimizer="sgd",
+                      class_weights=weights, verbose=0)
+    state = trainer.run([Phase("head", 1, lr=1e-3)],
+                        lambda phase: PhaseData(model, lambda epoch: dataset, None, 1))
+    # One step: the loss of the batch is computed before the update.
+    assert state.history[-1]["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_class_weights_for_multilabel_are_refused():
+    model = source_model(3, task="multilabel")
+    with pytest.raises(kerastl.ConfigError, match="multilabel"):
+        Trainer(model, tf.distribute.get_strategy(), task="multilabel",
+                class_weights=[1.0, 2.0, 1.0])
