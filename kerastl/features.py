@@ -792,8 +792,11 @@ def cached_feature_datasets(
     served = [_Served(*p) for p in passes]
 
     def train_epoch(epoch: int) -> tf.data.Dataset:
+        from .data import epoch_seed
+
         source = served[epoch % len(served)]
-        order = np.random.default_rng([int(seed), int(epoch)]).permutation(source.rows)
+        # The order ImageData.batches gives the image path, so both paths train alike.
+        order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(source.rows)
         return source.batches(order, batch_size)
 
     val_dataset = None

@@ -27,6 +27,7 @@ from . import _backend  # noqa: F401
 from .checkpoints import TrainState, latest_readable_state, list_checkpoints
 from .config import Phase, RunConfig, load_yaml
 from .data import DataSplits
+from .data import epoch_seed as data_epoch_seed
 from .errors import ConfigError
 from .freezing import count_params
 from .model import build_model
@@ -373,7 +374,7 @@ def _phase_data_factory(config, runtime, model, splits, image_size, augmentation
         def train(epoch: int):
             # Per-epoch seeds: the order and augmentation of epoch e do not depend on
             # how many epochs this process has run, so a resumed run matches.
-            epoch_seed = seed * 1000 + epoch
+            epoch_seed = data_epoch_seed(seed, epoch)
             return splits.train.batches(
                 image_size, batch, shuffle_seed=epoch_seed,
                 augment=augmentation(config.augment, seed=epoch_seed) if config.augment else None,

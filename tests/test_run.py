@@ -129,3 +129,37 @@ def test_balanced_class_weights_apply_to_binary_and_are_refused_for_multilabel()
     multilabel = kerastl.RunConfig(task="multilabel", class_weight="balanced")
     with pytest.raises(kerastl.ConfigError, match="multilabel"):
         _class_weights(multilabel, np.array([[0, 1], [1, 1]]), 2)
+
+
+# ------------------------------------------------------------------ equivalences
+def _assert_same_model(a: keras.Model, b: keras.Model, images: np.ndarray) -> None:
+    """Weights of base and head, and outputs in both call modes, within float round-off.
+
+    The two runs compute the same function along different paths (cached features vs
+    images through the base): float32 round-off of oneDNN kernels only, hence rtol
+    1e-5 plus an absolute term for values near zero.
+    """
+    assert [w.path for w in a.weights] == [w.path for w in b.weights]
+    for x, y in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6,
+                                   err_msg=x.path)
+    for training in (True, False):
+        np.testing.assert_allclose(np.asarray(a(images, training=training)),
+                                   np.asarray(b(images, training=training)),
+                                   rtol=1e-5, atol=1e-6, err_msg=f"training={training}")
+
+
+def test_a_cached_run_equals_an_uncached_run(tmp_path):
+    splits = _digits_splits(n_train=40, n_val=16, test=False)
+    common = dict(**_source(), mode="frozen", epochs=2, dropout=0.2)
+    cached = fit(_config(tmp_path, "cached", **common), splits=splits)
+    uncached = fit(_config(tmp_path, "images", **common, feature_cache="off"), splits=splits)
+    assert any("cached base features" in note for note in cached.notes)
+    assert not any("cached base features" in note for note in uncached.notes)
+    for a, b in zip(cached.history, uncached.history, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    images = next(iter(splits.val.batches(32, 8)))[0].numpy()
+    # Dropout is active in training=True calls: both models draw the same masks only if
+    # their seed states advanced alike.
+    _assert_same_model(cached.model, uncached.model, images)
