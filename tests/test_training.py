@@ -76,12 +76,16 @@ def test_validation_of_unknown_cardinality_is_read_to_the_end():
 
 
 # ------------------------------------------------------------------ step variants
-def _finetune_run(steps_per_execution: int = 1, precision: str = "float32") -> dict:
-    """Five SGD steps fine-tuning the top two blocks of the source backbone, from seed 0."""
+FINETUNE = Phase("top", 1, mode="finetune", unfreeze_blocks=2, lr=0.05)
+
+
+def _finetune_run(steps_per_execution: int = 1, precision: str = "float32",
+                  phase: Phase = FINETUNE, bn_policy: str = "frozen") -> dict:
+    """Five SGD steps of ``phase`` (the top two blocks) on the source backbone, seed 0."""
     keras.utils.set_random_seed(0)
     keras.mixed_precision.set_global_policy(precision)
     try:
-        model = source_model(3)
+        model = source_model(3, bn_policy=bn_policy)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     rng = np.random.default_rng(0)
@@ -91,8 +95,7 @@ def _finetune_run(steps_per_execution: int = 1, precision: str = "float32") -> d
     trainer = Trainer(model, tf.distribute.get_strategy(), optimizer="sgd", schedule="constant",
                       steps_per_execution=steps_per_execution, verbose=0,
                       wrap_optimizer=lambda optimizer: loss_scale_optimizer(optimizer, precision))
-    state = trainer.run([Phase("top", 1, mode="finetune", unfreeze_blocks=2, lr=0.05)],
-                        lambda phase: PhaseData(model, lambda epoch: dataset, None, 5))
+    state = trainer.run([phase], lambda phase: PhaseData(model, lambda epoch: dataset, None, 5))
     moved = {path: np.array(w) - before[path] for path, w in
              ((w.path, w) for w in model.weights) if not np.array_equal(w, before[path])}
     return {"moved": moved, "loss": state.history[-1]["loss"], "trainer": trainer,
@@ -185,3 +188,29 @@ def test_class_weights_for_multilabel_are_refused():
     with pytest.raises(kerastl.ConfigError, match="multilabel"):
         Trainer(model, tf.distribute.get_strategy(), task="multilabel",
                 class_weights=[1.0, 2.0, 1.0])
+
+
+def _batchnorm_variables(model) -> list[str]:
+    return [v.path for layer in model.get_layer("backbone").layers
+            if isinstance(layer, keras.layers.BatchNormalization) for v in layer.weights]
+
+
+def test_trainer_finetune_keeps_batchnorm_statistics(single_step_float32):
+    run = single_step_float32
+    batchnorm = _batchnorm_variables(run["model"])
+    assert len(batchnorm) == 4 * 34
+    assert not set(batchnorm) & set(run["moved"])  # moving statistics, gamma, beta
+    assert any("expanded_conv_10" in path for path in run["moved"])
+
+
+@pytest.mark.parametrize("bn_policy", ["frozen", "train"])
+def test_trainer_full_keeps_batchnorm_statistics_unless_bn_policy_train(bn_policy):
+    run = _finetune_run(phase=Phase("full", 1, mode="full", lr=0.05, bn_policy=bn_policy),
+                        bn_policy=bn_policy)
+    batchnorm = set(_batchnorm_variables(run["model"]))
+    moved_statistics = {p for p in run["moved"] if p in batchnorm and "moving" in p}
+    assert any(path.startswith("conv/") for path in run["moved"])  # the stem trained
+    if bn_policy == "frozen":
+        assert not batchnorm & set(run["moved"])
+    else:  # the control: BatchNorm that trains does update its statistics
+        assert len(moved_statistics) == 2 * 34
