@@ -103,25 +103,6 @@ def test_resume_with_precision_float32_after_a_mixed_float16_run(tmp_path):
 
 
 # ------------------------------------------------------------------ what is reported
-def test_final_loss_has_the_definition_of_val_loss(tmp_path):
-    # Label smoothing included in both; evaluated on the validation split (no test).
-    from kerastl.training import predict
-
-    splits = _digits_splits(n_train=32, n_val=16, test=False)
-    result = fit(_config(tmp_path, "loss", **_source(), mode="frozen", epochs=1,
-                         label_smoothing=0.2), splits=splits)
-    assert result.metrics["evaluated_on"] == "validation"
-    assert result.metrics["loss"] == pytest.approx(result.history[-1]["val_loss"], rel=1e-5)
-    probs, labels = predict(result.model, splits.val.batches(32, 16))
-    plain = float(np.mean(-np.log(probs[np.arange(len(labels)), labels])))
-    assert result.metrics["cross_entropy"] == pytest.approx(plain, rel=1e-5)
-    assert abs(result.metrics["cross_entropy"] - result.metrics["loss"]) > 1e-3
-    definitions = result.metrics["definitions"]
-    assert "label_smoothing=0.2" in definitions["loss"] and "val_loss" in definitions["loss"]
-    saved = json.loads((result.output_dir / "metrics.json").read_text())
-    assert saved["loss"] == result.metrics["loss"]
-
-
 def test_balanced_class_weights_apply_to_binary_and_are_refused_for_multilabel():
     from kerastl.run import _class_weights
 
@@ -151,11 +132,23 @@ def _assert_same_model(a: keras.Model, b: keras.Model, images: np.ndarray) -> No
                                    rtol=1e-5, atol=1e-6, err_msg=f"training={training}")
 
 
-def test_a_cached_run_equals_an_uncached_run(tmp_path):
+@pytest.fixture(scope="module")
+def cached_and_uncached(tmp_path_factory):
+    """The same frozen run twice (seed, data, --augment none): cached features, images.
+
+    Label smoothing on and no test split, so the final evaluation is on the
+    validation split with the definition of val_loss.
+    """
+    tmp_path = tmp_path_factory.mktemp("cache")
     splits = _digits_splits(n_train=40, n_val=16, test=False)
-    common = dict(**_source(), mode="frozen", epochs=2, dropout=0.2)
+    common = dict(**_source(), mode="frozen", epochs=2, dropout=0.2, label_smoothing=0.2)
     cached = fit(_config(tmp_path, "cached", **common), splits=splits)
     uncached = fit(_config(tmp_path, "images", **common, feature_cache="off"), splits=splits)
+    return splits, cached, uncached
+
+
+def test_a_cached_run_equals_an_uncached_run(cached_and_uncached):
+    splits, cached, uncached = cached_and_uncached
     assert any("cached base features" in note for note in cached.notes)
     assert not any("cached base features" in note for note in uncached.notes)
     for a, b in zip(cached.history, uncached.history, strict=True):
@@ -165,3 +158,19 @@ def test_a_cached_run_equals_an_uncached_run(tmp_path):
     # Dropout is active in training=True calls: both models draw the same masks only if
     # their seed states advanced alike.
     _assert_same_model(cached.model, uncached.model, images)
+
+
+def test_final_loss_has_the_definition_of_val_loss(cached_and_uncached):
+    from kerastl.training import predict
+
+    splits, result, _ = cached_and_uncached
+    assert result.metrics["evaluated_on"] == "validation"
+    assert result.metrics["loss"] == pytest.approx(result.history[-1]["val_loss"], rel=1e-5)
+    probs, labels = predict(result.model, splits.val.batches(32, 16))
+    plain = float(np.mean(-np.log(probs[np.arange(len(labels)), labels])))
+    assert result.metrics["cross_entropy"] == pytest.approx(plain, rel=1e-5)
+    assert abs(result.metrics["cross_entropy"] - result.metrics["loss"]) > 1e-3
+    definitions = result.metrics["definitions"]
+    assert "label_smoothing=0.2" in definitions["loss"] and "val_loss" in definitions["loss"]
+    saved = json.loads((result.output_dir / "metrics.json").read_text())
+    assert saved["loss"] == result.metrics["loss"]
