@@ -141,26 +141,51 @@ def _free_ports(n: int) -> list[int]:
             sock.close()
 
 
+def _cli_flags(output: Path, batch_size: int) -> list[str]:
+    """A short fine-tuning run from the source backbone (float32, no dropout: the
+    workers' runs are compared with a single process, where masks would differ)."""
+    source = _source_backbone()
+    return ["--data", str(SAMPLES / "train"), "--val-data", str(SAMPLES / "val"),
+            "--test-data", str(SAMPLES / "test"), "--image-size", "32",
+            "--batch-size", str(batch_size), "--backbone", source["backbone"],
+            "--backbone-args",
+            ",".join(f"{k}={v}" for k, v in source["backbone_kwargs"].items()),
+            "--weights", source["weights"], "--precision", "float32", "--dropout", "0",
+            "--augment", "none", "--feature-cache", "off", "--mode", "finetune",
+            "--unfreeze-blocks", "2", "--epochs", "2", "--head-epochs", "1",
+            "--optimizer", "sgd", "--seed", "5", "--verbose", "0", "--output", str(output)]
+
+
+def _assert_same_model(expected, actual, images, **tolerance) -> None:
+    """Every weight (base and head) and outputs of training=True and training=False calls."""
+    assert [w.path for w in actual.weights] == [w.path for w in expected.weights]
+    for a, b in zip(actual.weights, expected.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), err_msg=a.path, **tolerance)
+    for training in (True, False):
+        np.testing.assert_allclose(np.asarray(actual(images, training=training)),
+                                   np.asarray(expected(images, training=training)),
+                                   err_msg=f"training={training}", **tolerance)
+
+
 def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     workers, logs = [], []
-    for index in range(2):
+    for index in range(3):  # two workers, and one process alone with the same global batch
         output = tmp_path / f"out{index}"
         scratch = tmp_path / f"tmp{index}"  # the non-chief's throw-away outputs land here
         scratch.mkdir()
         log = open(tmp_path / f"worker{index}.log", "w")  # noqa: SIM115
         logs.append(log)
-        env = _child_env(TF_CONFIG=json.dumps({"cluster": cluster,
-                                               "task": {"type": "worker", "index": index}}),
-                         TMPDIR=str(scratch))
+        alone = index == 2
+        env = _child_env(TMPDIR=str(scratch)) if alone else _child_env(
+            TF_CONFIG=json.dumps({"cluster": cluster,
+                                  "task": {"type": "worker", "index": index}}),
+            TMPDIR=str(scratch))
+        strategy = ["--strategy", "default"] if alone else ["--strategy", "multiworker"]
         workers.append(subprocess.Popen(
-            [sys.executable, "-m", "kerastl.train", "--strategy", "multiworker",
-             "--data", str(SAMPLES / "train"), "--val-data", str(SAMPLES / "val"),
-             "--test-data", str(SAMPLES / "test"), "--image-size", "32", "--batch-size", "32",
-             "--backbone", "MobileNetV2", "--backbone-args", "alpha=0.35", "--weights", "none",
-             "--augment", "none", "--feature-cache", "off", "--mode", "frozen",
-             "--epochs", "1", "--seed", "5", "--verbose", "0", "--output", str(output)],
+            [sys.executable, "-m", "kerastl.train", *strategy,
+             *_cli_flags(output, batch_size=64 if alone else 32)],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
         ))
     try:
@@ -176,8 +201,8 @@ def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
                 worker.wait()
         for log in logs:
             log.close()
-    tails = [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(2)]
-    assert codes == [0, 0], tails
+    tails = [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(3)]
+    assert codes == [0, 0, 0], tails
 
     import kerastl
 
@@ -190,13 +215,26 @@ def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
     saved_by_worker1 = list((tmp_path / "tmp1").glob("kerastl-worker1-*/model.keras"))
     assert len(saved_by_worker1) == 1
     assert not list((tmp_path / "tmp0").glob("kerastl-worker*"))
-    chief = kerastl.load_model(chief_out / "model.keras").get_weights()
-    other = kerastl.load_model(saved_by_worker1[0]).get_weights()
-    assert len(chief) == len(other) > 0
-    for a, b in zip(chief, other, strict=True):
-        np.testing.assert_array_equal(a, b)
-    # 500 training images over a global batch of 64 end in a partial batch, split
-    # unevenly across the workers; training and validation still complete.
+    chief = kerastl.load_model(chief_out / "model.keras")
+    other = kerastl.load_model(saved_by_worker1[0])
+    alone = kerastl.load_model(tmp_path / "out2" / "model.keras")
+    images = next(iter(kerastl.data.from_folder(SAMPLES / "test").batches(32, 8)))[0]
+    _assert_same_model(chief, other, images, rtol=0, atol=0)  # synchronised: identical
+    # Two workers of 32 train like one process with batches of 64: gradients summed
+    # across workers differ from one device's by float32 round-off only.
+    _assert_same_model(alone, chief, images, rtol=1e-4, atol=1e-6)
+    source = kerastl.build_model(_source_backbone()["backbone"], 5, input_shape=32,
+                                 weights=_source_backbone()["weights"],
+                                 backbone_kwargs=_source_backbone()["backbone_kwargs"])
+    moved = [not np.array_equal(a, b) for a, b in
+             zip(chief.get_layer("backbone").get_weights(),
+                 source.get_layer("backbone").get_weights(), strict=True)]
+    assert sum(moved) >= 8  # the top two blocks fine-tuned across the workers
+    # 500 training images over a global batch of 64 end in a partial batch of 52,
+    # split across the workers; training and validation still complete.
     rows = read_history_csv(chief_out / "history.csv")
-    assert [row["epoch"] for row in rows] == [1]
-    assert np.isfinite(rows[0]["loss"]) and np.isfinite(rows[0]["val_loss"])
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert all(np.isfinite(row["loss"]) and np.isfinite(row["val_loss"]) for row in rows)
+    alone_rows = read_history_csv(tmp_path / "out2" / "history.csv")
+    for row, reference in zip(rows, alone_rows, strict=True):
+        assert row["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)
