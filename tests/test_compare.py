@@ -59,11 +59,11 @@ def test_regimes_share_data_and_epoch_budget(every_regime):
         assert row["epochs"] == (None if row["regime"] == "sklearn-logreg" else 1)
     accuracy = {row["regime"]: row["accuracy"] for row in rows}
     # One epoch (8 steps) from the source backbone, measured on 300 test images with
-    # seeds 3, 4, 5: frozen 0.34-0.46, finetune 0.42-0.45, logistic regression 0.887,
-    # scratch 0.20 (one class). Bars well below the worst: pretrained features carry
-    # over, a random base at one epoch does not.
+    # seeds 3, 4, 5 in float32 / mixed_bfloat16: frozen 0.31-0.42 / 0.34-0.46, finetune
+    # 0.37-0.47 / 0.42-0.45, logistic regression 0.887, scratch 0.20 (one class). Bars
+    # below the worst: pretrained features carry over, a random base at one epoch not.
     assert accuracy["sklearn-logreg"] > 0.7
-    assert accuracy["frozen"] > CHANCE + 0.07 and accuracy["finetune"] > CHANCE + 0.07
+    assert accuracy["frozen"] > CHANCE + 0.05 and accuracy["finetune"] > CHANCE + 0.05
     assert accuracy["scratch"] < min(accuracy["frozen"], accuracy["finetune"])
     params = {row["regime"]: row["trainable_params"] for row in rows}
     # The scratch model trains everything, the frozen one only its head; the
