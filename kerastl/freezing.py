@@ -350,7 +350,16 @@ def base_nodes(model: keras.Model) -> list:
 
 
 def base_called_in_inference(model: keras.Model) -> bool:
-    """True when ``model`` calls its base with ``training=False`` (bn_policy="frozen")."""
+    """True when ``model`` calls its base with ``training=False`` (bn_policy="frozen").
+
+    Example:
+        >>> import kerastl
+        >>> model = kerastl.build_model("VGG16", 2, input_shape=32, weights=None,
+        ...                             bn_policy="train")
+        >>> _ = kerastl.features.feature_extractor(model)  # calls the base, training=False
+        >>> base_called_in_inference(model)
+        False
+    """
     nodes = base_nodes(model)
     return bool(nodes) and all(node.arguments.kwargs.get("training") is False
                                for node in nodes)
