@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,9 +69,11 @@ def save_checkpoint(
     final = directory / f"{_PREFIX}{state.epoch:04d}"
     with atomic_directory(final) as tmp:
         model.save_weights(str(tmp / MODEL_WEIGHTS_FILE))
-        variables = optimizer.variables if optimizer is not None else []
+        named = _named_variables(optimizer) if optimizer is not None else []
+        values = {f"v{i:04d}": np.asarray(v) for i, (_, v) in enumerate(named)}
+        values[_NAMES] = np.array([name for name, _ in named], dtype=str)
         with open(tmp / "optimizer.npz", "wb") as handle:
-            np.savez(handle, **{f"v{i:04d}": np.asarray(v) for i, v in enumerate(variables)})
+            np.savez(handle, **values)
         # Dropout's random state is a variable that `save_weights` leaves out; without it
         # a resumed run would draw different masks than an uninterrupted one.
         seeds = {f"s{i:04d}": np.asarray(v) for i, v in enumerate(_seed_states(model))}
@@ -113,12 +116,14 @@ def read_state(checkpoint: Path) -> TrainState:
 
 
 def latest_readable_state(directory: str | Path) -> tuple[Path, TrainState] | None:
-    """Newest checkpoint whose ``state.json`` parses; older ones are fallbacks."""
+    """Newest checkpoint whose every file reads back; older ones are fallbacks."""
     for checkpoint in reversed(list_checkpoints(directory)):
         try:
             _check_readable(checkpoint)
             return checkpoint, read_state(checkpoint)
-        except (OSError, ValueError, TypeError, KeyError) as error:
+        # A truncated .npz raises BadZipFile or EOFError, neither an OSError.
+        except (OSError, ValueError, TypeError, KeyError, EOFError,
+                zipfile.BadZipFile) as error:
             warnings.warn(
                 f"Checkpoint {str(checkpoint)!r} is unreadable ({error}); falling back to the "
                 "previous one.",
@@ -128,14 +133,23 @@ def latest_readable_state(directory: str | Path) -> tuple[Path, TrainState] | No
 
 
 def _check_readable(checkpoint: Path) -> None:
-    """Open every file of a checkpoint; a truncated file raises ``OSError``."""
+    """Read every file of a checkpoint, so a truncated one raises here, not mid-restore."""
     import h5py
 
     with h5py.File(checkpoint / MODEL_WEIGHTS_FILE, "r") as handle:
         handle.visit(lambda name: None)
-    with np.load(checkpoint / "optimizer.npz", allow_pickle=False) as values:
-        for key in values.files:
-            values[key]
+    arrays = ["optimizer.npz"]
+    if (checkpoint / "rng.npz").exists():  # older checkpoints have none
+        arrays.append("rng.npz")
+    for name in arrays:
+        _read_npz(checkpoint / name)
+    read_state(checkpoint)
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (our own handle: NumPy leaks it on a bad zip)."""
+    with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as values:
+        return {key: values[key] for key in values.files}
 
 
 def _seed_states(model: keras.Model) -> list:
@@ -145,23 +159,92 @@ def _seed_states(model: keras.Model) -> list:
 def restore_weights(checkpoint: Path, model: keras.Model, optimizer: Any) -> None:
     """Load model (and optimizer) variables; raises ``OSError``/``ValueError`` if corrupt.
 
-    ``optimizer=None`` restores the model only (a phase boundary).
+    ``optimizer=None`` restores the model only (a phase boundary). Optimizer
+    variables are matched by name, so a run resumed with another ``--precision``
+    keeps its slots and step count: the loss-scale state of a ``mixed_float16``
+    checkpoint is left out of a float32 optimizer, and a ``mixed_float16`` run
+    resumed from a float32 checkpoint starts a fresh loss scale (each with a warning).
     """
     model.load_weights(str(checkpoint / MODEL_WEIGHTS_FILE))
     if (checkpoint / "rng.npz").is_file():
-        with np.load(checkpoint / "rng.npz", allow_pickle=False) as values:
-            states = [values[key] for key in sorted(values.files)]
+        seeds = _read_npz(checkpoint / "rng.npz")
+        states = [seeds[key] for key in sorted(seeds)]
         for variable, value in zip(_seed_states(model), states, strict=True):
             variable.assign(value)
     if optimizer is None:
         return
-    with np.load(checkpoint / "optimizer.npz", allow_pickle=False) as values:
-        saved = [values[key] for key in sorted(values.files)]
-    variables = list(optimizer.variables)
-    if len(saved) != len(variables):
+    saved = _read_npz(checkpoint / "optimizer.npz")
+    names = saved.pop(_NAMES, None)
+    values = [saved[key] for key in sorted(saved)]
+    current = _named_variables(optimizer)
+    if names is None or not _unique(names.tolist()) or not _unique([n for n, _ in current]):
+        _restore_by_position(checkpoint, [v for _, v in current], values)
+    else:
+        _restore_by_name(checkpoint, current, dict(zip(names.tolist(), values, strict=True)))
+
+
+# Loss scaling (mixed_float16) is the one part of the optimizer state that may come
+# or go between a run and its resumption (--precision); everything else must match.
+_LOSS_SCALE = "loss_scale/"
+_NAMES = "names"
+
+
+def _named_variables(optimizer: Any) -> list[tuple[str, Any]]:
+    """Optimizer variables under names that do not depend on the optimizer's number.
+
+    Keras paths start with the optimizer's per-process name (``sgd_1/...``), and a
+    ``LossScaleOptimizer`` lists its own variables before its inner optimizer's; the
+    variable names (``iteration``, ``<model variable>_momentum``) are stable.
+    """
+    named = []
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        inner = {id(v) for v in optimizer.inner_optimizer.variables}
+        named += [(_LOSS_SCALE + v.name, v) for v in optimizer.variables if id(v) not in inner]
+        optimizer = optimizer.inner_optimizer
+    return named + [(f"optimizer/{v.name}", v) for v in optimizer.variables]
+
+
+def _unique(names: list[str]) -> bool:
+    return len(set(names)) == len(names)
+
+
+def _restore_by_position(checkpoint: Path, variables: list, values: list) -> None:
+    """Checkpoints written before names were saved: same optimizer, same order."""
+    if len(values) != len(variables):
         raise ValueError(
-            f"optimizer state in {str(checkpoint)!r} has {len(saved)} variables, the "
+            f"optimizer state in {str(checkpoint)!r} has {len(values)} variables, the "
             f"rebuilt optimizer {len(variables)}"
         )
-    for variable, value in zip(variables, saved, strict=True):
+    for variable, value in zip(variables, values, strict=True):
         variable.assign(value)
+
+
+def _restore_by_name(checkpoint: Path, current: list[tuple[str, Any]], saved: dict) -> None:
+    rebuilt_only = [name for name, _ in current if name not in saved]
+    saved_only = [name for name in saved if name not in dict(current)]
+    mismatched = [n for n in rebuilt_only + saved_only if not n.startswith(_LOSS_SCALE)]
+    mismatched += [name for name, v in current
+                   if name in saved and tuple(saved[name].shape) != tuple(v.shape)]
+    if mismatched:
+        raise ValueError(
+            f"optimizer state in {str(checkpoint)!r} does not match the rebuilt optimizer: "
+            f"{mismatched[:5]} differ (saved only: {saved_only[:3]}, rebuilt only: "
+            f"{rebuilt_only[:3]}). Resume with the --optimizer and model of the saved run."
+        )
+    for name, variable in current:
+        if name in saved:
+            variable.assign(saved[name])
+    if saved_only:
+        warnings.warn(
+            f"Checkpoint {str(checkpoint)!r} was written with loss scaling "
+            "(mixed_float16); its loss-scale state is not restored, since this run does "
+            "not scale the loss. Optimizer slots and step count are restored.",
+            stacklevel=3,
+        )
+    if rebuilt_only:
+        warnings.warn(
+            f"Checkpoint {str(checkpoint)!r} was written without loss scaling; this "
+            "mixed_float16 run starts with a fresh loss scale. Optimizer slots and step "
+            "count are restored.",
+            stacklevel=3,
+        )

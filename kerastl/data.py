@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import keras  # noqa: E402  (after the backend is pinned)
 import numpy as np
+import PIL
 import tensorflow as tf
 from PIL import Image
 from sklearn.model_selection import train_test_split
@@ -35,6 +36,12 @@ from .errors import ConfigError, DataError
 
 BAD_FILE_POLICIES = ("error", "skip")
 AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast", "translate")
+# How images become pixels (files: PIL with EXIF orientation and RGB conversion,
+# bilinear resize to uint8; arrays: tf.image.resize, bilinear). Part of every
+# fingerprint, so caches of decoded images or features never outlive a change of it.
+DECODE_METHOD = f"PIL {PIL.__version__} open_rgb, BILINEAR, uint8; arrays: tf.image bilinear"
+# Files hashed by content (``fingerprint(content=True)``) read this much of each end.
+CONTENT_SAMPLE_BYTES = 64 * 1024
 # Factor of each random augmentation: ±10% (of a full turn for rotation, of the size
 # for zoom, of the contrast), the values of the Keras transfer-learning guide.
 AUGMENTATION_FACTOR = 0.1
@@ -106,11 +113,17 @@ class ImageData:
             skipped=dict(self.skipped),
         )
 
-    def fingerprint(self) -> str:
-        """SHA-256 that changes when the images, labels or classes change.
+    def fingerprint(self, content: bool = False) -> str:
+        """SHA-256 that changes when the images, labels, classes or decoder change.
 
-        Files are identified by path, size and modification time (cheap: no file is
-        read); arrays by their bytes. Caches of decoded images or features key on it.
+        Arrays are identified by their bytes. Files by path, size and modification
+        time (cheap: no file is read), or with ``content=True`` also by their bytes:
+        the first and last :data:`CONTENT_SAMPLE_BYTES` (the whole file when smaller),
+        so a replacement that keeps size and time (``cp -p``, ``rsync -t``) is seen.
+        Caches that outlive the process (a feature cache on disk) need ``content``.
+
+        Args:
+            content: bool. Also hash the bytes of each file. Defaults to False.
 
         Example:
             >>> data = from_arrays(np.zeros((2, 8, 8), "uint8"), [0, 1])
@@ -118,13 +131,15 @@ class ImageData:
             True
         """
         digest = hashlib.sha256()
-        digest.update(json.dumps(self.class_names).encode())
+        digest.update(json.dumps([self.class_names, DECODE_METHOD]).encode())
         labels = np.ascontiguousarray(self.labels)
         digest.update(f"{labels.dtype.str}{labels.shape}".encode() + labels.tobytes())
         if self.files is not None:
             for path in self.files:
                 stat = os.stat(path)
                 digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                if content:
+                    digest.update(_content_sample(path, stat.st_size))
         else:
             images = np.ascontiguousarray(self.images)
             digest.update(f"{images.dtype.str}{images.shape}".encode() + images.tobytes())
@@ -259,6 +274,33 @@ class ImageData:
             return tf.cast(image, tf.float32)
 
         return load
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Shuffle (and augmentation) seed of one training epoch.
+
+    A pure function of the run's seed and the epoch, so a resumed run sees the order
+    an uninterrupted one saw, and training on cached features sees the order that
+    training on images does (``ImageData.batches(shuffle_seed=epoch_seed(...))``).
+
+    Example:
+        >>> epoch_seed(5, 2)
+        5002
+    """
+    return int(seed) * 1000 + int(epoch)
+
+
+def _content_sample(path: str, size: int) -> bytes:
+    """SHA-256 of a file's first and last blocks (its whole content when small)."""
+    with open(path, "rb") as handle:
+        head = handle.read(CONTENT_SAMPLE_BYTES)
+        tail = b""
+        if size > 2 * CONTENT_SAMPLE_BYTES:
+            handle.seek(-CONTENT_SAMPLE_BYTES, os.SEEK_END)
+            tail = handle.read()
+        elif size > CONTENT_SAMPLE_BYTES:
+            tail = handle.read()
+    return hashlib.sha256(head + tail).digest()
 
 
 def _decode_file(path: str, image_size: int) -> np.ndarray:

@@ -37,7 +37,13 @@ import tensorflow as tf
 
 from . import _backend  # noqa: F401
 from .errors import ConfigError, DataError
-from .freezing import BACKBONE_LAYER, PREPROCESS_LAYER, find_backbone
+from .freezing import (
+    BACKBONE_LAYER,
+    PREPROCESS_LAYER,
+    base_called_in_inference,
+    base_nodes,
+    find_backbone,
+)
 
 POOLINGS = (None, "avg", "max")
 # --feature-cache: "auto" trains frozen phases on cached base features when that
@@ -103,8 +109,8 @@ def head_model(model: keras.Model) -> keras.Model:
         >>> head.input_shape, head.layers[-1] is model.get_layer("predictions")
         ((None, 1, 1, 512), True)
     """
-    base, _ = find_backbone(model)
-    nodes = [n for ns in model._nodes_by_depth.values() for n in ns if n.operation is base]
+    find_backbone(model)
+    nodes = base_nodes(model)
     if len(nodes) != 1:
         raise ConfigError(
             f"Model {model.name!r} calls its '{BACKBONE_LAYER}' layer {len(nodes)} times; "
@@ -325,9 +331,11 @@ def cache_key(
     """Name cached features by everything they depend on.
 
     A SHA-256 over the backbone name, the base's weight values (so other weights
-    never reuse features), the base's input and output shapes and compute dtype,
-    the preprocessing layer's config, the data fingerprint, the image size, and the
-    augmentation (its config and pass number).
+    never reuse features), its weightless settings (each layer's config), the
+    kerastl, Keras and TensorFlow versions, the image decoder
+    (:data:`kerastl.data.DECODE_METHOD`), the base's input and output shapes and
+    compute dtype, the preprocessing layer's config, the data fingerprint, the image
+    size, and the augmentation (its config and pass number).
 
     Args:
         model: keras.Model. Built by :func:`kerastl.build_model`.
@@ -346,10 +354,15 @@ def cache_key(
         >>> cache_key(model, "data-v1", 32).startswith("vgg16-32-")
         True
     """
+    from . import data as data_module
+
     base, entry = find_backbone(model)
     parts = [
         entry.name,
         _weights_digest(base),
+        _architecture_digest(base),
+        _versions(),
+        data_module.DECODE_METHOD,
         tuple(base.input_shape),
         tuple(base.output_shape),
         base.compute_dtype,
@@ -374,6 +387,33 @@ def _weights_digest(base: keras.Model) -> str:
     return digest.hexdigest()
 
 
+def _architecture_digest(base: keras.Model) -> str:
+    """What the base computes besides its weights: every operation's class and config.
+
+    Weightless settings change features without changing any weight
+    (``include_preprocessing`` adds a Rescaling layer; activations, padding...).
+    Names are left out: Keras numbers unnamed layers per process (``re_lu_24``).
+    """
+    digest = hashlib.sha256()
+    for operation in base.operations:
+        try:
+            config = dict(operation.get_config())
+        except NotImplementedError:  # an op without a config: its class says what it does
+            config = {}
+        config.pop("name", None)
+        config.pop("trainable", None)  # the extractor runs the base in inference mode
+        digest.update(type(operation).__name__.encode())
+        digest.update(json.dumps(config, sort_keys=True, default=repr).encode())
+    return digest.hexdigest()
+
+
+def _versions() -> tuple[str, str, str]:
+    """kerastl, Keras and TensorFlow versions: kernels and layers change between them."""
+    import kerastl
+
+    return kerastl.__version__, keras.__version__, tf.__version__
+
+
 def _augment_description(augment: Any) -> str | None:
     if augment is None:
         return None
@@ -383,12 +423,15 @@ def _augment_description(augment: Any) -> str | None:
     return repr(augment)
 
 
-def data_fingerprint(data: Any) -> str:
+def data_fingerprint(data: Any, content: bool = False) -> str:
     """A stable identity of the data, for :func:`cache_key`.
 
     Args:
         data: an ``ImageData`` (its own ``fingerprint()``), an image array or an
             ``(images, labels)`` tuple (hashed).
+        content: bool. Identify files by their bytes too, not only path, size and
+            time: needed when the cache outlives the process (on disk). Defaults to
+            False.
 
     Returns:
         A hex string.
@@ -404,7 +447,7 @@ def data_fingerprint(data: Any) -> str:
         False
     """
     if _is_image_data(data):
-        return str(data.fingerprint())
+        return str(data.fingerprint(content=True) if content else data.fingerprint())
     if isinstance(data, tf.data.Dataset):
         raise DataError(
             "The feature cache cannot fingerprint a tf.data.Dataset without reading it; "
@@ -658,12 +701,8 @@ def cache_applies(model: keras.Model, augment: Any = None, *,
 
 
 def _has_active_dropout(model: keras.Model, base: keras.Model) -> bool:
-    called_in_inference = all(
-        node.arguments.kwargs.get("training") is False
-        for ns in model._nodes_by_depth.values() for node in ns if node.operation is base
-    )
     dropouts = (keras.layers.Dropout, keras.layers.SpatialDropout2D)
-    return not called_in_inference and any(
+    return not base_called_in_inference(model) and any(
         isinstance(layer, dropouts) and float(layer.rate) > 0 for layer in base.layers
     )
 
@@ -740,8 +779,10 @@ def cached_feature_datasets(
 
     def cached(data: Any, augment_pass: int | None) -> Features:
         pass_augment = augment if augment_pass is not None else None
-        key = cache_key(model, data_fingerprint(data), image_size, augment_pass,
-                        augment=pass_augment)
+        # A cache on disk outlives this process: a file replaced since (cp -p keeps
+        # size and time) must not match, so files are identified by their bytes.
+        fingerprint = data_fingerprint(data, content=cache.directory is not None)
+        key = cache_key(model, fingerprint, image_size, augment_pass, augment=pass_augment)
 
         def compute() -> Features:
             features, labels = run_extractor(extractor, data, batch_size=batch_size,
@@ -757,8 +798,11 @@ def cached_feature_datasets(
     served = [_Served(*p) for p in passes]
 
     def train_epoch(epoch: int) -> tf.data.Dataset:
+        from .data import epoch_seed
+
         source = served[epoch % len(served)]
-        order = np.random.default_rng([int(seed), int(epoch)]).permutation(source.rows)
+        # The order ImageData.batches gives the image path, so both paths train alike.
+        order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(source.rows)
         return source.batches(order, batch_size)
 
     val_dataset = None

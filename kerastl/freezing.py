@@ -346,7 +346,7 @@ def set_regime(
     base, backbone = find_backbone(model)
     if mode == "scratch":
         bn_policy = "train"
-    if bn_policy == "train" and _base_called_in_inference(model):
+    if bn_policy == "train" and base_called_in_inference(model):
         raise ConfigError(
             "This model was built with bn_policy='frozen', so its base is called with "
             "training=False and BatchNorm cannot train; received bn_policy='train'. "
@@ -369,9 +369,32 @@ def set_regime(
     return plan
 
 
-def _base_called_in_inference(model: keras.Model) -> bool:
+def base_nodes(model: keras.Model) -> list:
+    """The nodes of ``model``'s own graph that call its ``backbone`` layer.
+
+    A layer records every call in ``_inbound_nodes``, whichever model made it: the
+    extractor of :func:`kerastl.features.feature_extractor` calls the same base with
+    ``training=False``. Only this model's own nodes say how *it* calls the base.
+    """
     base = model.get_layer(BACKBONE_LAYER)
-    return any(node.arguments.kwargs.get("training") is False for node in base._inbound_nodes)
+    return [node for nodes in model._nodes_by_depth.values() for node in nodes
+            if node.operation is base]
+
+
+def base_called_in_inference(model: keras.Model) -> bool:
+    """True when ``model`` calls its base with ``training=False`` (bn_policy="frozen").
+
+    Example:
+        >>> import kerastl
+        >>> model = kerastl.build_model("VGG16", 2, input_shape=32, weights=None,
+        ...                             bn_policy="train")
+        >>> _ = kerastl.features.feature_extractor(model)  # calls the base, training=False
+        >>> base_called_in_inference(model)
+        False
+    """
+    nodes = base_nodes(model)
+    return bool(nodes) and all(node.arguments.kwargs.get("training") is False
+                               for node in nodes)
 
 
 def _layers_to_train(

@@ -14,7 +14,7 @@ import numpy as np
 from . import _backend  # noqa: F401
 from .errors import DataError
 from .model import load_model
-from .training import make_loss, predict
+from .training import evaluation_losses, predict
 
 
 def load_run_labels(model_path: str | os.PathLike) -> dict:
@@ -43,12 +43,15 @@ def evaluate_folder(model_path, data_dir, *, output=None, batch_size: int = 64) 
     data = from_folder(data_dir, class_names=labels["class_names"])
     size = int(model.input_shape[1])
     probs, y = predict(model, data.batches(size, batch_size))
-    loss = float(np.mean(make_loss(labels.get("task", "multiclass"))(y, probs)))
+    task = labels.get("task", "multiclass")
+    # The run's loss definition (label smoothing, class weights), as in its metrics.json.
+    losses = evaluation_losses(task, y, probs, **labels.get("loss", {}))
+    loss = losses.pop("loss")
     if output is not None:
-        return write_evaluation(output, y, probs, labels["class_names"],
-                                task=labels.get("task", "multiclass"), loss=loss)
-    return {"loss": loss, **classification_metrics(y, probs, labels["class_names"],
-                                                    task=labels.get("task", "multiclass"))}
+        return write_evaluation(output, y, probs, labels["class_names"], task=task,
+                                loss=loss, extra=losses)
+    return {"loss": loss, **classification_metrics(y, probs, labels["class_names"], task=task),
+            **losses}
 
 
 def predict_paths(model_path, inputs: Sequence[str], *, output=None, batch_size: int = 64) -> str:

@@ -85,7 +85,8 @@ def classification_metrics(
 
     Returns:
         A JSON-ready dict: ``task``, ``class_names``, ``n_examples``, ``accuracy``
-        (subset accuracy for multilabel), ``per_class`` (name -> ``precision``,
+        (subset accuracy for multilabel, which adds the per-label
+        ``label_accuracy``), ``per_class`` (name -> ``precision``,
         ``recall``, ``f1``, ``support``), ``macro_avg`` and ``weighted_avg`` (plus
         ``micro_avg`` and ``samples_avg`` for multilabel), ``confusion_matrix``
         (rows true, columns predicted; for multilabel one ``[[tn, fp], [fn, tp]]``
@@ -119,6 +120,8 @@ def classification_metrics(
         "accuracy": float(accuracy_score(labels, predictions)),
         "per_class": {name: _scores(report[name]) for name in class_names},
     }
+    if task == "multilabel":  # per label, where "accuracy" needs every label right
+        metrics["label_accuracy"] = float(np.mean(labels == predictions))
     for key, value in report.items():
         if key.endswith(" avg"):
             metrics[key.replace(" ", "_")] = _scores(value)
@@ -178,6 +181,7 @@ def write_evaluation(
     loss: float | None = None,
     prefix: str = "",
     threshold: float = 0.5,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict:
     """Write ``metrics.json``, ``classification_report.txt`` and ``confusion_matrix.png``.
 
@@ -192,6 +196,8 @@ def write_evaluation(
         prefix: str. Prepended to every file name, e.g. ``"test_"`` gives
             ``test_metrics.json``. Defaults to ``""``.
         threshold: float. As for ``classification_metrics``. Defaults to 0.5.
+        extra: mapping, optional. More entries for ``metrics.json`` (e.g. other
+            losses and the definitions of the numbers). Defaults to None.
 
     Returns:
         The metrics dict written to ``metrics.json`` (``loss`` first when given).
@@ -206,6 +212,7 @@ def write_evaluation(
     metrics = classification_metrics(y_true, y_prob, class_names, task=task, threshold=threshold)
     if loss is not None:
         metrics = {"loss": float(loss), **metrics}
+    metrics.update(extra or {})
     text = classification_text(y_true, y_prob, class_names, task=task, threshold=threshold)
     output_dir = Path(output_dir)
     atomic_write_json(output_dir / f"{prefix}metrics.json", metrics)

@@ -26,6 +26,7 @@ from . import _backend  # noqa: F401
 from .checkpoints import TrainState, latest_readable_state, list_checkpoints
 from .config import RESUME_OVERRIDES, RunConfig, load_yaml
 from .data import DataSplits
+from .data import epoch_seed as data_epoch_seed
 from .errors import ConfigError
 from .freezing import count_params
 from .model import build_model
@@ -39,7 +40,7 @@ from .outputs import (
 )
 from .pruning import pruning_hooks, write_pruning_report
 from .recipes import Phase, plan_phases
-from .training import PhaseData, Trainer, make_loss, predict
+from .training import PhaseData, Trainer, class_weights_for, evaluation_losses, predict
 
 OUTPUT_FILES = ("model.keras", "backbone.weights.h5", "labels.json", "config.yaml",
                 "history.csv", "metrics.json", "classification_report.txt",
@@ -442,7 +443,7 @@ def _phase_data_factory(config, runtime, model, splits, steps, notes):
         def train(epoch: int):
             # Per-epoch seeds: the order and augmentation of epoch e do not depend on
             # how many epochs this process has run, so a resumed run matches.
-            epoch_seed = seed * 1000 + epoch
+            epoch_seed = data_epoch_seed(seed, epoch)
             return splits.train.batches(
                 image_size, batch, shuffle_seed=epoch_seed,
                 augment=augmentation(config.augment, seed=epoch_seed) if config.augment else None,
@@ -458,27 +459,45 @@ def _phase_data_factory(config, runtime, model, splits, steps, notes):
             return image_data(phase, "images through the whole model")
         if config.feature_cache == "off":
             return image_data(phase, "feature cache off (--feature-cache off)")
-        if config.augment:
-            return image_data(phase, "feature cache not used: augmentation runs before the "
-                                     "base (use --augment none to train the head on cached "
-                                     "features)")
-        return _cached_phase(config, runtime, model, splits, batch, steps, notes)
+        applies, reason = _cache_applies(model, phase)
+        if not applies:
+            why = f"feature cache not used: {reason}"
+            notes.append(f"phase {phase.name!r}: {why}")
+            return image_data(phase, why)
+        # With augmentation: K augmented passes computed once, epoch e trains on e mod K.
+        return _cached_phase(config, runtime, model, splits, batch, steps, notes,
+                             augmented=bool(config.augment))
 
     return data_for_phase
 
 
-def _cached_phase(config, runtime, model, splits, batch, steps, notes):
+def _cache_applies(model, phase: Phase) -> tuple[bool, str]:
+    """Whether this frozen phase can train on cached features (e.g. no active dropout)."""
+    from .features import cache_applies
+    from .freezing import set_regime
+
+    # Checked in the phase's own regime: the previous phase may have unfrozen the base.
+    set_regime(model, "frozen", bn_policy=phase.bn_policy, recompile=False)
+    return cache_applies(model)
+
+
+def _cached_phase(config, runtime, model, splits, batch, steps, notes, *,
+                  augmented: bool = False):
+    from .data import augmentation
     from .features import FeatureCache, cached_feature_datasets, head_model
 
     cache_dir = config.feature_cache_dir
     if cache_dir is not None and not Path(cache_dir).is_absolute():
         cache_dir = inside_output(Path(config.output), cache_dir)  # relative: inside the run
     cache = FeatureCache(cache_dir)
+    augment = augmentation(config.augment, seed=config.seed) if augmented else None
     train, val, arrays = cached_feature_datasets(
         model, splits.train, splits.val, image_size=config.image_size, batch_size=batch,
-        cache=cache, seed=config.seed,
+        cache=cache, seed=config.seed, augment=augment,
+        augment_passes=config.augment_passes if augmented else 0,
     )
-    note = f"head trained on cached base features ({cache.explain()})"
+    what = f"{config.augment_passes} augmented passes of " if augmented else ""
+    note = f"head trained on {what}cached base features ({cache.explain()})"
     notes.append(note)
     with runtime.strategy.scope():
         head = head_model(model)
@@ -504,9 +523,15 @@ def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log
     evaluation = splits.test or splits.val
     which = "test" if splits.test is not None else "validation"
     probs, labels = predict(model, evaluation.batches(config.image_size, runtime.global_batch))
-    loss = float(np.mean(make_loss(config.task)(labels, probs)))
+    # The definition of val_loss: label smoothing and class weights as in training.
+    loss_settings = {"label_smoothing": config.label_smoothing,
+                     "class_weights": class_weights_for(config.class_weight, config.task,
+                                                        splits.train.labels,
+                                                        len(splits.class_names))}
+    losses = evaluation_losses(config.task, labels, probs, **loss_settings)
+    loss = losses.pop("loss")
     metrics = write_evaluation(out, labels, probs, splits.class_names, task=config.task,
-                               loss=loss)
+                               loss=loss, extra=losses)
     metrics["evaluated_on"] = which
     atomic_write_json(out / "metrics.json", metrics)
     clock.lap("evaluate")
@@ -517,7 +542,8 @@ def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log
     save_base_weights(model.get_layer("backbone"), out / RUN_WEIGHTS_FILE)
     atomic_write_json(out / "labels.json", {"class_names": splits.class_names,
                                             "task": config.task,
-                                            "image_size": config.image_size})
+                                            "image_size": config.image_size,
+                                            "loss": loss_settings})
     if splits.train.skipped:
         atomic_write_text(out / "skipped_files.txt", "".join(
             f"{path}\t{reason}\n" for path, reason in splits.train.skipped.items()))

@@ -37,7 +37,7 @@ from .checkpoints import (
     restore_weights,
     save_checkpoint,
 )
-from .errors import ConfigError, NonFiniteLossError, StaleTrainableError
+from .errors import ConfigError, DataError, NonFiniteLossError, StaleTrainableError
 from .freezing import UnfreezePlan, set_regime, trainable_signature
 from .optimizers import block_lr_multipliers, make_optimizer, make_schedule
 from .recipes import Phase
@@ -110,6 +110,9 @@ def class_weights_for(kind: str, task: str, labels: np.ndarray,
                       n_classes: int) -> list[float] | None:
     """Per-class loss weights: None for ``"none"``, inverse frequency for ``"balanced"``.
 
+    Multiclass and binary tasks (binary 0/1 labels are class ids); multilabel
+    examples have no single class and are refused.
+
     Example:
         >>> class_weights_for("balanced", "multiclass", np.array([0, 0, 0, 1]), 2)
         [0.6666666666666666, 2.0]
@@ -117,8 +120,14 @@ def class_weights_for(kind: str, task: str, labels: np.ndarray,
     if kind not in CLASS_WEIGHTS:
         raise ConfigError(f"class_weight must be one of {CLASS_WEIGHTS}; received "
                           f"class_weight={kind!r}.")
-    if kind == "none" or task != "multiclass":
+    if kind == "none":
         return None
+    if task == "multilabel":
+        raise ConfigError(
+            "class_weight='balanced' weights each example by its class, which a multilabel "
+            "example does not have; received task='multilabel', class_weight='balanced'. "
+            "Use --class-weight none."
+        )
     from sklearn.utils.class_weight import compute_class_weight
 
     present = np.unique(labels)
@@ -149,17 +158,57 @@ def make_loss(task: str, label_smoothing: float = 0.0) -> Callable:
 
 
 def correct_count(task: str, y_true, y_pred):
-    """Correct predictions in a batch (elements, for multilabel) and their number."""
+    """Correctly predicted examples in a batch, and the number of examples.
+
+    The ``accuracy`` of :func:`kerastl.reports.classification_metrics`: the arg-max
+    class, or ``sigmoid >= 0.5``; a multilabel example counts when every label is
+    right (exact match), so history and ``metrics.json`` report the same number.
+    """
     if task == "multiclass":
         hits = tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32),
                         tf.cast(tf.reshape(y_true, [-1]), tf.int32))
     elif task == "binary":
-        hits = tf.equal(tf.reshape(y_pred, [-1]) > 0.5,
+        hits = tf.equal(tf.reshape(y_pred, [-1]) >= 0.5,
                         tf.reshape(tf.cast(y_true, tf.float32), [-1]) > 0.5)
     else:
-        hits = tf.equal(y_pred > 0.5, tf.cast(y_true, tf.float32) > 0.5)
+        hits = tf.reduce_all(tf.equal(y_pred >= 0.5, tf.cast(y_true, tf.float32) > 0.5), -1)
     hits = tf.cast(hits, tf.float32)
     return tf.reduce_sum(hits), tf.cast(tf.size(hits), tf.float32)
+
+
+def evaluation_losses(task: str, y_true, y_prob, *, label_smoothing: float = 0.0,
+                      class_weights: Sequence[float] | None = None) -> dict:
+    """``loss`` as the trainer reports it, plain ``cross_entropy``, and their definitions.
+
+    ``loss`` is the training objective: the mean per-example loss with the run's
+    label smoothing and class weights, which is what ``history.csv``'s ``loss`` and
+    ``val_loss`` are. ``cross_entropy`` has neither, to compare runs that differ in them.
+
+    Example:
+        >>> out = evaluation_losses("binary", [0, 1], [[0.2], [0.9]], label_smoothing=0.1)
+        >>> round(out["cross_entropy"], 4), out["loss"] > out["cross_entropy"]
+        (0.1643, True)
+    """
+    y_prob = tf.constant(np.asarray(y_prob, dtype=np.float32))
+    per_example = np.asarray(make_loss(task, label_smoothing)(y_true, y_prob))
+    weighting = ""
+    if class_weights is not None:
+        ids = np.asarray(y_true).reshape(-1).astype(np.int64)
+        per_example = per_example * np.asarray(class_weights)[ids]
+        weighting = ", weighted by class_weight"
+    cross_entropy = np.asarray(make_loss(task)(y_true, y_prob))
+    kind = "categorical" if task == "multiclass" else "binary"
+    every = " (every label right)" if task == "multilabel" else ""
+    return {
+        "loss": float(np.mean(per_example)),
+        "cross_entropy": float(np.mean(cross_entropy)),
+        "definitions": {
+            "loss": f"mean {kind} cross-entropy with label_smoothing={label_smoothing:g}"
+                    f"{weighting}: the training objective, as history.csv's loss and val_loss",
+            "cross_entropy": f"mean {kind} cross-entropy, no label smoothing or class weights",
+            "accuracy": f"share of examples predicted right{every}, as history.csv's accuracy",
+        },
+    }
 
 
 # ------------------------------------------------------------------ the step
@@ -180,10 +229,12 @@ class _Steps:
         # tracing, which is most of a cached-feature run's overhead.
         train = self._train_one if steps_per_execution == 1 else self._train
         self.train = tf.function(train, jit_compile=jit_compile)
-        self.evaluate = tf.function(self._evaluate, jit_compile=jit_compile)
+        # Called once per batch: the last, smaller batch would retrace it every epoch.
+        self.evaluate = tf.function(self._evaluate, jit_compile=jit_compile,
+                                    reduce_retracing=True)
 
     def _weights(self, y):
-        if self.class_weights is None or self.task != "multiclass":
+        if self.class_weights is None:
             return None
         return tf.gather(self.class_weights, tf.cast(tf.reshape(y, [-1]), tf.int32))
 
@@ -192,7 +243,8 @@ class _Steps:
         with tf.GradientTape() as tape:
             y_pred = self.model(x, training=True)
             per_example = self.loss_fn(y, y_pred)
-            loss = tf.nn.compute_average_loss(per_example, sample_weight=weights)
+            loss = tf.nn.compute_average_loss(per_example, sample_weight=weights,
+                                              global_batch_size=self._global_count(y))
             if self.model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
             scaled = self.optimizer.scale_loss(loss)
@@ -201,9 +253,25 @@ class _Steps:
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return self._sums(per_example, weights, y, y_pred)
 
+    def _global_count(self, y):
+        """Examples in this step over all replicas.
+
+        Without it ``compute_average_loss`` divides by this replica's batch size times
+        the replica count, which is wrong on a last batch split unevenly (3 examples
+        as 2 + 1 would be divided by 4 and by 2 instead of 3).
+        """
+        local = tf.shape(y)[0]
+        if self.strategy.num_replicas_in_sync == 1:
+            return local
+        context = tf.distribute.get_replica_context()
+        # Summed as float32, which every device's all-reduce supports (TPU included).
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(local, tf.float32))
+        return tf.maximum(tf.cast(total, tf.int32), 1)
+
     def _replica_eval(self, x, y):
+        # Class weights included: val_loss has the definition of the training loss.
         y_pred = self.model(x, training=False)
-        return self._sums(self.loss_fn(y, y_pred), None, y, y_pred)
+        return self._sums(self.loss_fn(y, y_pred), self._weights(y), y, y_pred)
 
     def _sums(self, per_example, weights, y, y_pred):
         per_example = tf.cast(per_example, tf.float32)
@@ -239,8 +307,7 @@ class _Steps:
         for hook in self.hooks:
             hook.after_step()
 
-    def _evaluate(self, iterator):
-        x, y = next(iterator)
+    def _evaluate(self, x, y):
         return self._reduce(self.strategy.run(self._replica_eval, args=(x, y)))
 
 
@@ -271,7 +338,8 @@ class Trainer:
         weight_decay, momentum, label_smoothing: optimisation knobs.
         warmup_fraction: float. Share of each phase's steps spent warming the
             learning rate up linearly (cosine schedule).
-        class_weights: sequence of float, optional. Loss weight per class.
+        class_weights: sequence of float, optional. Loss weight per class
+            (multiclass and binary tasks), in the training and the validation loss.
         class_weight: str. ``"none"`` or ``"balanced"``, for probe phases.
         early_stopping: int, optional. Patience: a phase stops after this many epochs
             without a new best validated epoch.
@@ -339,6 +407,12 @@ class Trainer:
         self.warmup_fraction = warmup_fraction
         self.loss_fn = make_loss(task, label_smoothing)
         self.label_smoothing = label_smoothing
+        if class_weights is not None and task == "multilabel":
+            raise ConfigError(
+                "class_weights weight each example by its class, which a multilabel example "
+                f"does not have; received task='multilabel', class_weights={class_weights!r}. "
+                "Use class weights with multiclass or binary tasks."
+            )
         self.class_weights = class_weights
         self.class_weight = class_weight
         self.early_stopping = early_stopping
@@ -629,12 +703,27 @@ class Trainer:
         return logs
 
     def evaluate(self, dataset: tf.data.Dataset, model_steps: _Steps | None = None) -> dict:
-        """Loss and accuracy over a batched dataset, aggregated over replicas."""
+        """Loss and accuracy over a batched dataset read to its end, over replicas.
+
+        Raises:
+            ConfigError: the dataset repeats forever.
+            DataError: it holds no examples.
+        """
         steps = model_steps or self._steps
+        if int(dataset.cardinality()) == tf.data.INFINITE_CARDINALITY:
+            raise ConfigError(
+                "The evaluation dataset is infinite (it repeats); received cardinality "
+                "INFINITE. Pass a finite dataset, e.g. dataset.take(n)."
+            )
         totals = np.zeros(4)
-        iterator = iter(distribute_dataset(self.strategy, dataset))
-        for _ in range(int(dataset.cardinality())):
-            totals += steps.evaluate(iterator).numpy()
+        # Read to the end, not range(cardinality): after filter() the cardinality is
+        # unknown (-2) and nothing would be evaluated. A distributed dataset ends on
+        # every replica at once, its last batch split as evenly as it goes.
+        for x, y in distribute_dataset(self.strategy, dataset):
+            totals += steps.evaluate(x, y).numpy()
+        if totals[1] == 0:
+            raise DataError("The evaluation dataset yielded no examples; received an empty "
+                            "dataset. Check the validation split.")
         return _logs(totals, prefix="val_")
 
     def _current_lr(self) -> float:

@@ -50,6 +50,40 @@ def registry_model(request) -> tuple[str, keras.Model]:
     kerastl.set_regime(model, "frozen")
 
 
+def source_backbone() -> dict:
+    """The shipped pretrained source backbone (``data_samples/source/*.json``).
+
+    MobileNetV3Small alpha=0.75 pretrained by kerastl on five other Fashion-MNIST
+    classes: non-degenerate features at any input size. Tests that compare trained
+    weights start from it, because a randomly initialised base with BatchNorm in
+    inference mode outputs ~1e-12 features (vanishing gradients: any two runs match).
+
+    Returns:
+        ``{"backbone", "backbone_kwargs", "weights"}`` for ``kerastl.build_model``
+        (``weights`` is the path of the shipped file).
+    """
+    from pathlib import Path
+
+    from kerastl.samples import source_backbone as shipped
+
+    info = shipped()
+    if info is None or not Path(info["weights"]).is_file():
+        pytest.skip("data_samples/source holds no pretrained source backbone")
+    return {"backbone": info["backbone"], "backbone_kwargs": dict(info.get("backbone_kwargs", {})),
+            "weights": info["weights"]}
+
+
+def source_model(num_classes: int = 5, size: int = 32, **kwargs) -> keras.Model:
+    """A kerastl model on the shipped source backbone (avg head, no hidden layer)."""
+    import kerastl
+
+    source = source_backbone()
+    kwargs = {"head": "avg", "dense_units": (), "dropout": 0.0, **kwargs}
+    return kerastl.build_model(source["backbone"], num_classes, input_shape=size,
+                               weights=source["weights"],
+                               backbone_kwargs=source["backbone_kwargs"], **kwargs)
+
+
 def independent_param_count(weights) -> int:
     """Count parameters with NumPy only, independently of kerastl."""
     return int(sum(np.prod(w.shape) for w in weights))

@@ -18,7 +18,7 @@ from kerastl import deploy
 from kerastl.cli import export_main
 from kerastl.samples import REPO_ROOT, data_samples_dir
 
-from .test_distributed import _source_backbone
+from .conftest import source_backbone
 
 SAMPLES = data_samples_dir() / "fashion"
 FAST = {"latency_runs": 2, "log": lambda *_: None}
@@ -47,7 +47,7 @@ def _small_folders(root: Path) -> dict[str, str]:
 def run_dir(tmp_path_factory) -> Path:
     """A finished, 50 %-pruned float32 run of the shipped source backbone at 32x32."""
     root = tmp_path_factory.mktemp("export")
-    source = _source_backbone()
+    source = source_backbone()
     result = kerastl.fit(kerastl.RunConfig(
         **_small_folders(root / "data"), backbone=source["backbone"],
         backbone_kwargs=source["backbone_kwargs"], weights=source["weights"],

@@ -20,6 +20,8 @@ import pytest
 from kerastl.reports import read_history_csv
 from kerastl.samples import REPO_ROOT, data_samples_dir
 
+from .conftest import source_backbone
+
 SAMPLES = data_samples_dir() / "fashion"
 CHILD_TIMEOUT = 240  # seconds; a hung collective must fail the test, not block CI
 
@@ -50,8 +52,10 @@ TRAINER_SCRIPT = textwrap.dedent(
     tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(strategy_name, devices=devices)
     rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (64, 32, 32, 3)).astype("float32")
-    labels = rng.integers(0, 3, 64).astype("int32")
+    # 67 = 4 x 16 + 3: the last global batch of 3 splits 2 + 1 across the replicas, so
+    # a loss averaged per replica instead of over the global batch shows up.
+    images = rng.uniform(0, 255, (67, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 3, 67).astype("int32")
     with strategy.scope():
         model = kerastl.build_model(source["backbone"], 3, input_shape=32,
                                     weights=source["weights"], head="avg", dense_units=(),
@@ -59,7 +63,7 @@ TRAINER_SCRIPT = textwrap.dedent(
     # BatchNorm stays in inference mode (bn_policy="frozen"): per-replica batch
     # statistics would otherwise legitimately differ from whole-batch ones.
     train = lambda epoch: tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
-    data = PhaseData(model, train, None, steps_per_epoch=4)
+    data = PhaseData(model, train, None, steps_per_epoch=5)
     initial = model.get_weights()
     phases = [kerastl.Phase("head", 1, lr=0.05),
               kerastl.Phase("finetune", 1, mode="finetune", unfreeze_blocks=2, lr=0.05)]
@@ -68,8 +72,11 @@ TRAINER_SCRIPT = textwrap.dedent(
     state = Trainer(model, strategy, optimizer="sgd", schedule="constant",
                     verbose=0).run(phases, lambda phase: data)
     moved = sum(not np.array_equal(a, b) for a, b in zip(initial, model.get_weights()))
+    probe = images[:8]
     np.savez(out, replicas=strategy.num_replicas_in_sync, moved=moved,
-             loss=[row["loss"] for row in state.history], *model.get_weights())
+             loss=[row["loss"] for row in state.history],
+             out_train=np.asarray(model(probe, training=True)),
+             out_infer=np.asarray(model(probe, training=False)), *model.get_weights())
     """
 )
 
@@ -81,20 +88,8 @@ def _child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _source_backbone() -> dict:
-    """The shipped pretrained source backbone (``data_samples/source``)."""
-    for meta in sorted((data_samples_dir() / "source").glob("*.json")):
-        info = json.loads(meta.read_text())
-        weights = info.get("weights_file") or info.get("weights")
-        if "backbone" in info and weights and (meta.parent / weights).is_file():
-            return {"backbone": info["backbone"],
-                    "backbone_kwargs": info.get("backbone_kwargs", {}),
-                    "weights": str(meta.parent / weights)}
-    pytest.skip("data_samples/source holds no pretrained source backbone")
-
-
 def _run_trainer(script: Path, strategy: str, out: Path) -> dict[str, np.ndarray]:
-    source = json.dumps(_source_backbone())
+    source = json.dumps(source_backbone())
     done = subprocess.run([sys.executable, str(script), strategy, str(out), source],
                           env=_child_env(), capture_output=True, text=True,
                           timeout=CHILD_TIMEOUT)
@@ -120,6 +115,8 @@ def test_mirrored_two_devices_matches_one_device_with_same_global_batch(tmp_path
     assert len(after_single) == len(after_mirrored) > 0
     for a, b in zip(after_mirrored, after_single, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for key in ("out_train", "out_infer"):
+        np.testing.assert_allclose(mirrored[key], single[key], rtol=1e-4, atol=1e-6)
 
 
 # ------------------------------------------------------------------ multi-worker
@@ -134,26 +131,51 @@ def _free_ports(n: int) -> list[int]:
             sock.close()
 
 
+def _cli_flags(output: Path, batch_size: int) -> list[str]:
+    """A short fine-tuning run from the source backbone (float32, no dropout: the
+    workers' runs are compared with a single process, where masks would differ)."""
+    source = source_backbone()
+    return ["--data", str(SAMPLES / "train"), "--val-data", str(SAMPLES / "val"),
+            "--test-data", str(SAMPLES / "test"), "--image-size", "32",
+            "--batch-size", str(batch_size), "--backbone", source["backbone"],
+            "--backbone-args",
+            ",".join(f"{k}={v}" for k, v in source["backbone_kwargs"].items()),
+            "--weights", source["weights"], "--precision", "float32", "--dropout", "0",
+            "--augment", "none", "--feature-cache", "off", "--mode", "finetune",
+            "--unfreeze-blocks", "2", "--epochs", "2", "--head-epochs", "1",
+            "--optimizer", "sgd", "--seed", "5", "--verbose", "0", "--output", str(output)]
+
+
+def _assert_same_model(expected, actual, images, **tolerance) -> None:
+    """Every weight (base and head) and outputs of training=True and training=False calls."""
+    assert [w.path for w in actual.weights] == [w.path for w in expected.weights]
+    for a, b in zip(actual.weights, expected.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), err_msg=a.path, **tolerance)
+    for training in (True, False):
+        np.testing.assert_allclose(np.asarray(actual(images, training=training)),
+                                   np.asarray(expected(images, training=training)),
+                                   err_msg=f"training={training}", **tolerance)
+
+
 def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     workers, logs = [], []
-    for index in range(2):
+    for index in range(3):  # two workers, and one process alone with the same global batch
         output = tmp_path / f"out{index}"
         scratch = tmp_path / f"tmp{index}"  # the non-chief's throw-away outputs land here
         scratch.mkdir()
         log = open(tmp_path / f"worker{index}.log", "w")  # noqa: SIM115
         logs.append(log)
-        env = _child_env(TF_CONFIG=json.dumps({"cluster": cluster,
-                                               "task": {"type": "worker", "index": index}}),
-                         TMPDIR=str(scratch))
+        alone = index == 2
+        env = _child_env(TMPDIR=str(scratch)) if alone else _child_env(
+            TF_CONFIG=json.dumps({"cluster": cluster,
+                                  "task": {"type": "worker", "index": index}}),
+            TMPDIR=str(scratch))
+        strategy = ["--strategy", "default"] if alone else ["--strategy", "multiworker"]
         workers.append(subprocess.Popen(
-            [sys.executable, "-m", "kerastl.train", "--strategy", "multiworker",
-             "--data", str(SAMPLES / "train"), "--val-data", str(SAMPLES / "val"),
-             "--test-data", str(SAMPLES / "test"), "--image-size", "32", "--batch-size", "32",
-             "--backbone", "MobileNetV2", "--backbone-args", "alpha=0.35", "--weights", "none",
-             "--augment", "none", "--feature-cache", "off", "--mode", "frozen",
-             "--epochs", "1", "--seed", "5", "--verbose", "0", "--output", str(output)],
+            [sys.executable, "-m", "kerastl.train", *strategy,
+             *_cli_flags(output, batch_size=64 if alone else 32)],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
         ))
     try:
@@ -169,8 +191,8 @@ def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
                 worker.wait()
         for log in logs:
             log.close()
-    tails = [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(2)]
-    assert codes == [0, 0], tails
+    tails = [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(3)]
+    assert codes == [0, 0, 0], tails
 
     import kerastl
 
@@ -183,13 +205,26 @@ def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
     saved_by_worker1 = list((tmp_path / "tmp1").glob("kerastl-worker1-*/model.keras"))
     assert len(saved_by_worker1) == 1
     assert not list((tmp_path / "tmp0").glob("kerastl-worker*"))
-    chief = kerastl.load_model(chief_out / "model.keras").get_weights()
-    other = kerastl.load_model(saved_by_worker1[0]).get_weights()
-    assert len(chief) == len(other) > 0
-    for a, b in zip(chief, other, strict=True):
-        np.testing.assert_array_equal(a, b)
-    # 500 training images over a global batch of 64 end in a partial batch, split
-    # unevenly across the workers; training and validation still complete.
+    chief = kerastl.load_model(chief_out / "model.keras")
+    other = kerastl.load_model(saved_by_worker1[0])
+    alone = kerastl.load_model(tmp_path / "out2" / "model.keras")
+    images = next(iter(kerastl.data.from_folder(SAMPLES / "test").batches(32, 8)))[0]
+    _assert_same_model(chief, other, images, rtol=0, atol=0)  # synchronised: identical
+    # Two workers of 32 train like one process with batches of 64: gradients summed
+    # across workers differ from one device's by float32 round-off only.
+    _assert_same_model(alone, chief, images, rtol=1e-4, atol=1e-6)
+    source = kerastl.build_model(source_backbone()["backbone"], 5, input_shape=32,
+                                 weights=source_backbone()["weights"],
+                                 backbone_kwargs=source_backbone()["backbone_kwargs"])
+    moved = [not np.array_equal(a, b) for a, b in
+             zip(chief.get_layer("backbone").get_weights(),
+                 source.get_layer("backbone").get_weights(), strict=True)]
+    assert sum(moved) >= 8  # the top two blocks fine-tuned across the workers
+    # 500 training images over a global batch of 64 end in a partial batch of 52,
+    # split across the workers; training and validation still complete.
     rows = read_history_csv(chief_out / "history.csv")
-    assert [row["epoch"] for row in rows] == [1]
-    assert np.isfinite(rows[0]["loss"]) and np.isfinite(rows[0]["val_loss"])
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert all(np.isfinite(row["loss"]) and np.isfinite(row["val_loss"]) for row in rows)
+    alone_rows = read_history_csv(tmp_path / "out2" / "history.csv")
+    for row, reference in zip(rows, alone_rows, strict=True):
+        assert row["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)

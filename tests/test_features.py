@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -257,3 +258,72 @@ def test_sklearn_head_fits_digits_and_reloads_with_identical_predictions(kind, d
 def test_fit_sklearn_head_rejects_unknown_kind():
     with pytest.raises(ConfigError, match="kind='forest'"):
         fit_sklearn_head(np.zeros((4, 2)), np.array([0, 1, 0, 1]), "forest")
+
+
+# ------------------------------------------------------------ what the key covers
+def _with_weights_of(reference: keras.Model, backbone: str, **backbone_kwargs) -> keras.Model:
+    """A model of the same backbone with other settings and the base weights of ``reference``."""
+    model = small_model(backbone, backbone_kwargs=backbone_kwargs or None)
+    model.get_layer("backbone").set_weights(reference.get_layer("backbone").get_weights())
+    return model
+
+
+def test_cache_key_covers_weightless_backbone_settings():
+    reference = small_model("MobileNetV3Small")
+    key = cache_key(reference, "data", SIZE)
+    # include_preprocessing adds a Rescaling layer, which has no weights.
+    no_rescaling = _with_weights_of(reference, "MobileNetV3Small", include_preprocessing=False)
+    assert cache_key(no_rescaling, "data", SIZE) != key
+    # Rebuilt with the same settings and weights: auto-numbered layer names differ
+    # ("re_lu_24"), the key does not.
+    assert cache_key(_with_weights_of(reference, "MobileNetV3Small"), "data", SIZE) == key
+
+
+def test_cache_key_covers_library_versions_and_the_decoder(monkeypatch):
+    import kerastl.data
+
+    model = small_model()
+    key = cache_key(model, "data", SIZE)
+    monkeypatch.setattr(keras, "__version__", "0.0.0")
+    assert cache_key(model, "data", SIZE) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(kerastl, "__version__", "0.0.0")
+    assert cache_key(model, "data", SIZE) != key
+    monkeypatch.undo()
+    data = kerastl.from_arrays(np.zeros((2, 8, 8), "uint8"), [0, 1])
+    fingerprint = data.fingerprint()
+    monkeypatch.setattr(kerastl.data, "DECODE_METHOD", "another resampling")
+    assert data.fingerprint() != fingerprint
+    assert cache_key(model, "data", SIZE) != key
+
+
+def test_a_file_replaced_with_its_size_and_mtime_misses_the_disk_cache(tmp_path):
+    # `cp -p` / `rsync -t` keep size and modification time; the bytes differ.
+    from PIL import Image
+
+    folder = tmp_path / "data"
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+        for i in range(2):
+            pixels = np.full((SIZE, SIZE, 3), 40 * i + (label == "b") * 100, "uint8")
+            Image.fromarray(pixels).save(folder / label / f"{i}.bmp")  # fixed-size files
+    data = kerastl.data.from_folder(folder)
+    model = small_model()
+
+    def features(data, cache):
+        train, _ = cached_feature_datasets(model, data, None, image_size=SIZE, batch_size=4,
+                                           cache=cache, seed=0)
+        return by_label(train(0))[0]
+
+    before = features(data, FeatureCache(tmp_path / "cache"))
+    target = folder / "a" / "0.bmp"
+    stat = target.stat()
+    Image.fromarray(np.full((SIZE, SIZE, 3), 255, "uint8")).save(target)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert target.stat().st_size == stat.st_size
+    reread = kerastl.data.from_folder(folder)
+    assert reread.fingerprint() == data.fingerprint()  # in memory: stat only, cheap
+    cache = FeatureCache(tmp_path / "cache")
+    after = features(reread, cache)
+    assert (cache.hits, cache.misses) == (0, 1)
+    assert not np.allclose(after, before)

@@ -115,3 +115,19 @@ def test_scratch_model_evaluates_as_well_as_it_trains():
     _, eval_accuracy = model.evaluate(x, y, verbose=0)
     assert train_accuracy > 0.5
     assert eval_accuracy > 0.8 * train_accuracy
+
+
+def test_a_feature_extractor_does_not_make_bn_policy_train_look_frozen():
+    # The cached-feature path builds an extractor that calls the base with
+    # training=False; that call belongs to another model and must not count.
+    from kerastl.features import feature_extractor
+
+    model = kerastl.build_model("MobileNetV2", 3, input_shape=32, weights=None,
+                                bn_policy="train", backbone_kwargs={"alpha": 0.35})
+    feature_extractor(model)
+    plan = kerastl.set_regime(model, "finetune", unfreeze_blocks=1, bn_policy="train")
+    assert plan.bn_trainable > 0
+    frozen = kerastl.build_model("MobileNetV2", 3, input_shape=32, weights=None,
+                                 backbone_kwargs={"alpha": 0.35})
+    with pytest.raises(kerastl.ConfigError, match="bn_policy='train'"):
+        kerastl.set_regime(frozen, "finetune", unfreeze_blocks=1, bn_policy="train")

@@ -26,7 +26,8 @@ from kerastl.pruning import (
 from kerastl.recipes import plan_phases
 from kerastl.training import PhaseData, Trainer
 
-from .test_distributed import _child_env, _source_backbone
+from .conftest import source_backbone
+from .test_distributed import _child_env
 
 EPOCHS = 3  # the pruned phase: sparsity 0.4375, 0.5, 0.5 at a target of 0.5 (ramp 2)
 
@@ -90,7 +91,7 @@ def test_prune_configuration_is_validated_with_the_received_value():
 
 # ------------------------------------------------------------------ the Trainer hook
 def _model():
-    source = _source_backbone()
+    source = source_backbone()
     return kerastl.build_model(source["backbone"], 3, input_shape=32,
                                weights=source["weights"], dense_units=(16,),
                                backbone_kwargs=source["backbone_kwargs"])
@@ -262,7 +263,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
 def test_masks_hold_on_every_replica_under_mirrored_strategy(tmp_path):
     script = tmp_path / "mirrored_prune.py"
     script.write_text(MIRRORED_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), json.dumps(_source_backbone())],
+    done = subprocess.run([sys.executable, str(script), json.dumps(source_backbone())],
                           env=_child_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

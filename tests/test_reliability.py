@@ -1,9 +1,11 @@
 """Crash safety, divergence, preemption, determinism and safe loading, end to end.
 
 Every run is a real ``python -m kerastl.train`` process on the shipped
-``data_samples/fashion`` at 32x32 with a tiny MobileNetV2 (``weights=None``): a head
-epoch then three fine-tuning epochs, so interruptions land mid-phase, after a phase
-change. One uninterrupted run is the reference every resumed run must reproduce.
+``data_samples/fashion`` at 32x32 from the shipped source backbone (pretrained: a
+random base with frozen BatchNorm has ~1e-12 features, and its runs would "match"
+whatever the resume did): a head epoch then three fine-tuning epochs, so
+interruptions land mid-phase, after a phase change. One uninterrupted run is the
+reference every resumed run must reproduce, base and head, in both call modes.
 """
 
 from __future__ import annotations
@@ -22,15 +24,19 @@ import pytest
 
 import kerastl
 from kerastl.reports import read_history_csv
-from kerastl.samples import data_samples_dir
+from kerastl.samples import data_samples_dir, source_backbone
 
 pytestmark = pytest.mark.slow
 
 SAMPLES = data_samples_dir() / "fashion"
+SOURCE = source_backbone()
+# float32, not "auto" (mixed_bfloat16 on CPUs with avx512_bf16): the same on every CPU.
 TINY = ["--data", str(SAMPLES / "train"), "--val-data", str(SAMPLES / "val"),
         "--test-data", str(SAMPLES / "test"), "--image-size", "32",
-        "--backbone", "MobileNetV2", "--backbone-args", "alpha=0.35", "--weights", "none",
-        "--augment", "none", "--batch-size", "64"]
+        "--backbone", SOURCE["backbone"], "--backbone-args",
+        ",".join(f"{k}={v}" for k, v in SOURCE["backbone_kwargs"].items()),
+        "--weights", SOURCE["weights"],
+        "--precision", "float32", "--augment", "none", "--batch-size", "64"]
 EPOCHS = 4
 # Checkpoints every epoch (the interruptions wait for one) and deterministic kernels
 # (same-seed runs are compared bit for bit).
@@ -102,8 +108,22 @@ def _resume(output: Path) -> Run:
 
 
 def _weights(output: Path) -> dict[str, np.ndarray]:
+    """Every weight of the saved model (base and head), and its outputs on test images.
+
+    ``out:training=True`` has head dropout on: both models' dropout seeds are set alike
+    first (a saved model does not keep its seed state).
+    """
+    import keras
+
     model = kerastl.load_model(output / "model.keras")
-    return {w.path: np.asarray(w) for w in model.weights}
+    values = {w.path: np.asarray(w) for w in model.weights}
+    images = next(iter(kerastl.data.from_folder(SAMPLES / "test").batches(32, 8)))[0]
+    for training in (True, False):
+        for variable in model.variables:
+            if variable.path.endswith("seed_generator_state"):
+                variable.assign(keras.ops.zeros_like(variable))
+        values[f"out:training={training}"] = np.asarray(model(images, training=training))
+    return values
 
 
 def _assert_same_weights(expected: dict, actual: dict) -> None:
@@ -194,6 +214,16 @@ def _assert_complete_and_equal_to_reference(runs, output: Path) -> None:
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
     assert [r["phase"] for r in rows] == ["head"] + ["finetune"] * (EPOCHS - 1)
     _assert_same_weights(runs["weights"], _weights(output))
+
+
+def test_the_reference_run_fine_tuned_the_base_it_started_from(runs):
+    source = kerastl.build_model(
+        SOURCE["backbone"], 5, input_shape=32, backbone_kwargs=SOURCE["backbone_kwargs"],
+        weights=SOURCE["weights"])
+    base = source.get_layer("backbone")
+    moved = [w.path for w in base.weights
+             if not np.array_equal(np.asarray(w), runs["weights"][w.path])]
+    assert len(moved) >= 8 and all("_bn/" not in path for path in moved), moved
 
 
 # ------------------------------------------------------------------ kill -9, corrupt

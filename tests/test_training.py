@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,7 +10,10 @@ import tensorflow as tf
 import kerastl
 from kerastl.config import Phase
 from kerastl.optimizers import make_schedule
+from kerastl.runtime import loss_scale_optimizer
 from kerastl.training import PhaseData, Trainer
+
+from .conftest import source_model
 
 
 def _tiny_data(model):
@@ -55,6 +59,162 @@ def test_schedules_peak_at_the_requested_rate_and_decay(kind):
         assert rates[-1] < 1e-4 and rates[0] < 1e-2
 
 
+def test_validation_of_unknown_cardinality_is_read_to_the_end():
+    # After filter() a dataset's cardinality is unknown (-2): it must still be evaluated.
+    model = source_model(3)
+    data = _tiny_data(model)
+    filtered = data.val.filter(lambda x, y: True)
+    assert int(filtered.cardinality()) == tf.data.UNKNOWN_CARDINALITY
+    trainer = Trainer(model, tf.distribute.get_strategy(), verbose=0)
+    state = trainer.run([Phase("head", 1, lr=1e-3)],
+                        lambda phase: PhaseData(model, data.train, filtered, 2))
+    expected = trainer.evaluate(data.val)
+    assert expected["val_loss"] > 0.1
+    assert state.history[-1]["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)
+    assert state.history[-1]["val_accuracy"] == pytest.approx(expected["val_accuracy"])
+    with pytest.raises(kerastl.ConfigError, match="infinite"):
+        trainer.evaluate(data.val.repeat())
+
+
+# ------------------------------------------------------------------ step variants
+FINETUNE = Phase("top", 1, mode="finetune", unfreeze_blocks=2, lr=0.05)
+
+
+def _finetune_run(steps_per_execution: int = 1, precision: str = "float32",
+                  phase: Phase = FINETUNE, bn_policy: str = "frozen") -> dict:
+    """Five SGD steps of ``phase`` (the top two blocks) on the source backbone, seed 0."""
+    keras.utils.set_random_seed(0)
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        model = source_model(3, bn_policy=bn_policy)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (40, 32, 32, 3)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.arange(40) % 3)).batch(8)
+    before = {w.path: np.array(w) for w in model.weights}
+    trainer = Trainer(model, tf.distribute.get_strategy(), optimizer="sgd", schedule="constant",
+                      steps_per_execution=steps_per_execution, verbose=0,
+                      wrap_optimizer=lambda optimizer: loss_scale_optimizer(optimizer, precision))
+    state = trainer.run([phase], lambda phase: PhaseData(model, lambda epoch: dataset, None, 5))
+    moved = {path: np.array(w) - before[path] for path, w in
+             ((w.path, w) for w in model.weights) if not np.array_equal(w, before[path])}
+    return {"moved": moved, "loss": state.history[-1]["loss"], "trainer": trainer,
+            "model": model}
+
+
+@pytest.fixture(scope="module")
+def single_step_float32():
+    return _finetune_run()
+
+
+def test_several_steps_per_execution_train_like_one_step_per_call(single_step_float32):
+    # 5 steps as a chunk of 3 then 2 inside one compiled loop (the TPU default is 32).
+    reference, chunked = single_step_float32, _finetune_run(steps_per_execution=3)
+    assert len(reference["moved"]) >= 8  # the top two blocks and the head trained
+    assert list(chunked["moved"]) == list(reference["moved"])
+    # Same kernels in the same order, only inside a tf.while_loop: float32 round-off
+    # of the loss sums at most (rtol 1e-5, atol for updates near zero).
+    for path, update in reference["moved"].items():
+        np.testing.assert_allclose(chunked["moved"][path], update, rtol=1e-5, atol=1e-9,
+                                   err_msg=path)
+    assert chunked["loss"] == pytest.approx(reference["loss"], rel=1e-5)
+    assert int(chunked["trainer"].optimizer.iterations) == 5
+
+
+def test_mixed_float16_loss_scaled_step_matches_float32(single_step_float32):
+    reference, mixed = single_step_float32, _finetune_run(precision="mixed_float16")
+    optimizer = mixed["trainer"].optimizer
+    assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    assert mixed["model"].get_layer("backbone").compute_dtype == "float16"
+    assert int(optimizer.iterations) == 5 and np.isfinite(float(optimizer.dynamic_scale))
+    assert list(mixed["moved"]) == list(reference["moved"])
+    # float16 rounds to 2**-11 relative; through ~20 float16 layers forward and back
+    # the updates differ by ~0.5% overall and up to 8% in the squeeze-excite branch
+    # (tiny pooled activations; measured on this machine). A loss scale left in the
+    # gradients would be off by 32768x, an underflowed update by 100%.
+    errors, norms = [], []
+    for path, update in reference["moved"].items():
+        error = np.linalg.norm(mixed["moved"][path] - update)
+        assert error <= 0.25 * np.linalg.norm(update), path
+        errors.append(error ** 2)
+        norms.append(np.linalg.norm(update) ** 2)
+    assert np.sqrt(sum(errors) / sum(norms)) <= 0.05
+    assert mixed["loss"] == pytest.approx(reference["loss"], rel=1e-3)
+
+
+# ------------------------------------------------------------------ reported numbers
+def test_multilabel_accuracy_in_history_is_the_accuracy_of_metrics_json():
+    # One definition: an example counts as right when every one of its labels is.
+    from kerastl.reports import classification_metrics
+    from kerastl.training import predict
+
+    model = source_model(3, task="multilabel")
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    y = rng.integers(0, 2, (16, 3)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    trainer = Trainer(model, tf.distribute.get_strategy(), task="multilabel", verbose=0)
+    state = trainer.run([Phase("head", 1, lr=1e-3)],
+                        lambda phase: PhaseData(model, lambda epoch: dataset, dataset, 2))
+    probs, labels = predict(model, dataset)
+    metrics = classification_metrics(labels, probs, ["a", "b", "c"], task="multilabel")
+    assert state.history[-1]["val_accuracy"] == pytest.approx(metrics["accuracy"])
+    per_label = float(np.mean((probs >= 0.5) == (labels >= 0.5)))
+    assert metrics["label_accuracy"] == pytest.approx(per_label)
+
+
+def test_binary_class_weights_weight_the_loss():
+    from kerastl.training import make_loss
+
+    model = source_model(2, task="binary")
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 255, (12, 32, 32, 3)).astype("float32")
+    y = np.array([0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0])
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(12)
+    weights = [0.5, 2.0]
+    per_example = np.asarray(make_loss("binary")(y, model(x, training=False)))
+    expected = float(np.mean(np.take(weights, y) * per_example))
+    assert expected != pytest.approx(float(np.mean(per_example)), rel=1e-3)
+    trainer = Trainer(model, tf.distribute.get_strategy(), task="binary", optimizer="sgd",
+                      class_weights=weights, verbose=0)
+    state = trainer.run([Phase("head", 1, lr=1e-3)],
+                        lambda phase: PhaseData(model, lambda epoch: dataset, None, 1))
+    # One step: the loss of the batch is computed before the update.
+    assert state.history[-1]["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_class_weights_for_multilabel_are_refused():
+    model = source_model(3, task="multilabel")
+    with pytest.raises(kerastl.ConfigError, match="multilabel"):
+        Trainer(model, tf.distribute.get_strategy(), task="multilabel",
+                class_weights=[1.0, 2.0, 1.0])
+
+
+def _batchnorm_variables(model) -> list[str]:
+    return [v.path for layer in model.get_layer("backbone").layers
+            if isinstance(layer, keras.layers.BatchNormalization) for v in layer.weights]
+
+
+def test_trainer_finetune_keeps_batchnorm_statistics(single_step_float32):
+    run = single_step_float32
+    batchnorm = _batchnorm_variables(run["model"])
+    assert len(batchnorm) == 4 * 34
+    assert not set(batchnorm) & set(run["moved"])  # moving statistics, gamma, beta
+    assert any("expanded_conv_10" in path for path in run["moved"])
+
+
+@pytest.mark.parametrize("bn_policy", ["frozen", "train"])
+def test_trainer_full_keeps_batchnorm_statistics_unless_bn_policy_train(bn_policy):
+    run = _finetune_run(phase=Phase("full", 1, mode="full", lr=0.05, bn_policy=bn_policy),
+                        bn_policy=bn_policy)
+    batchnorm = set(_batchnorm_variables(run["model"]))
+    moved_statistics = {p for p in run["moved"] if p in batchnorm and "moving" in p}
+    assert any(path.startswith("conv/") for path in run["moved"])  # the stem trained
+    if bn_policy == "frozen":
+        assert not batchnorm & set(run["moved"])
+    else:  # the control: BatchNorm that trains does update its statistics
+        assert len(moved_statistics) == 2 * 34
 # ------------------------------------------------------------------ learning, end to end
 @pytest.fixture(scope="module")
 def digits():

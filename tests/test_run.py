@@ -1,0 +1,175 @@
+"""``kerastl.fit`` on small in-memory splits: which path each phase takes, what it reports."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+import kerastl
+from kerastl.run import fit
+
+from .conftest import source_backbone
+
+
+def _digits_splits(n_train: int = 48, n_val: int = 24, test: bool = True,
+                   classes: int = 3) -> kerastl.DataSplits:
+    """Real digits as 8x8 uint8 images (resized to the model's input by the data layer)."""
+    digits = load_digits()
+    keep = digits.target < classes
+    images, labels = (digits.images[keep] * 16).astype("uint8"), digits.target[keep]
+    names = [str(i) for i in range(classes)]
+    end_val = n_train + n_val
+    return kerastl.DataSplits(
+        train=kerastl.from_arrays(images[:n_train], labels[:n_train], class_names=names),
+        val=kerastl.from_arrays(images[n_train:end_val], labels[n_train:end_val],
+                                class_names=names),
+        test=(kerastl.from_arrays(images[end_val:end_val + 24], labels[end_val:end_val + 24],
+                                  class_names=names) if test else None),
+        class_names=names,
+    )
+
+
+def _config(tmp_path, name: str, **values) -> kerastl.RunConfig:
+    # float32, not "auto" (mixed_bfloat16 on a CPU with avx512_bf16): runs compared
+    # here differ by float32 round-off only, on every CPU.
+    return kerastl.RunConfig(**{"image_size": 32, "batch_size": 16, "augment": [],
+                                "verbose": 0, "seed": 1, "output": str(tmp_path / name),
+                                "precision": "float32", **values})
+
+
+def _source(**values) -> dict:
+    source = source_backbone()
+    return {"backbone": source["backbone"], "backbone_kwargs": source["backbone_kwargs"],
+            "weights": source["weights"], **values}
+
+
+# ------------------------------------------------------------------ feature cache
+def test_bn_policy_train_with_the_feature_cache_trains_both_phases(tmp_path):
+    # The head phase trains on cached features (its extractor calls the base with
+    # training=False); the fine-tuning phase must still let BatchNorm train.
+    result = fit(_config(tmp_path, "bn", **_source(), mode="finetune", epochs=2,
+                         head_epochs=1, unfreeze_blocks=1, bn_policy="train"),
+                 splits=_digits_splits())
+    assert [row["phase"] for row in result.history] == ["head", "finetune"]
+    assert any("cached base features" in note for note in result.notes)
+
+
+def test_dropout_inside_the_base_falls_back_to_image_batches_and_says_why(tmp_path):
+    # EfficientNet's drop-connect runs during training when BatchNorm trains, so the
+    # features of a frozen phase are not a fixed function of the image.
+    result = fit(_config(tmp_path, "eff", backbone="EfficientNetB0", weights=None,
+                         mode="frozen", epochs=1, bn_policy="train"),
+                 splits=_digits_splits(n_train=16, n_val=8))
+    assert [row["phase"] for row in result.history] == ["frozen"]
+    assert not any("cached base features" in note for note in result.notes)
+    why = [note for note in result.notes if note.startswith("phase 'frozen'")]
+    assert why and "Dropout" in why[0], result.notes
+    saved = json.loads((result.output_dir / "run.json").read_text())["notes"]
+    assert saved == result.notes
+
+
+# ------------------------------------------------------------------ resume
+class _CrashAfter(keras.callbacks.Callback):
+    """Crash at the end of epoch ``epoch`` (1-based), before its checkpoint is written."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_resume_with_precision_float32_after_a_mixed_float16_run(tmp_path):
+    # kerastl's own advice after a NaN under mixed_float16: --resume --precision float32.
+    splits = _digits_splits(n_train=32, n_val=16)
+    config = _config(tmp_path, "mixed", **_source(), mode="frozen", epochs=2,
+                     precision="mixed_float16")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, splits=splits, callbacks=[_CrashAfter(2)])  # epoch 1 saved
+    keras.mixed_precision.set_global_policy("float32")
+    with pytest.warns(UserWarning, match="loss-scale state is not restored"):
+        resumed = fit(kerastl.RunConfig(output=config.output, resume=True, precision="float32",
+                                        verbose=0), splits=splits)
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    assert resumed.config.precision == "float32"
+    assert resumed.model.get_layer("predictions").kernel.dtype == "float32"
+
+
+# ------------------------------------------------------------------ what is reported
+def test_balanced_class_weights_apply_to_binary_and_are_refused_for_multilabel():
+    from kerastl.run import _class_weights
+
+    labels = np.array([0, 0, 0, 1])
+    binary = kerastl.RunConfig(task="binary", class_weight="balanced")
+    assert _class_weights(binary, labels, 2) == pytest.approx([4 / 6, 4 / 2])
+    multilabel = kerastl.RunConfig(task="multilabel", class_weight="balanced")
+    with pytest.raises(kerastl.ConfigError, match="multilabel"):
+        _class_weights(multilabel, np.array([[0, 1], [1, 1]]), 2)
+
+
+# ------------------------------------------------------------------ equivalences
+def _assert_same_model(a: keras.Model, b: keras.Model, images: np.ndarray) -> None:
+    """Weights of base and head, and outputs in both call modes, within float round-off.
+
+    The two runs compute the same function along different paths (cached features vs
+    images through the base): float32 round-off of oneDNN kernels only, hence rtol
+    1e-5 plus an absolute term for values near zero.
+    """
+    assert [w.path for w in a.weights] == [w.path for w in b.weights]
+    for x, y in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6,
+                                   err_msg=x.path)
+    for training in (True, False):
+        np.testing.assert_allclose(np.asarray(a(images, training=training)),
+                                   np.asarray(b(images, training=training)),
+                                   rtol=1e-5, atol=1e-6, err_msg=f"training={training}")
+
+
+@pytest.fixture(scope="module")
+def cached_and_uncached(tmp_path_factory):
+    """The same frozen run twice (seed, data, --augment none): cached features, images.
+
+    Label smoothing on and no test split, so the final evaluation is on the
+    validation split with the definition of val_loss.
+    """
+    tmp_path = tmp_path_factory.mktemp("cache")
+    splits = _digits_splits(n_train=40, n_val=16, test=False)
+    common = dict(**_source(), mode="frozen", epochs=2, dropout=0.2, label_smoothing=0.2)
+    cached = fit(_config(tmp_path, "cached", **common), splits=splits)
+    uncached = fit(_config(tmp_path, "images", **common, feature_cache="off"), splits=splits)
+    return splits, cached, uncached
+
+
+def test_a_cached_run_equals_an_uncached_run(cached_and_uncached):
+    splits, cached, uncached = cached_and_uncached
+    assert any("cached base features" in note for note in cached.notes)
+    assert not any("cached base features" in note for note in uncached.notes)
+    for a, b in zip(cached.history, uncached.history, strict=True):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    images = next(iter(splits.val.batches(32, 8)))[0].numpy()
+    # Dropout is active in training=True calls: both models draw the same masks only if
+    # their seed states advanced alike.
+    _assert_same_model(cached.model, uncached.model, images)
+
+
+def test_final_loss_has_the_definition_of_val_loss(cached_and_uncached):
+    from kerastl.training import predict
+
+    splits, result, _ = cached_and_uncached
+    assert result.metrics["evaluated_on"] == "validation"
+    assert result.metrics["loss"] == pytest.approx(result.history[-1]["val_loss"], rel=1e-5)
+    probs, labels = predict(result.model, splits.val.batches(32, 16))
+    plain = float(np.mean(-np.log(probs[np.arange(len(labels)), labels])))
+    assert result.metrics["cross_entropy"] == pytest.approx(plain, rel=1e-5)
+    assert abs(result.metrics["cross_entropy"] - result.metrics["loss"]) > 1e-3
+    definitions = result.metrics["definitions"]
+    assert "label_smoothing=0.2" in definitions["loss"] and "val_loss" in definitions["loss"]
+    saved = json.loads((result.output_dir / "metrics.json").read_text())
+    assert saved["loss"] == result.metrics["loss"]
