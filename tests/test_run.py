@@ -36,9 +36,10 @@ def _digits_splits(n_train: int = 48, n_val: int = 24, test: bool = True,
 def _config(tmp_path, name: str, **values) -> kerastl.RunConfig:
     # float32, not "auto" (mixed_bfloat16 on a CPU with avx512_bf16): runs compared
     # here differ by float32 round-off only, on every CPU.
+    # Checkpoints every epoch: the crash tests resume from the epoch before the crash.
     return kerastl.RunConfig(**{"image_size": 32, "batch_size": 16, "augment": [],
                                 "verbose": 0, "seed": 1, "output": str(tmp_path / name),
-                                "precision": "float32", **values})
+                                "precision": "float32", "checkpoint_interval": 0, **values})
 
 
 def _source(**values) -> dict:
@@ -173,3 +174,49 @@ def test_final_loss_has_the_definition_of_val_loss(cached_and_uncached):
     assert "label_smoothing=0.2" in definitions["loss"] and "val_loss" in definitions["loss"]
     saved = json.loads((result.output_dir / "metrics.json").read_text())
     assert saved["loss"] == result.metrics["loss"]
+
+
+# ------------------------------------------------------------------ resume after recovery
+def test_resume_lr_applies_even_at_the_default_value_with_a_constant_schedule(tmp_path):
+    # The first run used lr 0.1; the recovery is --lr 0.01, which is also the default
+    # value: it must not be taken for "not given", nor undone by the restored optimizer.
+    splits = _digits_splits(n_train=32, n_val=16)
+    config = _config(tmp_path, "lr", **_source(), mode="frozen", epochs=3, lr=0.1,
+                     schedule="constant")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, splits=splits, callbacks=[_CrashAfter(2)])  # epoch 1 saved
+    resumed = fit(kerastl.RunConfig(output=config.output, resume=True, lr=0.01, verbose=0),
+                  splits=splits)
+    assert [row["lr"] for row in resumed.history] == pytest.approx([0.1, 0.01, 0.01])
+
+
+def _learning_gets_worse_on_val(n: int = 48):
+    """Validation = the training images with every label shifted: the better the head
+    learns, the worse it validates, so a phase's first epoch is its best."""
+    splits = _digits_splits(n_train=n, n_val=0, test=False)
+    train = splits.train
+    shifted = kerastl.from_arrays(train.images, (train.labels + 1) % 3,
+                                  class_names=splits.class_names)
+    return kerastl.DataSplits(train=train, val=shifted, test=None,
+                              class_names=splits.class_names)
+
+
+def test_a_phase_ends_on_its_best_weights_and_its_checkpoint_says_it_is_finished(tmp_path):
+    from kerastl.checkpoints import latest_readable_state
+
+    splits = _learning_gets_worse_on_val()
+    phases = [kerastl.Phase("first", 3, lr=0.05), kerastl.Phase("second", 2, lr=0.05)]
+    common = dict(**_source(), phases=phases, optimizer="sgd", schedule="constant")
+    straight = fit(_config(tmp_path, "straight", **common), splits=splits)
+    crashed = _config(tmp_path, "crashed", **common)
+    with pytest.raises(KeyboardInterrupt):
+        fit(crashed, splits=splits, callbacks=[_CrashAfter(4)])  # first epoch of "second"
+    checkpoint, state = latest_readable_state(tmp_path / "crashed" / "checkpoints")
+    assert (state.phase_index, state.phase_epoch, state.epoch) == (1, 0, 3)
+    first = [row for row in straight.history if row["phase"] == "first"]
+    assert state.best["epoch"] == 1 and first[0]["val_accuracy"] > first[-1]["val_accuracy"]
+    resumed = fit(kerastl.RunConfig(output=crashed.output, resume=True, verbose=0),
+                  splits=splits)
+    assert [row["phase"] for row in resumed.history] == ["first"] * 3 + ["second"] * 2
+    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
