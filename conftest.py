@@ -15,6 +15,8 @@ collect_ignore = [
     "kerastl/predict.py",
     "kerastl/lr_find.py",
     "kerastl/export.py",
+    "kerastl/doctor.py",
+    "kerastl/compare.py",
     "scripts",
     "benchmarks",
     "notebooks",

@@ -12,12 +12,12 @@ Example:
 
 from . import _backend  # noqa: F401  (pins the TensorFlow backend first)
 from .backbones import Backbone, get_backbone, list_backbones
-from .compare import compare
+from .comparison import compare
 from .config import Phase, RunConfig
 from .data import DataSplits, ImageData, augmentation, from_arrays, from_folder, load_splits
 from .datasets import fashion_mnist
 from .deploy import ExportReport, export
-from .doctor import DoctorReport, diagnose
+from .diagnosis import DoctorReport, diagnose
 from .errors import (
     ConfigError,
     DataError,

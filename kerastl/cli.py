@@ -263,7 +263,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
 
 
 def doctor_parser() -> argparse.ArgumentParser:
-    from .doctor import DEFAULT_MAX_PIXELS
+    from .images import DEFAULT_MAX_PIXELS
 
     parser = argparse.ArgumentParser(
         prog="python -m kerastl.doctor",
@@ -333,7 +333,7 @@ def doctor_main(argv: Sequence[str] | None = None) -> int:
     import json
 
     args = doctor_parser().parse_args(argv)
-    from .doctor import diagnose
+    from .diagnosis import diagnose
     from .errors import DataError
 
     try:
@@ -347,7 +347,7 @@ def doctor_main(argv: Sequence[str] | None = None) -> int:
 
 def compare_parser() -> argparse.ArgumentParser:
     """``train``'s data/model/optimisation flags plus ``--regimes`` and ``--fractions``."""
-    from .compare import REGIMES
+    from .comparison import REGIMES
 
     parser = argparse.ArgumentParser(
         prog="python -m kerastl.compare",
@@ -375,7 +375,7 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
     regimes, fractions = args.pop("regimes"), args.pop("fractions")
 
     def action() -> int:
-        from .compare import compare, comparison_markdown
+        from .comparison import compare, comparison_markdown
         from .config import RunConfig, load_yaml
         from .outputs import new_run_dir
 

@@ -1,12 +1,12 @@
 """The data layer: class folders or in-memory arrays → ``tf.data`` batches.
 
 :class:`ImageData` holds labelled images before batching (file paths or a uint8
-array). Every file is checked by :func:`kerastl.doctor.find_bad_files` before
+array). Every file is checked by :func:`kerastl.images.find_bad_files` before
 anything is decoded, so a bad file stops the run at load time, by name, instead of
 in the middle of epoch 3.
 
 Images are decoded once with PIL (EXIF orientation, CMYK, 16-bit, palette and alpha
-handled by :func:`kerastl.doctor.open_rgb`), resized, and kept in memory as uint8.
+handled by :func:`kerastl.images.open_rgb`), resized, and kept in memory as uint8.
 Batches are raw pixels in ``[0, 255]`` as float32: the model applies its backbone's
 own ``preprocess_input`` (see :func:`kerastl.build_model`).
 
@@ -31,8 +31,8 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from . import _backend  # noqa: F401  (pins the TensorFlow backend)
-from .doctor import find_bad_files, open_rgb, scan_folder
 from .errors import ConfigError, DataError
+from .images import find_bad_files, open_rgb, scan_folder
 
 BAD_FILE_POLICIES = ("error", "skip")
 AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast", "translate")

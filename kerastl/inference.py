@@ -72,7 +72,7 @@ def predict_paths(model_path, inputs: Sequence[str], *, output=None, batch_size:
         photo.jpg,bag,0.981200,0.018800
     """
     from .data import ImageData
-    from .doctor import SUPPORTED_EXTENSIONS, find_bad_files
+    from .images import SUPPORTED_EXTENSIONS, find_bad_files
 
     labels = load_run_labels(model_path)
     names = labels["class_names"]

@@ -295,7 +295,7 @@ FROZEN_VS_FINETUNE_VS_SCRATCH = [
         | `scratch` | everything, from random weights | the baseline transfer must beat |
         | `sklearn-logreg` | logistic regression on frozen features | a linear probe |
 
-        `kerastl.compare.compare` runs them side by side at several **fractions** of the
+        `kerastl.comparison.compare` runs them side by side at several **fractions** of the
         training images, because the advantage of a pretrained start is largest when
         labels are scarce.
     '''),
@@ -394,7 +394,7 @@ FROZEN_VS_FINETUNE_VS_SCRATCH = [
     code('''
         from IPython.display import Image, Markdown, display
 
-        from kerastl.compare import compare, comparison_markdown
+        from kerastl.comparison import compare, comparison_markdown
 
         config = kerastl.RunConfig(
             data=DATA["train"], val_data=DATA["val"], test_data=DATA["test"],

@@ -8,7 +8,7 @@ import pytest
 
 import kerastl
 from kerastl.cli import compare_main as main
-from kerastl.compare import REGIMES, compare
+from kerastl.comparison import REGIMES, compare
 from kerastl.errors import ConfigError
 from kerastl.samples import data_samples_dir, source_backbone
 
