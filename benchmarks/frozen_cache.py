@@ -43,7 +43,9 @@ import tensorflow as tf  # noqa: E402
 import kerastl  # noqa: E402
 from kerastl.config import Phase  # noqa: E402
 from kerastl.datasets import fashion_mnist  # noqa: E402
-from kerastl.features import FeatureCache, cached_feature_datasets, head_model  # noqa: E402
+from kerastl.feature_cache import FeatureCache  # noqa: E402
+from kerastl.features import cached_feature_datasets  # noqa: E402
+from kerastl.model import head_model  # noqa: E402
 from kerastl.training import PhaseData, Trainer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "frozen_cache.json"

@@ -28,11 +28,12 @@ from .errors import (
     UnknownBackboneError,
     WeightsError,
 )
-from .features import FeatureCache, extract_features, feature_extractor, head_model
+from .feature_cache import FeatureCache
+from .features import extract_features
 from .freezing import UnfreezePlan, backbone_blocks, set_regime
 from .inference import evaluate_folder, predict_paths
 from .lr_finder import LRFinderResult
-from .model import build_model, load_model
+from .model import build_model, feature_extractor, head_model, load_model
 from .run import RunResult, fit, lr_find
 from .runtime import Runtime, setup_runtime
 from .sklearn_heads import SklearnClassifier

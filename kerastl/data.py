@@ -22,6 +22,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import keras  # noqa: E402  (after the backend is pinned)
 import numpy as np
@@ -494,6 +495,61 @@ def _array_class_names(labels: np.ndarray, class_names: Sequence[str] | None) ->
             f"{list(class_names)}. Pass one name per class."
         )
     return [str(name) for name in class_names]
+
+
+def is_image_data(data: Any) -> bool:
+    """Whether ``data`` is an :class:`ImageData` (or quacks like one)."""
+    return hasattr(data, "batches") and hasattr(data, "fingerprint")
+
+
+def image_batches(
+    data: Any,
+    *,
+    image_size: int,
+    batch_size: int,
+    labels: np.ndarray | None = None,
+    augment: Any = None,
+) -> tf.data.Dataset:
+    """Batches in data order from anything kerastl accepts as images: the one front door.
+
+    Arrays go through :func:`from_arrays`, so every path accepts the same shapes
+    (``(N, H, W)`` grayscale or ``(N, H, W, 1|3|4)``), checks the pixel range and
+    resizes to ``image_size``; a ``tf.data.Dataset`` is used as it is.
+
+    Args:
+        data: an :class:`ImageData`, a batched ``tf.data.Dataset`` of ``(images,
+            labels)`` or of images, an image array, or an ``(images, labels)`` tuple.
+        image_size: int. Side images are resized to (ImageData and arrays).
+        batch_size: int. Batch size for ImageData and arrays.
+        labels: array, optional. Labels of an image array.
+        augment: callable, optional. Applied to each batch with ``training=True``.
+
+    Returns:
+        A ``tf.data.Dataset`` of ``(images, labels)``, or of images when there are no
+        labels.
+
+    Example:
+        >>> ds = image_batches(np.zeros((5, 8, 8), "uint8"), image_size=8, batch_size=2)
+        >>> [tuple(b.shape) for b in ds]
+        [(2, 8, 8, 3), (2, 8, 8, 3), (1, 8, 8, 3)]
+    """
+    if isinstance(data, tuple) and len(data) == 2 and labels is None:
+        data, labels = data
+    if isinstance(data, tf.data.Dataset):
+        dataset = data
+        if augment is not None:
+            labelled = isinstance(dataset.element_spec, tuple)
+            dataset = dataset.map(
+                (lambda x, y: (augment(x, training=True), y)) if labelled
+                else (lambda x: augment(x, training=True)))
+        return dataset.prefetch(tf.data.AUTOTUNE)
+    unlabelled = labels is None and not is_image_data(data)
+    if not is_image_data(data):
+        images = np.asarray(data)
+        data = from_arrays(images, np.zeros(len(images), np.int64) if labels is None
+                           else labels)
+    dataset = data.batches(image_size, batch_size, shuffle_seed=None, augment=augment)
+    return dataset.map(lambda x, y: x) if unlabelled else dataset
 
 
 def train_val_split(data: ImageData, val_fraction: float, seed: int) -> tuple[ImageData, ImageData]:

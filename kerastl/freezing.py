@@ -373,7 +373,7 @@ def base_nodes(model: keras.Model) -> list:
     """The nodes of ``model``'s own graph that call its ``backbone`` layer.
 
     A layer records every call in ``_inbound_nodes``, whichever model made it: the
-    extractor of :func:`kerastl.features.feature_extractor` calls the same base with
+    extractor of :func:`kerastl.model.feature_extractor` calls the same base with
     ``training=False``. Only this model's own nodes say how *it* calls the base.
     """
     base = model.get_layer(BACKBONE_LAYER)
@@ -388,7 +388,7 @@ def base_called_in_inference(model: keras.Model) -> bool:
         >>> import kerastl
         >>> model = kerastl.build_model("VGG16", 2, input_shape=32, weights=None,
         ...                             bn_policy="train")
-        >>> _ = kerastl.features.feature_extractor(model)  # calls the base, training=False
+        >>> _ = kerastl.model.feature_extractor(model)  # calls the base, training=False
         >>> base_called_in_inference(model)
         False
     """

@@ -1,5 +1,9 @@
 """Model builder: raw pixels → the backbone's own preprocessing → base → head.
 
+Also the model surgery the rest of kerastl relies on: :func:`feature_extractor`
+(pixels → preprocessing → base) and :func:`head_model` (base output → head), both
+sharing the model's own layer objects.
+
 The model takes raw pixels in ``[0, 255]`` and applies the backbone's
 ``preprocess_input`` inside the graph, as Keras built-in layers (never a ``Lambda``
 or a custom class), so no caller can feed a ResNet ``rescale=1/255`` images by
@@ -24,6 +28,8 @@ from .freezing import (
     BACKBONE_LAYER,
     MODEL_PREFIX,
     PREPROCESS_LAYER,
+    base_nodes,
+    find_backbone,
     set_regime,
     validate_regime,
 )
@@ -72,7 +78,7 @@ def preprocessing_layer(backbone: str) -> keras.layers.Layer:
     Example:
         >>> import numpy as np
         >>> layer = preprocessing_layer("ResNet50")
-        >>> np.asarray(layer(np.array([[[[255.0, 0.0, 0.0]]]]))).round(3).tolist()
+        >>> np.asarray(layer(np.array([[[[255.0, 0.0, 0.0]]]]))).astype(float).round(3).tolist()
         [[[[-103.939, -116.779, 131.32]]]]
     """
     kind = get_backbone(backbone).preprocessing
@@ -278,3 +284,80 @@ def load_model(path: str | os.PathLike, **kwargs: Any) -> keras.Model:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Model file not found: {path!r}.")
     return keras.models.load_model(path, safe_mode=True, **kwargs)
+
+
+# ---------------------------------------------------------------------------- surgery
+POOLINGS = (None, "avg", "max")
+
+
+def feature_extractor(model: keras.Model, *, pooling: str | None = None) -> keras.Model:
+    """Raw pixels → the model's preprocessing → its base, in inference mode.
+
+    The extractor calls the very ``preprocess`` and ``backbone`` layer objects of
+    ``model``, so it always computes the features the full model's head sees.
+
+    Args:
+        model: keras.Model. Built by :func:`kerastl.build_model`.
+        pooling: str, optional. ``"avg"`` or ``"max"`` pools the base output to one
+            vector per image; ``None`` keeps the feature map. Defaults to None.
+
+    Returns:
+        A functional model named ``<model name>_features``.
+
+    Example:
+        >>> import kerastl
+        >>> from kerastl.model import feature_extractor
+        >>> model = kerastl.build_model("VGG16", 2, input_shape=32, weights=None)
+        >>> feature_extractor(model, pooling="avg").output.shape
+        (None, 512)
+    """
+    _check_pooling(pooling)
+    base, _ = find_backbone(model)
+    images = keras.Input(shape=model.input_shape[1:], name="image")
+    x = model.get_layer(PREPROCESS_LAYER)(images)
+    # Inference mode whatever the model's bn_policy: cached features must not
+    # depend on BatchNorm batch statistics or on dropout inside the base.
+    x = base(x, training=False)
+    if pooling is not None:
+        pool = {"avg": keras.layers.GlobalAveragePooling2D,
+                "max": keras.layers.GlobalMaxPooling2D}[pooling]
+        x = pool(name=f"features_{pooling}")(x)
+    return keras.Model(images, x, name=f"{model.name}_features")
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """Base output → the model's head layers → predictions, sharing the layers.
+
+    The head model reuses the layer instances of ``model`` (not copies), so fitting
+    it on cached features updates the weights of the end-to-end model.
+
+    Args:
+        model: keras.Model. Built by :func:`kerastl.build_model`.
+
+    Returns:
+        A functional model whose input has the base's output shape.
+
+    Example:
+        >>> import kerastl
+        >>> from kerastl.model import head_model
+        >>> model = kerastl.build_model("VGG16", 2, input_shape=32, weights=None)
+        >>> head = head_model(model)
+        >>> head.input_shape, head.layers[-1] is model.get_layer("predictions")
+        ((None, 1, 1, 512), True)
+    """
+    find_backbone(model)
+    nodes = base_nodes(model)
+    if len(nodes) != 1:
+        raise ConfigError(
+            f"Model {model.name!r} calls its '{BACKBONE_LAYER}' layer {len(nodes)} times; "
+            "head_model needs a model built by kerastl.build_model, which calls it once."
+        )
+    # Keras clones the graph from an intermediate tensor onwards with a new Input
+    # and the same layer objects.
+    return keras.Model(nodes[0].output_tensors[0], model.outputs, name=f"{model.name}_head")
+
+
+# ------------------------------------------------------------------------ extraction
+def _check_pooling(pooling: str | None) -> None:
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling must be one of {POOLINGS}; received pooling={pooling!r}.")

@@ -11,7 +11,7 @@ bias. The model stays an ordinary kerastl model; fine-tuning starts from that he
 
 Example:
     >>> import numpy as np, kerastl
-    >>> from kerastl.features import head_model
+    >>> from kerastl.model import head_model
     >>> model = kerastl.build_model("VGG16", 2, input_shape=32, weights=None, head="avg",
     ...                             dense_units=())
     >>> head = head_model(model)
@@ -59,7 +59,7 @@ def fit_probe(head: keras.Model, features: np.ndarray, labels: np.ndarray, *, ta
     """Fit logistic regression on what ``predictions`` sees, and write it into the head.
 
     Args:
-        head: keras.Model. From :func:`kerastl.features.head_model` (base output in).
+        head: keras.Model. From :func:`kerastl.model.head_model` (base output in).
         features: array. Base outputs of the training images (cached features).
         labels: array. Class ids ``(n,)`` (multiclass, binary) or multi-hot rows.
         task: str. ``"multiclass"``, ``"binary"`` or ``"multilabel"``.

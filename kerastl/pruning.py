@@ -270,8 +270,9 @@ def gzip_size(path: str | os.PathLike) -> int:
     """Bytes of the file once gzip-compressed (level 9): what pruning saves on the wire.
 
     Example:
-        >>> import tempfile
-        >>> path = tempfile.mktemp(); _ = open(path, "wb").write(bytes(10_000))
+        >>> import pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "zeros.bin"
+        >>> _ = path.write_bytes(bytes(10_000))
         >>> gzip_size(path) < 100
         True
     """

@@ -484,7 +484,9 @@ def _cache_applies(model, phase: Phase) -> tuple[bool, str]:
 def _cached_phase(config, runtime, model, splits, batch, steps, notes, *,
                   augmented: bool = False):
     from .data import augmentation
-    from .features import FeatureCache, cached_feature_datasets, head_model
+    from .feature_cache import FeatureCache
+    from .features import cached_feature_datasets
+    from .model import head_model
 
     cache_dir = config.feature_cache_dir
     if cache_dir is not None and not Path(cache_dir).is_absolute():

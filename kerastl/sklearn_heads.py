@@ -27,8 +27,8 @@ from sklearn.svm import LinearSVC
 
 from . import _backend  # noqa: F401
 from .errors import ConfigError, DataError
-from .features import feature_extractor, run_extractor
-from .model import load_model
+from .features import run_extractor
+from .model import feature_extractor, load_model
 from .outputs import atomic_file, atomic_write, atomic_write_json
 
 SKLEARN_HEADS = ("logreg", "linear-svm", "knn")

@@ -206,7 +206,7 @@ def test_frozen_run_trains_the_head_on_cached_features_and_saves_the_full_model(
     assert model.input_shape == (None, 32, 32, 3)  # end to end: raw images in
     images = next(iter(kerastl.data.from_folder(SAMPLES / "val").batches(32, 16)))[0]
     features = model.get_layer("backbone")(model.get_layer("preprocess")(images))
-    head = kerastl.features.head_model(model)
+    head = kerastl.head_model(model)
     np.testing.assert_allclose(model.predict(images, verbose=0),
                                np.asarray(head(features)), atol=1e-5)
     with_augmentation = fit(kerastl.RunConfig(**{**TINY, "augment": ["flip"]}, epochs=1,

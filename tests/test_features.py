@@ -13,16 +13,9 @@ from sklearn.datasets import load_digits
 
 import kerastl
 from kerastl.errors import ConfigError, DataError
-from kerastl.features import (
-    FeatureCache,
-    cache_applies,
-    cache_key,
-    cached_feature_datasets,
-    data_fingerprint,
-    extract_features,
-    feature_extractor,
-    head_model,
-)
+from kerastl.feature_cache import FeatureCache, cache_key, data_fingerprint
+from kerastl.features import cache_applies, cached_feature_datasets, extract_features
+from kerastl.model import feature_extractor, head_model
 from kerastl.sklearn_heads import SKLEARN_HEADS, SklearnClassifier, fit_sklearn_head
 
 SIZE = 32
@@ -140,7 +133,7 @@ def test_second_call_hits_the_cache_and_changed_weights_miss():
 def test_epoch_order_is_a_function_of_seed_and_epoch():
     model = small_model()
     data = (random_images(8), np.arange(8))
-    train, val = cached_feature_datasets(model, data, data, image_size=SIZE, batch_size=3,
+    train, val, _ = cached_feature_datasets(model, data, data, image_size=SIZE, batch_size=3,
                                          cache=FeatureCache(), seed=7)
 
     def order(dataset):
@@ -172,7 +165,7 @@ def test_memory_mapped_cache_serves_the_same_batches_as_memory():
     data = (random_images(5), np.arange(5))
 
     def batches(cache):
-        train, _ = cached_feature_datasets(model, data, None, image_size=SIZE, batch_size=2,
+        train, _, _ = cached_feature_datasets(model, data, None, image_size=SIZE, batch_size=2,
                                            cache=cache, seed=3)
         return [(f.numpy(), y.numpy()) for f, y in train(4)]
 
@@ -221,7 +214,7 @@ def test_augmented_passes_are_cached_and_reused_every_k_epochs():
     model = small_model()
     data = (random_images(6), np.arange(6))
     cache = FeatureCache()
-    train, _ = cached_feature_datasets(
+    train, _, _ = cached_feature_datasets(
         model, data, None, image_size=SIZE, batch_size=4, cache=cache, seed=0,
         augment=keras.layers.RandomFlip("horizontal_and_vertical", seed=1), augment_passes=2,
     )
@@ -311,7 +304,7 @@ def test_a_file_replaced_with_its_size_and_mtime_misses_the_disk_cache(tmp_path)
     model = small_model()
 
     def features(data, cache):
-        train, _ = cached_feature_datasets(model, data, None, image_size=SIZE, batch_size=4,
+        train, _, _ = cached_feature_datasets(model, data, None, image_size=SIZE, batch_size=4,
                                            cache=cache, seed=0)
         return by_label(train(0))[0]
 

@@ -120,7 +120,7 @@ def test_scratch_model_evaluates_as_well_as_it_trains():
 def test_a_feature_extractor_does_not_make_bn_policy_train_look_frozen():
     # The cached-feature path builds an extractor that calls the base with
     # training=False; that call belongs to another model and must not count.
-    from kerastl.features import feature_extractor
+    from kerastl.model import feature_extractor
 
     model = kerastl.build_model("MobileNetV2", 3, input_shape=32, weights=None,
                                 bn_policy="train", backbone_kwargs={"alpha": 0.35})

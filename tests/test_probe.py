@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 import kerastl
-from kerastl.features import head_model
+from kerastl.model import head_model
 from kerastl.probe import _predictions_inputs, fit_probe, probe_applies
 
 
