@@ -209,9 +209,12 @@ def test_frozen_run_trains_the_head_on_cached_features_and_saves_the_full_model(
     head = kerastl.head_model(model)
     np.testing.assert_allclose(model.predict(images, verbose=0),
                                np.asarray(head(features)), atol=1e-5)
+    # Augmentation given explicitly: K augmented passes are computed once and cached.
     with_augmentation = fit(kerastl.RunConfig(**{**TINY, "augment": ["flip"]}, epochs=1,
-                                              mode="frozen", output=str(tmp_path / "a")))
-    assert not any("cached base features" in n for n in with_augmentation.notes)
+                                              augment_passes=2, mode="frozen",
+                                              output=str(tmp_path / "a")))
+    assert any("2 augmented passes of cached base features" in n
+               for n in with_augmentation.notes)
 
 
 def test_output_paths_cannot_escape_the_output_directory(tmp_path):
