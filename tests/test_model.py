@@ -9,6 +9,7 @@ import pytest
 import kerastl
 
 from .conftest import is_batchnorm, test_size
+from .numerics import PREPROCESSING, assert_close
 
 # Saving writes every weight to disk (1.4 GB for ConvNeXtXLarge): the round trip runs
 # on the smallest member of each family, which uses the same layer types.
@@ -154,4 +155,4 @@ def test_preprocessing_inside_the_model_matches_keras_preprocess_input():
     images = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
     inside = model.get_layer("preprocess")(images)
     expected = keras.applications.resnet.preprocess_input(images.copy())
-    np.testing.assert_allclose(np.asarray(inside), expected, rtol=1e-6)
+    assert_close(inside, expected, PREPROCESSING)

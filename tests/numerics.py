@@ -1,0 +1,113 @@
+"""Tolerances for floats that two code paths compute, derived once from the arithmetic.
+
+Two paths that compute the same mathematical value with float operations in another
+order agree only up to rounding: another batch size (oneDNN tiles the batch
+differently), AVX2 instead of AVX-512 kernels (8 instead of 16 float32 lanes per partial
+sum), one replica or two. A tolerance not derived from that rounding either fails on
+another CPU (issue 16: ``rtol=1e-6`` without an absolute term failed on AVX2 for
+features near zero) or is so loose that it cannot fail.
+
+The model. An output of a convolution or dense layer is a sum of ``n`` products. Any
+summation order lands within ``n * u * sum|x * w|`` of the exact sum, ``u`` being the
+unit roundoff (Higham, *Accuracy and Stability of Numerical Algorithms*, 2002, eq. 3.5).
+That bound assumes every rounding error has the same sign; they do not, and the error
+grows like ``sqrt(n) * u * sum|x * w|`` instead (Higham & Mary, "A new approach to
+probabilistic rounding error analysis", SIAM J. Sci. Comput., 2019). Two facts follow:
+
+* An element's error is proportional to the size of the terms summed into it, not to
+  the element: one that cancels to ~0 still carries the rounding of its large terms. So
+  the absolute term of every tolerance is proportional to the tensor's scale (its
+  largest ``|value|``), and an elementwise ``rtol`` alone is never enough.
+* Layers add their errors (normalised layers neither shrink nor grow them much), so a
+  network of ``L`` layers whose largest dot product has ``n`` terms is off by about
+  ``L * sqrt(n) * u``; two orders can be off in opposite directions (factor 2), and
+  :data:`SAFETY` covers the tail of the probabilistic bound.
+
+Bit-identical checks (``assert_array_equal``) stay only where both sides run the same
+operations in the same order on the same data (a same-seed rerun, a value served back
+from a cache, weights copied into another model); each says so where it is made.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# float32 keeps 24 significant bits, so rounding moves a value by at most 2**-24 of it.
+F32_UNIT_ROUNDOFF = 2.0**-24
+# bfloat16 keeps 8 significant bits (7 stored): 2**-8, about 0.4 %, per rounding.
+BF16_UNIT_ROUNDOFF = 2.0**-8
+# lambda of the probabilistic bound: it holds with probability >= 1 - 2 exp(-lambda^2 / 2)
+# per sum (0.9993 for 4), and sum|x*w| >= |output| adds more margin in practice.
+SAFETY = 4.0
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far two paths may disagree, relative to each element and to the tensor's scale.
+
+    Attributes:
+        rtol: float. Allowed ``|actual - desired|`` per unit of ``|desired|``, and the
+            absolute term per unit of the tensor's scale ``max |desired|``.
+        why: str. The arithmetic behind ``rtol``, quoted in failure messages.
+    """
+
+    rtol: float
+    why: str
+
+    def atol(self, desired: np.ndarray) -> float:
+        """Absolute term: ``rtol`` times the largest ``|desired|`` (tiny for all zeros)."""
+        scale = float(np.max(np.abs(desired), initial=0.0))
+        return self.rtol * max(scale, float(np.finfo(np.float32).tiny))
+
+
+def reordered(terms: int, layers: int, unit_roundoff: float = F32_UNIT_ROUNDOFF) -> Tolerance:
+    """Two evaluations of a ``layers``-deep network that add ``terms`` products per output.
+
+    Example:
+        >>> tol = reordered(terms=4608, layers=15)
+        >>> 1e-4 < tol.rtol < 1e-3
+        True
+    """
+    rtol = 2 * SAFETY * layers * math.sqrt(terms) * unit_roundoff
+    return Tolerance(rtol, f"{layers} layers x sqrt({terms} terms) x u={unit_roundoff:.2g}, "
+                           f"x2 orders x{SAFETY:g} safety")
+
+
+def elementwise(ops: int, unit_roundoff: float = F32_UNIT_ROUNDOFF) -> Tolerance:
+    """Two implementations of ``ops`` elementwise float operations on the same inputs.
+
+    Each rounding moves a value by at most ``u`` of it, but of the operands, not the
+    result: ``x - mean`` near 0 carries the rounding of ``x``. Hence, again, the
+    scale-relative absolute term.
+
+    Example:
+        >>> elementwise(ops=2).rtol < 1e-6
+        True
+    """
+    rtol = 2 * SAFETY * ops * unit_roundoff
+    return Tolerance(rtol, f"{ops} elementwise ops x u={unit_roundoff:.2g}, x2 sides "
+                           f"x{SAFETY:g} safety")
+
+
+def assert_close(actual, desired, tol: Tolerance, err_msg: str = "") -> None:
+    """``assert_allclose`` with ``tol``'s relative and scale-relative absolute terms."""
+    desired = np.asarray(desired)
+    np.testing.assert_allclose(np.asarray(actual), desired, rtol=tol.rtol,
+                               atol=tol.atol(desired), err_msg=f"{err_msg} ({tol.why})")
+
+
+# ---------------------------------------------------------------- the tolerances used
+# VGG16 at 32x32 plus an 8-unit dense layer and the predictions (tests/test_features.py):
+# 15 layers, largest dot product 3 x 3 x 512 = 4608 terms -> rtol 4.9e-4. Measured
+# between batch sizes 2, 5 and 32 on AVX-512 and under ONEDNN_MAX_CPU_ISA=AVX2: up to
+# 6.6e-7 on features of scale 0.23 (2.9e-6 of the scale), 170x inside.
+VGG16_FORWARD = reordered(terms=3 * 3 * 512, layers=15)
+# MobileNetV2 alpha=0.35 at 32x32 with the predictions layer (tests/test_cli.py): 53
+# layers, largest dot product 336 terms -> rtol 4.6e-4.
+MOBILENETV2_FORWARD = reordered(terms=336, layers=53)
+# Caffe-style preprocessing (channel flip, then subtract the ImageNet mean; the
+# mean-subtracted values reach 0.004 while the inputs reach 255): 2 ops -> rtol 9.5e-7.
+PREPROCESSING = elementwise(ops=2)
