@@ -92,6 +92,23 @@ def elementwise(ops: int, unit_roundoff: float = F32_UNIT_ROUNDOFF) -> Tolerance
                            f"x{SAFETY:g} safety")
 
 
+def assert_same_training(actual, desired, initial, tol: Tolerance, err_msg: str = "") -> None:
+    """Weights trained from the same ``initial`` values along two summation orders.
+
+    Rounding perturbs each optimizer update by at most ``tol.rtol`` of itself (the
+    gradient is a reordered sum like any other), so the two end points differ by at most
+    ``tol.rtol`` times the distance travelled, ``max |desired - initial|``, plus the
+    rounding of the weights themselves. A weight that did not move must match to that
+    rounding; a wrong update (a loss averaged per replica, say) is off by a whole step.
+    """
+    desired, initial = np.asarray(desired), np.asarray(initial)
+    travelled = float(np.max(np.abs(desired - initial), initial=0.0))
+    rounding = 2 * SAFETY * F32_UNIT_ROUNDOFF * float(np.max(np.abs(desired), initial=0.0))
+    np.testing.assert_allclose(np.asarray(actual), desired, rtol=0,
+                               atol=tol.rtol * travelled + rounding,
+                               err_msg=f"{err_msg} (moved {travelled:.3g}; {tol.why})")
+
+
 def assert_close(actual, desired, tol: Tolerance, err_msg: str = "") -> None:
     """``assert_allclose`` with ``tol``'s relative and scale-relative absolute terms."""
     desired = np.asarray(desired)
@@ -111,3 +128,11 @@ MOBILENETV2_FORWARD = reordered(terms=336, layers=53)
 # Caffe-style preprocessing (channel flip, then subtract the ImageNet mean; the
 # mean-subtracted values reach 0.004 while the inputs reach 255): 2 ops -> rtol 9.5e-7.
 PREPROCESSING = elementwise(ops=2)
+# The shipped MobileNetV3Small alpha=0.75 source backbone at 32x32 with its predictions
+# layer (tests/test_distributed.py): 53 layers, largest dot product 432 terms -> 5.2e-4.
+MOBILENETV3_FORWARD = reordered(terms=432, layers=53)
+# Its training steps at a global batch of 16: the backward pass doubles the layers, and
+# a weight gradient sums over batch x positions, 16 x 16 x 16 = 4096 terms after the
+# stride-2 stem -> 3.2e-3 of each update. Measured one replica against two (each with
+# half the batch) under ONEDNN_MAX_CPU_ISA=AVX2: at most 1.5e-8 apart, 1.2e-7 of scale.
+MOBILENETV3_TRAINING = reordered(terms=16 * 16 * 16, layers=2 * 53)
