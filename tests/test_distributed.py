@@ -22,6 +22,8 @@ from kerastl.run import REPO_ROOT, data_samples_dir
 
 from .numerics import MOBILENETV3_FORWARD, MOBILENETV3_TRAINING, assert_close, assert_same_training
 
+pytestmark = pytest.mark.slow  # every test here trains in two child processes
+
 SAMPLES = data_samples_dir() / "fashion"
 CHILD_TIMEOUT = 240  # seconds; a hung collective must fail the test, not block CI
 
