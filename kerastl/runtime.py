@@ -49,9 +49,10 @@ MIN_FLOAT16_COMPUTE_CAPABILITY = (7, 0)
 # (measured here: ~1.45x training speed-up with avx512_bf16).
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # Values of ONEDNN_MAX_CPU_ISA (or its older name DNNL_MAX_CPU_ISA) that keep oneDNN
-# below its avx512_core_bf16 kernels although the CPU has the flag: bfloat16 is then
-# emulated and slower than float32 (oneDNN "CPU Dispatcher Control"; later ISAs such
-# as AVX512_CORE_BF16, AVX512_CORE_AMX, AVX10_* and ALL keep them).
+# below its avx512_core_bf16 kernels although the CPU has the flag (oneDNN "CPU
+# Dispatcher Control"; AVX512_CORE_BF16, AVX512_CORE_AMX, AVX10_* and ALL keep them).
+# TensorFlow looks at the CPU flag only, so under such a cap it still asks oneDNN for
+# bfloat16 convolutions, which fail to build ("could not create a primitive descriptor").
 ONEDNN_ISAS_WITHOUT_BF16 = frozenset({
     "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_MIC", "AVX512_MIC_4OPS",
     "AVX512_CORE", "AVX512_CORE_VNNI",
@@ -270,7 +271,8 @@ def _precision_and_reason(requested: str, facts: DeviceFacts, strategy_name: str
     if not bf16_flags:
         return "float32", "the CPU has no native bfloat16 (avx512_bf16/amx_bf16)"
     # The flag alone is not enough: TensorFlow reaches the bfloat16 instructions only
-    # through oneDNN; without it (or capped below them) bfloat16 is emulated and slow.
+    # through oneDNN. Without it Eigen emulates bfloat16 (measured: MobileNetV2 training
+    # 2x slower than float32); capped below them, see ONEDNN_ISAS_WITHOUT_BF16.
     if not facts.onednn_enabled:
         return "float32", (
             f"the CPU has {bf16_flags} but TF_ENABLE_ONEDNN_OPTS turns oneDNN off, so "
@@ -279,7 +281,7 @@ def _precision_and_reason(requested: str, facts: DeviceFacts, strategy_name: str
     if facts.onednn_max_isa in ONEDNN_ISAS_WITHOUT_BF16:
         return "float32", (
             f"the CPU has {bf16_flags} but ONEDNN_MAX_CPU_ISA={facts.onednn_max_isa} keeps "
-            "oneDNN below its bfloat16 kernels, so bfloat16 would be emulated"
+            "oneDNN below its bfloat16 kernels"
         )
     return "mixed_bfloat16", f"the CPU has native bfloat16 ({bf16_flags})"
 
