@@ -13,7 +13,8 @@ be tested with made-up hardware:
   more than one worker, ``mirrored`` with more than one GPU, else ``default``.
 * precision: ``mixed_float16`` when every GPU has compute capability >= 7.0
   (Tensor Cores), ``mixed_bfloat16`` on TPUs and on CPUs with ``avx512_bf16`` or
-  ``amx_bf16``, else ``float32``.
+  ``amx_bf16`` (unless oneDNN is turned off or capped below its bfloat16 kernels, see
+  :data:`ONEDNN_ISAS_WITHOUT_BF16`), else ``float32``.
 * XLA (``jit_compile``): on for GPU/TPU, off on CPU where it is several times
   slower than the oneDNN kernels.
 """
@@ -48,6 +49,15 @@ MIN_FLOAT16_COMPUTE_CAPABILITY = (7, 0)
 # CPU flags whose presence makes oneDNN run bfloat16 matmuls/convolutions natively
 # (measured here: ~1.45x training speed-up with avx512_bf16).
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+# Values of ONEDNN_MAX_CPU_ISA (or its older name DNNL_MAX_CPU_ISA) that keep oneDNN
+# below its avx512_core_bf16 kernels although the CPU has the flag (oneDNN "CPU
+# Dispatcher Control"; AVX512_CORE_BF16, AVX512_CORE_AMX, AVX10_* and ALL keep them).
+# TensorFlow looks at the CPU flag only, so under such a cap it still asks oneDNN for
+# bfloat16 convolutions, which fail to build ("could not create a primitive descriptor").
+ONEDNN_ISAS_WITHOUT_BF16 = frozenset({
+    "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_MIC", "AVX512_MIC_4OPS",
+    "AVX512_CORE", "AVX512_CORE_VNNI",
+})
 # A TPU step is cheap compared with the host round-trip; running many steps per
 # tf.function call keeps the TPU busy.
 TPU_STEPS_PER_EXECUTION = 32
@@ -64,6 +74,8 @@ class DeviceFacts:
             remote TPU Node, None without a TPU.
         cpu_flags: frozenset of str. Flags from ``/proc/cpuinfo``.
         n_workers: int. Worker + chief count from ``TF_CONFIG`` (1 without it).
+        onednn_max_isa: str. ``ONEDNN_MAX_CPU_ISA`` upper-cased (``""`` when unset).
+        onednn_enabled: bool. False when ``TF_ENABLE_ONEDNN_OPTS`` turns oneDNN off.
 
     Example:
         >>> facts = DeviceFacts(gpus=((8, 0),), tpu=False, tpu_address=None,
@@ -77,6 +89,8 @@ class DeviceFacts:
     tpu_address: str | None = None
     cpu_flags: frozenset[str] = field(default_factory=frozenset)
     n_workers: int = 1
+    onednn_max_isa: str = ""
+    onednn_enabled: bool = True
 
     @classmethod
     def detect(cls) -> DeviceFacts:
@@ -96,6 +110,8 @@ class DeviceFacts:
             tpu_address=tpu_address,
             cpu_flags=_detect_cpu_flags(),
             n_workers=_count_workers(_tf_config()),
+            onednn_max_isa=_onednn_max_isa(),
+            onednn_enabled=_onednn_enabled(),
         )
 
 
@@ -129,6 +145,21 @@ def _detect_cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
     except OSError:  # not Linux: no flags means no bfloat16 claim
         pass
     return frozenset()
+
+
+def _onednn_max_isa() -> str:
+    # oneDNN reads ONEDNN_MAX_CPU_ISA first, then the older DNNL_MAX_CPU_ISA.
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        value = os.environ.get(name, "").strip().upper()
+        if value:
+            return value
+    return ""
+
+
+def _onednn_enabled() -> bool:
+    # TensorFlow parses this with ReadBoolFromEnvVar: "0"/"false" turn oneDNN off,
+    # anything else leaves its default (on for x86 Linux wheels since TF 2.9).
+    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() not in ("0", "false")
 
 
 def _tf_config() -> dict[str, Any]:
@@ -196,7 +227,8 @@ def choose_precision(requested: str, facts: DeviceFacts, strategy_name: str) -> 
     Returns:
         ``"mixed_bfloat16"`` on TPU, ``"mixed_float16"`` when every GPU has compute
         capability >= 7.0, ``"mixed_bfloat16"`` on a CPU-only host with
-        ``avx512_bf16``/``amx_bf16``, else ``"float32"``.
+        ``avx512_bf16``/``amx_bf16`` whose oneDNN is on and not capped below its
+        bfloat16 kernels, else ``"float32"``.
 
     Raises:
         ConfigError: for an unknown value, or ``mixed_float16`` on TPU (TPUs have
@@ -204,6 +236,12 @@ def choose_precision(requested: str, facts: DeviceFacts, strategy_name: str) -> 
 
     Example:
         >>> choose_precision("auto", DeviceFacts(gpus=((6, 1),)), "default")
+        'float32'
+        >>> bf16 = frozenset({"avx512_bf16"})
+        >>> choose_precision("auto", DeviceFacts(cpu_flags=bf16), "default")
+        'mixed_bfloat16'
+        >>> choose_precision("auto", DeviceFacts(cpu_flags=bf16, onednn_max_isa="AVX2"),
+        ...                  "default")
         'float32'
     """
     return _precision_and_reason(requested, facts, strategy_name)[0]
@@ -230,10 +268,23 @@ def _precision_and_reason(requested: str, facts: DeviceFacts, strategy_name: str
             f"a GPU has compute capability {oldest[0]}.{oldest[1]} < 7.0 (no Tensor "
             "Cores), where float16 is not faster"
         )
-    bf16_flags = sorted(facts.cpu_flags & BF16_CPU_FLAGS)
-    if bf16_flags:
-        return "mixed_bfloat16", f"the CPU has native bfloat16 ({', '.join(bf16_flags)})"
-    return "float32", "the CPU has no native bfloat16 (avx512_bf16/amx_bf16)"
+    bf16_flags = ", ".join(sorted(facts.cpu_flags & BF16_CPU_FLAGS))
+    if not bf16_flags:
+        return "float32", "the CPU has no native bfloat16 (avx512_bf16/amx_bf16)"
+    # The flag alone is not enough: TensorFlow reaches the bfloat16 instructions only
+    # through oneDNN. Without it Eigen emulates bfloat16 (measured: MobileNetV2 training
+    # 2x slower than float32); capped below them, see ONEDNN_ISAS_WITHOUT_BF16.
+    if not facts.onednn_enabled:
+        return "float32", (
+            f"the CPU has {bf16_flags} but TF_ENABLE_ONEDNN_OPTS turns oneDNN off, so "
+            "bfloat16 would be emulated"
+        )
+    if facts.onednn_max_isa in ONEDNN_ISAS_WITHOUT_BF16:
+        return "float32", (
+            f"the CPU has {bf16_flags} but ONEDNN_MAX_CPU_ISA={facts.onednn_max_isa} keeps "
+            "oneDNN below its bfloat16 kernels"
+        )
+    return "mixed_bfloat16", f"the CPU has native bfloat16 ({bf16_flags})"
 
 
 def make_strategy(

@@ -25,6 +25,28 @@ def test_size(name: str) -> int:
 
 test_size.__test__ = False  # not a test
 
+# CPU flags that change which kernels run (and so the last bits of every float), and
+# the settings that cap them: printed in the header so a failure report names its CPU.
+HEADER_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+HEADER_ENV = ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS")
+
+
+def pytest_report_header(config) -> list[str]:
+    from kerastl import runtime
+
+    flags = runtime._detect_cpu_flags()
+    shown = " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in HEADER_CPU_FLAGS)
+    env = " ".join(f"{name}={os.environ.get(name, '(unset)')}" for name in HEADER_ENV)
+    try:
+        facts = runtime.DeviceFacts.detect()
+        strategy = runtime.choose_strategy_name("auto", facts)
+        precision, why = runtime._precision_and_reason("auto", facts, strategy)
+        policy = f"{precision} ({why})"
+    except Exception as error:  # a header must never stop the run
+        policy = f"unknown: {error}"
+    return [f"kerastl CPU: {shown}", f"kerastl oneDNN: {env}",
+            f"kerastl default precision: {policy}"]
+
 
 @pytest.fixture(autouse=True)
 def _clear_keras_session():

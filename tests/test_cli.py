@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -137,6 +135,7 @@ class _CrashAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt("simulated crash")
 
 
+@pytest.mark.slow
 def test_resume_continues_with_same_phase_and_ends_with_same_weights(tmp_path):
     # Head dropout on: the resumed run must also draw the masks the straight one drew.
     common = dict(**{**TINY, "dropout": 0.2}, epochs=3, head_epochs=1, mode="finetune",
@@ -157,14 +156,21 @@ def test_resume_continues_with_same_phase_and_ends_with_same_weights(tmp_path):
     _assert_same_model(straight.model, resumed.model, _test_images())
 
 
-def test_help_is_grouped_and_bad_values_are_refused_in_one_line():
-    run = [sys.executable, "-m", "kerastl.train"]
-    shown = subprocess.run([*run, "--help"], capture_output=True, text=True, check=True)
+def test_help_is_grouped_and_bad_values_are_refused_in_one_line(capsys):
+    # In this process: `python -m kerastl.train` itself runs in test_reliability and
+    # test_distributed, and each extra interpreter costs a TensorFlow import.
+    from kerastl.cli import train_main
+
+    with pytest.raises(SystemExit) as shown:
+        train_main(["--help"])
+    assert shown.value.code == 0
+    help_text = capsys.readouterr().out
     for group in ("data:", "model:", "regime:", "optimisation:", "runtime:", "output:"):
-        assert group in shown.stdout
-    refused = subprocess.run([*run, "--epochs", "0"], capture_output=True, text=True)
-    assert refused.returncode == 2
-    assert "--epochs: expected a positive integer, got '0'" in refused.stderr
+        assert group in help_text
+    with pytest.raises(SystemExit) as refused:
+        train_main(["--epochs", "0"])
+    assert refused.value.code == 2
+    assert "--epochs: expected a positive integer, got '0'" in capsys.readouterr().err
 
 
 def test_config_file_values_are_defaults_that_flags_override(tmp_path):

@@ -40,6 +40,7 @@ def every_regime(tmp_path_factory):
     return out, compare(kerastl.RunConfig(**TINY), output=out)
 
 
+@pytest.mark.slow
 def test_every_regime_is_in_the_table_and_the_json(every_regime):
     out, rows = every_regime
     assert [row["regime"] for row in rows] == list(REGIMES)
@@ -51,6 +52,7 @@ def test_every_regime_is_in_the_table_and_the_json(every_regime):
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_regimes_share_data_and_epoch_budget(every_regime):
     out, rows = every_regime
     n_train = sum(1 for p in (SAMPLES / "train").rglob("*") if p.is_file())

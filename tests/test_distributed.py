@@ -21,6 +21,9 @@ from kerastl.reports import read_history_csv
 from kerastl.samples import REPO_ROOT, data_samples_dir
 
 from .conftest import source_backbone
+from .numerics import MOBILENETV3_FORWARD, MOBILENETV3_TRAINING, assert_close, assert_same_training
+
+pytestmark = pytest.mark.slow  # every test here trains in two child processes
 
 SAMPLES = data_samples_dir() / "fashion"
 CHILD_TIMEOUT = 240  # seconds; a hung collective must fail the test, not block CI
@@ -76,7 +79,8 @@ TRAINER_SCRIPT = textwrap.dedent(
     np.savez(out, replicas=strategy.num_replicas_in_sync, moved=moved,
              loss=[row["loss"] for row in state.history],
              out_train=np.asarray(model(probe, training=True)),
-             out_infer=np.asarray(model(probe, training=False)), *model.get_weights())
+             out_infer=np.asarray(model(probe, training=False)), *model.get_weights(),
+             **{f"initial_{i}": w for i, w in enumerate(initial)})
     """
 )
 
@@ -98,10 +102,11 @@ def _run_trainer(script: Path, strategy: str, out: Path) -> dict[str, np.ndarray
         return dict(saved)
 
 
-def _weights(saved: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return [saved[f"arr_{i}"] for i in range(sum(k.startswith("arr_") for k in saved))]
+def _weights(saved: dict[str, np.ndarray], prefix: str = "arr_") -> list[np.ndarray]:
+    return [saved[f"{prefix}{i}"] for i in range(sum(k.startswith(prefix) for k in saved))]
 
 
+@pytest.mark.numerics
 def test_mirrored_two_devices_matches_one_device_with_same_global_batch(tmp_path):
     script = tmp_path / "train_once.py"
     script.write_text(TRAINER_SCRIPT)
@@ -110,13 +115,14 @@ def test_mirrored_two_devices_matches_one_device_with_same_global_batch(tmp_path
     assert int(single["replicas"]) == 1 and int(mirrored["replicas"]) == 2
     # Both phases trained: the head and the unfrozen top blocks moved.
     assert int(single["moved"]) == int(mirrored["moved"]) >= 8
-    np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=1e-4)
+    assert_close(mirrored["loss"], single["loss"], MOBILENETV3_FORWARD)
     after_single, after_mirrored = _weights(single), _weights(mirrored)
-    assert len(after_single) == len(after_mirrored) > 0
-    for a, b in zip(after_mirrored, after_single, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    initial = _weights(single, "initial_")
+    assert len(after_single) == len(after_mirrored) == len(initial) > 0
+    for a, b, start in zip(after_mirrored, after_single, initial, strict=True):
+        assert_same_training(a, b, start, MOBILENETV3_TRAINING)
     for key in ("out_train", "out_infer"):
-        np.testing.assert_allclose(mirrored[key], single[key], rtol=1e-4, atol=1e-6)
+        assert_close(mirrored[key], single[key], MOBILENETV3_FORWARD, err_msg=key)
 
 
 # ------------------------------------------------------------------ multi-worker

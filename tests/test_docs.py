@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,6 +32,7 @@ def test_readme_backbone_table_is_generated_from_the_registry():
     assert all(f"| {name} |" in readme for name in kerastl.list_backbones())
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     readme = (ROOT / "README.md").read_text()
     example = readme.split("```python\n", 1)[1].split("```", 1)[0]

@@ -18,6 +18,8 @@ from kerastl.features import cache_applies, cached_feature_datasets, extract_fea
 from kerastl.model import feature_extractor, head_model
 from kerastl.sklearn_heads import SKLEARN_HEADS, SklearnClassifier, fit_sklearn_head
 
+from .numerics import VGG16_FORWARD, assert_close
+
 SIZE = 32
 
 
@@ -53,15 +55,18 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------- extractor
+@pytest.mark.numerics
 def test_extracted_features_equal_backbone_of_preprocessed_images():
     model, images = small_model(), random_images(5)
     features, labels = extract_features(model, images, labels=np.arange(5), batch_size=2)
     assert features.dtype == np.float32
-    np.testing.assert_allclose(features, base_features(model, images), rtol=1e-5, atol=1e-6)
+    # Batches of 2, 2, 1 against one of 5: under AVX2 oneDNN runs another kernel for the
+    # batch of 1 (measured 8.8e-7, 2e-6 of the scale); on AVX-512 they are bit-identical.
+    assert_close(features, base_features(model, images), VGG16_FORWARD)
     np.testing.assert_array_equal(labels, np.arange(5))
     assert feature_extractor(model).get_layer("backbone") is model.get_layer("backbone")
     pooled, _ = extract_features(model, images, pooling="max")
-    np.testing.assert_allclose(pooled, features.max(axis=(1, 2)), rtol=1e-6)
+    assert_close(pooled, features.max(axis=(1, 2)), VGG16_FORWARD)
 
 
 def test_extract_features_from_a_backbone_name():
@@ -76,14 +81,15 @@ def test_extract_features_rejects_other_image_size():
         extract_features(small_model(), random_images(2), image_size=64)
 
 
+@pytest.mark.numerics
 def test_frozen_model_predictions_equal_head_of_features():
     model, images = small_model(), random_images(4)
     features, _ = extract_features(model, images)
     head = head_model(model)
-    np.testing.assert_allclose(model.predict(images, verbose=0), head.predict(features, verbose=0),
-                               rtol=1e-5, atol=1e-6)
+    assert_close(model.predict(images, verbose=0), head.predict(features, verbose=0), VGG16_FORWARD)
 
 
+@pytest.mark.numerics
 def test_training_head_model_trains_the_full_models_head():
     model, images = small_model(), random_images(4)
     features, _ = extract_features(model, images)
@@ -94,8 +100,7 @@ def test_training_head_model_trains_the_full_models_head():
     head.train_on_batch(features, np.array([0, 1, 2, 0]))
     assert head.get_layer("predictions") is model.get_layer("predictions")
     assert not np.allclose(kernel.numpy(), before)
-    np.testing.assert_allclose(model.predict(images, verbose=0), head.predict(features, verbose=0),
-                               rtol=1e-5, atol=1e-6)
+    assert_close(model.predict(images, verbose=0), head.predict(features, verbose=0), VGG16_FORWARD)
 
 
 # --------------------------------------------------------------------------- cache
@@ -121,6 +126,7 @@ def test_second_call_hits_the_cache_and_changed_weights_miss():
     second = cached_feature_datasets(model, data, None, image_size=SIZE, batch_size=2,
                                      cache=cache, seed=0)
     assert (cache.hits, cache.misses) == (1, 1)
+    # Bit-identical: the hit serves back the very array the miss computed.
     np.testing.assert_array_equal(by_label(first.train(0))[0], by_label(second.train(0))[0])
     weight = model.get_layer("backbone").get_layer("block1_conv1").bias
     weight.assign(weight + 1.0)
@@ -130,6 +136,7 @@ def test_second_call_hits_the_cache_and_changed_weights_miss():
     assert "1 hits, 2 misses" in cache.explain()
 
 
+@pytest.mark.numerics
 def test_epoch_order_is_a_function_of_seed_and_epoch():
     model = small_model()
     data = (random_images(8), np.arange(8))
@@ -143,8 +150,7 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
     assert order(train(1)) != order(train(2))
     assert sorted(order(train(1))) == list(range(8))
     assert order(val) == list(range(8))
-    np.testing.assert_allclose(by_label(train(1))[0], base_features(model, data[0]),
-                               rtol=1e-5, atol=1e-6)
+    assert_close(by_label(train(1))[0], base_features(model, data[0]), VGG16_FORWARD)
 
 
 def test_over_budget_features_are_memory_mapped_from_disk(tmp_path):
@@ -170,6 +176,7 @@ def test_memory_mapped_cache_serves_the_same_batches_as_memory():
         return [(f.numpy(), y.numpy()) for f, y in train(4)]
 
     tiny = FeatureCache(memory_budget_bytes=0)
+    # Bit-identical: the same extraction, then the same bytes from memory or from disk.
     for (f1, y1), (f2, y2) in zip(batches(FeatureCache()), batches(tiny), strict=True):
         np.testing.assert_array_equal(f1, f2)
         np.testing.assert_array_equal(y1, y2)
@@ -220,7 +227,7 @@ def test_augmented_passes_are_cached_and_reused_every_k_epochs():
     )
     assert cache.misses == 2
     pass_0, pass_1, pass_0_again = (by_label(train(e))[0] for e in (0, 1, 2))
-    np.testing.assert_array_equal(pass_0, pass_0_again)
+    np.testing.assert_array_equal(pass_0, pass_0_again)  # the cached pass, served again
     assert not np.allclose(pass_0, pass_1)
 
 
@@ -231,13 +238,17 @@ def test_datasets_cannot_be_fingerprinted():
 
 
 # ------------------------------------------------------------------ sklearn heads
+@pytest.mark.numerics
 @pytest.mark.parametrize("kind", SKLEARN_HEADS)
 def test_sklearn_head_fits_digits_and_reloads_with_identical_predictions(kind, digits, tmp_path):
     images, labels = digits
     model = small_model(dense_units=(), dropout=0.0)
     classifier = SklearnClassifier.fit(model, (images, labels), kind, image_size=SIZE)
     predicted = classifier.predict(images)
-    assert (predicted == labels).mean() > 0.8  # features of random weights still separate
+    # Features of random weights still separate the 80 training digits. Measured with
+    # model seeds 0-4, on AVX-512 and under ONEDNN_MAX_CPU_ISA=AVX2 alike: logreg and
+    # linear-svm 1.0 every time, knn 0.938-0.963; the bar sits well below the worst.
+    assert (predicted == labels).mean() > 0.8
     classifier.save(tmp_path)
     config = json.loads((tmp_path / "head.json").read_text())
     assert config["kind"] == kind

@@ -99,6 +99,20 @@ def test_unfreeze_blocks_larger_than_the_base_is_refused():
         kerastl.set_regime(model, "finetune", unfreeze_blocks=7)
 
 
+# Budget: 4 epochs of 800 digits at batch 32 = 100 Adam steps. Measured at the end (train
+# accuracy = the epoch-4 running mean; eval = evaluate on the same 800), seeds 0-4:
+#   AVX-512 (native):            train 0.511 0.465 0.564 0.431 0.425, eval 0.571-0.686
+#   ONEDNN_MAX_CPU_ISA=AVX2:     train 0.516 0.477 0.595 0.419 0.446, eval 0.526-0.759
+#   Keras' BatchNorm momentum 0.999 instead (native, seeds 0-2): the same train accuracy,
+#   eval 0.099 0.099 0.099, i.e. chance.
+# (An AVX2-only CPU measured train 0.442 for seed 0, failing the old bar of 0.5.) The bar
+# is well below the worst learner (0.419) yet 2.5x chance, so 0.8 x train accuracy stays
+# far above what a run with stale BatchNorm statistics evaluates to.
+SCRATCH_EPOCHS = 4
+SCRATCH_MIN_TRAIN_ACCURACY = 0.25
+
+
+@pytest.mark.numerics
 def test_scratch_model_evaluates_as_well_as_it_trains():
     # Keras Applications' BatchNorm momentum (0.999) would leave the moving statistics
     # at their initial values after a short run and evaluation near chance.
@@ -110,10 +124,10 @@ def test_scratch_model_evaluates_as_well_as_it_trains():
                                 mode="scratch", head="avg", dense_units=(),
                                 backbone_kwargs={"alpha": 0.35})
     _compile(model)
-    history = model.fit(x, y, epochs=4, batch_size=32, verbose=0)
+    history = model.fit(x, y, epochs=SCRATCH_EPOCHS, batch_size=32, verbose=0)
     train_accuracy = history.history["accuracy"][-1]
     _, eval_accuracy = model.evaluate(x, y, verbose=0)
-    assert train_accuracy > 0.5
+    assert train_accuracy > SCRATCH_MIN_TRAIN_ACCURACY
     assert eval_accuracy > 0.8 * train_accuracy
 
 

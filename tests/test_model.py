@@ -15,6 +15,7 @@ import kerastl
 from kerastl.model import preprocessing_layer
 
 from .conftest import ALL_BACKBONES, is_batchnorm, test_size
+from .numerics import PREPROCESSING, assert_close
 
 # Saving writes every weight to disk (1.4 GB for ConvNeXtXLarge): the round trip runs
 # on the smallest member of each family, which uses the same layer types.
@@ -87,11 +88,16 @@ def test_save_and_safe_load_round_trip(registry_model, tmp_path):
         pytest.skip(f"{name}: round trip covered by its family's smallest member")
     size = test_size(name)
     images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
-    expected = model.predict(images, verbose=0)
+    # Eager calls, not predict(): tracing and optimising a graph of NASNet's or
+    # InceptionResNetV2's size for one batch took ~10x longer than running it.
+    expected = np.asarray(model(images, training=False))
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    # Eager calls, not predict(): tracing a NASNet-sized graph for one batch costs ~10x
+    # the call itself.
+    np.testing.assert_allclose(np.asarray(loaded(images, training=False)), expected,
+                               rtol=1e-5, atol=1e-6)
     # Outputs alone barely see the base: with random weights and BatchNorm in inference
     # mode many bases output ~1e-12, so every weight is compared too.
     saved = model.get_weights()
@@ -172,7 +178,7 @@ def test_preprocessing_layer_equals_the_family_preprocess_input(name):
     expected = np.asarray(entry.preprocess_input(images.copy()))
     assert inside.dtype == np.float32 and layer.name == "preprocess"
     assert not layer.trainable_weights
-    np.testing.assert_allclose(inside, expected, rtol=1e-6, atol=1e-5)
+    assert_close(inside, expected, PREPROCESSING)
     assert not isinstance(layer, keras.layers.Lambda)
     assert type(layer).__module__.startswith("keras.")  # a built-in, no custom class
 
@@ -183,8 +189,7 @@ def test_preprocessing_computes_in_float32_under_a_mixed_policy():
     assert model.get_layer("preprocess").compute_dtype == "float32"
     images = np.full((1, 32, 32, 3), 200.0, "float32")
     expected = keras.applications.resnet.preprocess_input(images.copy())
-    np.testing.assert_allclose(np.asarray(model.get_layer("preprocess")(images)), expected,
-                               rtol=1e-6, atol=1e-5)
+    assert_close(np.asarray(model.get_layer("preprocess")(images)), expected, PREPROCESSING)
 
 
 def test_preprocessing_never_trains_whatever_the_regime():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -22,6 +23,10 @@ from kerastl.runtime import DeviceFacts
 CPU = DeviceFacts()
 CPU_BF16 = DeviceFacts(cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"}))
 CPU_AMX = DeviceFacts(cpu_flags=frozenset({"amx_bf16", "amx_tile"}))
+# The same bfloat16 CPU with oneDNN capped (the AVX2 reproduction of .ci/run) or off.
+CPU_BF16_CAPPED = dataclasses.replace(CPU_BF16, onednn_max_isa="AVX2")
+CPU_BF16_CAPPED_AT_BF16 = dataclasses.replace(CPU_BF16, onednn_max_isa="AVX512_CORE_BF16")
+CPU_BF16_NO_ONEDNN = dataclasses.replace(CPU_BF16, onednn_enabled=False)
 ONE_A100 = DeviceFacts(gpus=((8, 0),))
 TWO_A100 = DeviceFacts(gpus=((8, 0), (8, 0)))
 ONE_P100 = DeviceFacts(gpus=((6, 1),))
@@ -61,6 +66,9 @@ def test_explicit_strategy_overrides_auto():
         (CPU_BF16, "default", "mixed_bfloat16"),
         (CPU_AMX, "default", "mixed_bfloat16"),
         (CPU, "default", "float32"),
+        (CPU_BF16_CAPPED, "default", "float32"),
+        (CPU_BF16_CAPPED_AT_BF16, "default", "mixed_bfloat16"),
+        (CPU_BF16_NO_ONEDNN, "default", "float32"),
     ],
 )
 def test_auto_precision_follows_the_hardware(facts, strategy, expected):
@@ -276,6 +284,35 @@ def test_detect_sees_a_legacy_colab_tpu_node(monkeypatch):
     monkeypatch.setenv("COLAB_TPU_ADDR", "10.0.0.2:8470")
     facts = DeviceFacts.detect()
     assert (facts.tpu, facts.tpu_address) == (True, "grpc://10.0.0.2:8470")
+
+
+@pytest.mark.parametrize(
+    "env, isa, enabled",
+    [
+        ({}, "", True),
+        ({"ONEDNN_MAX_CPU_ISA": "avx2"}, "AVX2", True),
+        ({"DNNL_MAX_CPU_ISA": "AVX512_CORE"}, "AVX512_CORE", True),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "ALL"}, "AVX2", True),
+        ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "", False),
+        ({"TF_ENABLE_ONEDNN_OPTS": "False"}, "", False),
+        ({"TF_ENABLE_ONEDNN_OPTS": "1"}, "", True),
+    ],
+)
+def test_detect_reads_the_onednn_settings(monkeypatch, env, isa, enabled):
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    facts = DeviceFacts.detect()
+    assert (facts.onednn_max_isa, facts.onednn_enabled) == (isa, enabled)
+
+
+def test_capped_onednn_says_why_bfloat16_is_not_used():
+    # Under ONEDNN_MAX_CPU_ISA=AVX2, TensorFlow still sees avx512_bf16 and hands oneDNN
+    # bfloat16 convolutions it cannot build ("could not create a primitive descriptor").
+    runtime = rt.setup_runtime("default", batch_size=8, facts=CPU_BF16_CAPPED)
+    assert runtime.precision == "float32"
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in runtime.describe()
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
