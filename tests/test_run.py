@@ -103,18 +103,6 @@ def test_resume_with_precision_float32_after_a_mixed_float16_run(tmp_path):
 
 
 # ------------------------------------------------------------------ what is reported
-def test_balanced_class_weights_apply_to_binary_and_are_refused_for_multilabel():
-    from kerastl.run import _class_weights
-
-    labels = np.array([0, 0, 0, 1])
-    binary = kerastl.RunConfig(task="binary", class_weight="balanced")
-    assert _class_weights(binary, labels, 2) == pytest.approx([4 / 6, 4 / 2])
-    multilabel = kerastl.RunConfig(task="multilabel", class_weight="balanced")
-    with pytest.raises(kerastl.ConfigError, match="multilabel"):
-        _class_weights(multilabel, np.array([[0, 1], [1, 1]]), 2)
-
-
-# ------------------------------------------------------------------ equivalences
 def _assert_same_model(a: keras.Model, b: keras.Model, images: np.ndarray) -> None:
     """Weights of base and head, and outputs in both call modes, within float round-off.
 

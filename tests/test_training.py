@@ -275,5 +275,9 @@ def test_a_run_ends_with_its_best_validated_epoch_unless_keep_last(digits, tmp_p
     best = max(history, key=lambda row: (row["val_accuracy"], -row["val_loss"]))
     assert best["phase"] == "good"
     assert results["best"].metrics["accuracy"] == pytest.approx(best["val_accuracy"])
-    assert results["last"].metrics["accuracy"] == pytest.approx(history[-1]["val_accuracy"])
+    # Each run is compared with its own history: the two runs are not bit-identical
+    # (op determinism is opt-in), so the wreck lands on a different accuracy in each.
+    last = results["last"].history[-1]
+    assert last["phase"] == "wreck"
+    assert results["last"].metrics["accuracy"] == pytest.approx(last["val_accuracy"])
     assert results["last"].metrics["accuracy"] < best["val_accuracy"]
