@@ -87,8 +87,10 @@ class RunConfig:
                                   group="data", metavar="DIR")
     test_data: str | None = option(None, "test folder with the same classes", group="data",
                                    metavar="DIR")
-    val_split: float = option(0.2, "fraction of --data held out (stratified) when there is "
-                              "no --val-data", group="data", metavar="F")
+    val_split: float | str = option("auto", "fraction of --data held out (stratified) when "
+                                    "there is no --val-data; 0: none; auto: 0.2 where that "
+                                    "leaves each class 10 validation images, else none",
+                                    group="data", metavar="F|auto")
     image_size: int | None = option(None, "square input side (default: the size the weights "
                                     "were trained at, else the backbone's default)",
                                     group="data", metavar="S")
@@ -392,7 +394,8 @@ def _validate(config: RunConfig) -> None:
     if config.lr != AUTO:
         _number("lr", config.lr, low=0.0, low_open=True)
     _number("finetune_lr_factor", config.finetune_lr_factor, low=0.0, low_open=True)
-    _number("val_split", config.val_split, low=0.0, high=1.0, low_open=True, high_open=True)
+    if config.val_split != AUTO:
+        _number("val_split", config.val_split, low=0.0, high=1.0, high_open=True)
     _number("warmup_fraction", config.warmup_fraction, low=0.0, high=1.0, high_open=True)
     _number("label_smoothing", config.label_smoothing, low=0.0, high=1.0, high_open=True)
     _number("dropout", config.dropout, low=0.0, high=1.0, high_open=True)
