@@ -34,7 +34,7 @@ from .features import FEATURE_CACHE_MODES
 from .freezing import BN_POLICIES
 from .model import HEAD_NORMS, HEADS, TASKS
 from .optimizers import OPTIMIZERS, SCHEDULES
-from .recipes import HEAD_WARMUPS, RUN_MODES, Phase
+from .recipes import PHASE_FITS, RUN_MODES, Phase
 from .runtime import JIT_CHOICES, PRECISIONS, STRATEGIES
 from .sklearn_heads import SKLEARN_HEADS
 from .training import CLASS_WEIGHTS, KEEP_WEIGHTS
@@ -141,7 +141,7 @@ class RunConfig:
     head_warmup: str = option("train", "how finetune/full/auto fit the new head before "
                               "unfreezing: train (gradient epochs) or probe (logistic "
                               "regression on cached features, written into the head)",
-                              group="regime", choices=HEAD_WARMUPS)
+                              group="regime", choices=PHASE_FITS)
     head_epochs: int | None = option(None, "head warm-up epochs before unfreezing (default: "
                                      "a third of the budget)", group="regime", metavar="E")
     phases: list[Phase] | None = option(None, "explicit phases (YAML only)", group="regime",
