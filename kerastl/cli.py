@@ -60,6 +60,10 @@ def _positive_float_or_auto(text: str) -> float | str:
     return value
 
 
+def _float_or_auto(text: str) -> float | str:
+    return "auto" if text.lower() == "auto" else _float(text)
+
+
 def _csv_list(text: str) -> list[str]:
     return [] if text.lower() in ("", "none", "off") else [t.strip() for t in text.split(",")]
 
@@ -104,6 +108,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "dict[str, Any]": _key_values,
 }
 _SPECIAL_PARSERS: dict[str, Callable[[str], Any]] = {
+    "val_split": _float_or_auto,
     "backbone": _backbone_name, "batch_size": _positive_int, "image_size": _positive_int,
 }
 

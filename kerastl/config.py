@@ -34,7 +34,7 @@ from .features import FEATURE_CACHE_MODES
 from .freezing import BN_POLICIES
 from .model import HEAD_NORMS, HEADS, TASKS
 from .optimizers import OPTIMIZERS, SCHEDULES
-from .recipes import HEAD_WARMUPS, RUN_MODES, Phase
+from .recipes import PHASE_FITS, RUN_MODES, Phase
 from .runtime import JIT_CHOICES, PRECISIONS, STRATEGIES
 from .sklearn_heads import SKLEARN_HEADS
 from .training import CLASS_WEIGHTS, KEEP_WEIGHTS
@@ -87,8 +87,10 @@ class RunConfig:
                                   group="data", metavar="DIR")
     test_data: str | None = option(None, "test folder with the same classes", group="data",
                                    metavar="DIR")
-    val_split: float = option(0.2, "fraction of --data held out (stratified) when there is "
-                              "no --val-data", group="data", metavar="F")
+    val_split: float | str = option("auto", "fraction of --data held out (stratified) when "
+                                    "there is no --val-data; 0: none; auto: 0.2 where that "
+                                    "leaves each class 10 validation images, else none",
+                                    group="data", metavar="F|auto")
     image_size: int | None = option(None, "square input side (default: the size the weights "
                                     "were trained at, else the backbone's default)",
                                     group="data", metavar="S")
@@ -139,7 +141,7 @@ class RunConfig:
     head_warmup: str = option("train", "how finetune/full/auto fit the new head before "
                               "unfreezing: train (gradient epochs) or probe (logistic "
                               "regression on cached features, written into the head)",
-                              group="regime", choices=HEAD_WARMUPS)
+                              group="regime", choices=PHASE_FITS)
     head_epochs: int | None = option(None, "head warm-up epochs before unfreezing (default: "
                                      "a third of the budget)", group="regime", metavar="E")
     phases: list[Phase] | None = option(None, "explicit phases (YAML only)", group="regime",
@@ -392,7 +394,8 @@ def _validate(config: RunConfig) -> None:
     if config.lr != AUTO:
         _number("lr", config.lr, low=0.0, low_open=True)
     _number("finetune_lr_factor", config.finetune_lr_factor, low=0.0, low_open=True)
-    _number("val_split", config.val_split, low=0.0, high=1.0, low_open=True, high_open=True)
+    if config.val_split != AUTO:
+        _number("val_split", config.val_split, low=0.0, high=1.0, high_open=True)
     _number("warmup_fraction", config.warmup_fraction, low=0.0, high=1.0, high_open=True)
     _number("label_smoothing", config.label_smoothing, low=0.0, high=1.0, high_open=True)
     _number("dropout", config.dropout, low=0.0, high=1.0, high_open=True)

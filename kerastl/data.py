@@ -607,12 +607,14 @@ class DataSplits:
         val: ImageData or None.
         test: ImageData or None.
         class_names: list of str. Classes of all splits, fixed by the training folder.
+        notes: list of str. How the splits were made (e.g. why nothing was held out).
     """
 
     train: ImageData
     val: ImageData | None
     test: ImageData | None
     class_names: list[str]
+    notes: list[str] = field(default_factory=list)
 
 
 def load_splits(
@@ -620,7 +622,7 @@ def load_splits(
     *,
     val_dir: str | os.PathLike | None = None,
     test_dir: str | os.PathLike | None = None,
-    val_split: float | None = 0.2,
+    val_split: float | str | None = "auto",
     seed: int = 0,
     on_bad_file: str = "error",
 ) -> DataSplits:
@@ -632,13 +634,16 @@ def load_splits(
             Without it, ``val_split`` of the training images are held out
             (stratified, seeded).
         test_dir: str or path, optional. Test folder with the same classes.
-        val_split: float or None. Held-out share when there is no ``val_dir``;
-            ``None`` or ``0`` for no validation. Defaults to 0.2.
+        val_split: float, ``"auto"`` or None. Held-out share when there is no
+            ``val_dir``; ``None`` or ``0`` for no validation; ``"auto"`` holds out
+            :data:`AUTO_VAL_SHARE` only where that leaves every class at least
+            :data:`MIN_VAL_PER_CLASS` validation images (see :func:`auto_val_share`).
+            Defaults to ``"auto"``.
         seed: int. Seed of the held-out split. Defaults to 0.
         on_bad_file: str. ``"error"`` or ``"skip"``, see :func:`from_folder`.
 
     Returns:
-        A :class:`DataSplits`.
+        A :class:`DataSplits`; its ``notes`` say what was held out and why.
 
     Example:
         >>> splits = load_splits("data/train", val_dir="data/val")  # doctest: +SKIP
@@ -647,16 +652,49 @@ def load_splits(
     """
     train = from_folder(train_dir, on_bad_file=on_bad_file)
     names = train.class_names
+    notes = []
     if val_dir is not None:
         val = from_folder(val_dir, class_names=names, on_bad_file=on_bad_file)
-    elif val_split:
-        train, val = train_val_split(train, val_split, seed)
     else:
-        val = None
+        share, why = (auto_val_share(train) if val_split == "auto"
+                      else (float(val_split or 0.0), f"--val-split {val_split}"))
+        notes.append(why)
+        train, val = train_val_split(train, share, seed) if share > 0 else (train, None)
     test = None
     if test_dir is not None:
         test = from_folder(test_dir, class_names=names, on_bad_file=on_bad_file)
-    return DataSplits(train=train, val=val, test=test, class_names=list(names))
+    return DataSplits(train=train, val=val, test=test, class_names=list(names), notes=notes)
+
+
+# What --val-split auto holds out, and the validation images per class it needs.
+# Chosen on the transfer suite's validation images (benchmarks/transfer_suite.py):
+# below this, a held-out split costs the model a fifth of its few training images
+# and picks epochs by noise (5 images validate in steps of 20 points).
+AUTO_VAL_SHARE = 0.2
+MIN_VAL_PER_CLASS = 10
+
+
+def auto_val_share(data: ImageData) -> tuple[float, str]:
+    """Share of ``data`` to hold out for validation, and why.
+
+    :data:`AUTO_VAL_SHARE` when every class keeps at least
+    :data:`MIN_VAL_PER_CLASS` validation images; 0 otherwise (train on every
+    image, keep the last epoch).
+
+    Example:
+        >>> auto_val_share(from_arrays(np.zeros((20, 8, 8), "uint8"), [0, 1] * 10))[0]
+        0.0
+    """
+    counts = np.bincount(data.labels, minlength=len(data.class_names)) if not \
+        data.multilabel else np.asarray(data.labels).sum(axis=0).astype(int)
+    smallest = int(counts.min()) if counts.size else 0
+    if smallest * AUTO_VAL_SHARE >= MIN_VAL_PER_CLASS:
+        return AUTO_VAL_SHARE, (f"validation: {AUTO_VAL_SHARE:.0%} of the training images "
+                                "held out (stratified)")
+    return 0.0, (f"validation: none held out (the smallest class has {smallest} images; "
+                 f"{AUTO_VAL_SHARE:.0%} of it is under {MIN_VAL_PER_CLASS}), so every image "
+                 "trains and the run keeps its last epoch; pass --val-data DIR or "
+                 "--val-split F to validate")
 
 
 def augmentation(

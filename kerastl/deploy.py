@@ -52,8 +52,9 @@ from . import _backend  # noqa: F401
 from .config import load_yaml
 from .data import DataSplits, ImageData, load_splits
 from .errors import ConfigError, DataError, MissingDependencyError
+from .outputs import atomic_directory, atomic_write_json
 from .pruning import gzip_size
-from .reports import atomic_write_json, classification_metrics
+from .reports import classification_metrics
 
 FORMATS = ("savedmodel", "litert", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -201,10 +202,8 @@ def export(
     if quantize == "int8":
         calibration = _calibration_sample(splits, size, calibration_images,
                                           int(run.config.get("seed", 0)))
-    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    # Written into a staging directory that replaces the target only once complete.
+    with atomic_directory(target) as staging:
         log(f"Exporting {run.directory / 'model.keras'} to {format}"
             + (f" ({quantize})" if quantize != "none" else "") + " ...")
         name = convert(run.model, staging, format, quantize,
@@ -226,9 +225,6 @@ def export(
         report.seconds = round(time.perf_counter() - started, 3)
         shutil.copy2(run.directory / "labels.json", staging / "labels.json")
         atomic_write_json(staging / "export_report.json", report.to_dict())
-        _publish(staging, target, overwrite)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     log(summary_line(report))
     return report
 
@@ -677,14 +673,3 @@ def _versions(format: str) -> dict[str, str]:
     return versions
 
 
-def _publish(staging: Path, target: Path, overwrite: bool) -> None:
-    """Rename the finished export into place; the old one goes only once the new is in."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if target.exists():
-        _check_target(target, overwrite)
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -303,7 +303,7 @@ def pruning_hooks(sparsity: float | None, phases, log=print) -> list[MagnitudePr
 
 def write_pruning_report(out, hook: MagnitudePruning, model: keras.Model, log=print) -> dict:
     """``pruning.json`` in a run directory: sparsity per layer, gzip size of the model."""
-    from .reports import atomic_write_json
+    from .outputs import atomic_write_json
 
     path = os.path.join(out, "model.keras")
     report = {**(hook.report or {}), "model_sparsity": model_sparsity(model),

@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig
 
 RUN_MODES = ("auto", *MODES)
-HEAD_WARMUPS = ("train", "probe")
+# How a phase fits the model, and how finetune/full warm their new head up: gradient
+# steps, or a logistic regression on cached features written into the head.
 PHASE_FITS = ("train", "probe")
 DEFAULT_UNFREEZE_BLOCKS = 2
 

@@ -32,9 +32,8 @@ from sklearn.metrics import (
 )
 
 from .errors import ConfigError, DataError
+from .model import TASKS
 from .outputs import atomic_write, atomic_write_json, atomic_write_text
-
-TASKS = ("multiclass", "binary", "multilabel")
 
 # Columns a reader looks for first; any other logged key follows in first-seen order.
 HISTORY_COLUMNS = ("epoch", "phase", "lr", "loss", "accuracy", "val_loss", "val_accuracy")

@@ -228,7 +228,11 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
                              on_bad_file=config.on_bad_file)
     clock.lap("load_data")
     log(runtime.describe())
-    notes: list[str] = []
+    notes: list[str] = list(splits.notes)
+    if splits.val is None and config.keep == "best" and not config.sklearn_head:
+        notes.append("no validation data: the run keeps the weights of its last epoch")
+    for note in notes:
+        log(f"Plan: {note}.")
     if not config.sklearn_head:
         plan = plan_phases(config, _steps_per_epoch(len(splits.train), runtime))
         config.phases = plan.phases
@@ -386,11 +390,11 @@ def _fit_sklearn(config, runtime, model, splits, out, clock, log):
     classifier = SklearnClassifier.fit(model, splits.train, kind, image_size=config.image_size,
                                        batch_size=runtime.global_batch)
     classifier.save(inside_output(out, "sklearn_classifier"))
-    evaluation = splits.test or splits.val
+    evaluation, which = evaluation_split(splits)
     probs = classifier.predict_proba(evaluation)
     metrics = write_evaluation(out, evaluation.labels, probs, splits.class_names,
                                task=config.task)
-    metrics["evaluated_on"] = "test" if splits.test is not None else "validation"
+    metrics["evaluated_on"] = which
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_json(out / "labels.json", {"class_names": splits.class_names,
                                             "task": config.task,
@@ -522,8 +526,7 @@ def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log
     from .reports import plot_curves, summary_text, write_evaluation, write_history_csv
     from .weights import RUN_WEIGHTS_FILE, save_base_weights
 
-    evaluation = splits.test or splits.val
-    which = "test" if splits.test is not None else "validation"
+    evaluation, which = evaluation_split(splits)
     probs, labels = predict(model, evaluation.batches(config.image_size, runtime.global_batch))
     # The definition of val_loss: label smoothing and class weights as in training.
     loss_settings = {"label_smoothing": config.label_smoothing,
@@ -570,6 +573,18 @@ def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log
     }))
     log(f"Outputs written to {out.resolve()}")
     return metrics
+
+
+def evaluation_split(splits: DataSplits) -> tuple[Any, str]:
+    """What ``metrics.json`` reports on: the test split, else validation, else training.
+
+    Training accuracy says little about new images; the name says so in the report.
+    """
+    if splits.test is not None:
+        return splits.test, "test"
+    if splits.val is not None:
+        return splits.val, "validation"
+    return splits.train, "training (no held-out data: not an estimate for new images)"
 
 
 def _probe_notes(config: RunConfig, state: TrainState) -> list[str]:

@@ -7,7 +7,9 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
+import kerastl
 from kerastl.data import (
     ImageData,
     augmentation,
@@ -226,3 +228,28 @@ def test_load_splits_holds_out_validation_without_val_dir(folder):
 def test_image_data_needs_files_or_images():
     with pytest.raises(DataError, match="exactly one of files= or images="):
         ImageData(class_names=["a"], labels=np.zeros(1))
+
+
+def test_auto_validation_holds_out_only_what_validates_something():
+    from kerastl.data import AUTO_VAL_SHARE, MIN_VAL_PER_CLASS, auto_val_share
+
+    enough = int(MIN_VAL_PER_CLASS / AUTO_VAL_SHARE)
+    few = kerastl.from_arrays(np.zeros((2 * (enough - 1), 8, 8), "uint8"),
+                              [0, 1] * (enough - 1))
+    many = kerastl.from_arrays(np.zeros((2 * enough, 8, 8), "uint8"), [0, 1] * enough)
+    share, why = auto_val_share(few)
+    assert share == 0.0 and "--val-data" in why and "last epoch" in why
+    assert auto_val_share(many)[0] == AUTO_VAL_SHARE
+
+
+def test_load_splits_says_what_it_held_out(tmp_path):
+    root = tmp_path / "train"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), i * 40, np.uint8)).save(root / name / f"{i}.png")
+    tiny = load_splits(root)  # "auto": 4 images a class validate nothing
+    assert tiny.val is None and len(tiny.train) == 8 and "none held out" in tiny.notes[0]
+    split = load_splits(root, val_split=0.5)
+    assert len(split.val) == 4 and len(split.train) == 4
+    assert load_splits(root, val_split=0).val is None

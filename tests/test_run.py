@@ -208,3 +208,13 @@ def test_a_phase_ends_on_its_best_weights_and_its_checkpoint_says_it_is_finished
     assert [row["phase"] for row in resumed.history] == ["first"] * 3 + ["second"] * 2
     for a, b in zip(straight.model.get_weights(), resumed.model.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_without_held_out_data_the_run_keeps_its_last_epoch_and_says_so(tmp_path):
+    splits = _digits_splits(n_train=24, n_val=0, test=False)
+    splits.val = None
+    result = fit(_config(tmp_path, "noval", **_source(), mode="frozen", epochs=2),
+                 splits=splits)
+    assert result.metrics["evaluated_on"].startswith("training")
+    assert any("last epoch" in note for note in result.notes)
+    assert "val_accuracy" not in result.history[-1]
