@@ -655,7 +655,6 @@ def history_summary(rows: list[dict[str, str]]) -> dict[str, Any]:
         phase["epochs"] += 1
         phase["last_loss"] = number(row, "loss")
         phase["last_val_accuracy"] = number(row, "val_accuracy")
-        phase["lr"] = number(row, "lr")
     scored = [(number(r, "val_accuracy"), int(r["epoch"])) for r in rows
               if number(r, "val_accuracy") is not None]
     if not scored:
@@ -701,7 +700,7 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             for candidate in candidates:
                 spec = RunSpec(task, candidate, records[task.source], task_dir,
                                bare=args.bare, code=code)
-                in_process = args.in_process and candidate.flags != ()
+                in_process = args.in_process and candidate.name != args.default_name
                 result = run_or_load(spec, root, in_process=in_process,
                                      retry_failed=args.retry_failed)
                 entry[group][candidate.name] = result
@@ -829,9 +828,7 @@ def machine_facts() -> dict[str, Any]:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name") and not cpu:
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("model name"):
+            if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
             elif line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
