@@ -894,6 +894,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sources", default=None, help="with --sources-only: which sources")
     parser.add_argument("--sources-only", action="store_true",
                         help="train (or load) the sources, print their facts and stop")
+    parser.add_argument("--list", action="store_true",
+                        help="print the tasks and the sources' facts, train nothing")
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: tasks {','.join(QUICK_TASKS)}, 2 epochs, tiny grid")
     args = parser.parse_args(argv)
@@ -918,8 +920,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def print_definitions(root: Path) -> None:
+    """The tasks and their sources (facts of trained sources; "not trained" otherwise)."""
+    for source in SOURCES.values():
+        record = source_record(source, root)
+        facts = ("not trained yet" if record is None else
+                 f"{record['source_train_images']} images, {record.get('epochs')} epochs, "
+                 f"source test accuracy {record['source_test_accuracy']:.4f}")
+        kwargs = f" {source.backbone_kwargs}" if source.backbone_kwargs else ""
+        print(f"{source.name}: {source.backbone}{kwargs} at "
+              f"{source.image_size}px, {source.quality}, classes "
+              f"{list(PARTITIONS[source.partition][0])}: {facts}")
+    for task in TASKS.values():
+        print(f"{task.id:<4} {task.name:<18} {task.per_class:>3}/class, val "
+              f"{task.val_per_class}/class, test {task.test_per_class}/class: "
+              f"{', '.join(task.class_names())}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.list:
+        print_definitions(Path(args.root))
+        return
     if args.sources_only:
         names = args.sources.split(",") if args.sources else list(SOURCES)
         records = ensure_sources(names, Path(args.root), retrain=args.retrain_sources)
