@@ -474,20 +474,29 @@ def grid_points(extra: tuple[str, ...] = (), *, quick: bool = False) -> list[Can
 
 
 def code_id(tag: str | None) -> str:
-    """What identifies the kerastl code of a run: ``tag``, else commit (+ a dirty hash)."""
+    """What identifies the kerastl code of a run: ``tag``, else the git tree of ``kerastl/``.
+
+    The tree hash (plus a hash of uncommitted changes under ``kerastl/``) changes only
+    when kerastl's code does, so commits to benchmarks or docs keep the cache valid.
+    """
     if tag:
         return f"tag:{tag}"
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
-                              text=True, check=False).stdout
-
-    commit = git("rev-parse", "HEAD").strip() or "unknown"
-    diff = git("diff", "HEAD", "--", "kerastl") + git("ls-files", "--others",
-                                                       "--exclude-standard", "kerastl")
+    tree = _git("rev-parse", "HEAD:kerastl").strip() or "unknown"
+    diff = _git("diff", "HEAD", "--", "kerastl") + _git("ls-files", "--others",
+                                                         "--exclude-standard", "kerastl")
     if not diff:
-        return commit
-    return f"{commit}+dirty:{hashlib.sha256(diff.encode()).hexdigest()[:12]}"
+        return f"kerastl-tree:{tree}"
+    return f"kerastl-tree:{tree}+dirty:{hashlib.sha256(diff.encode()).hexdigest()[:12]}"
+
+
+def git_commit() -> str:
+    """The checkout's commit, recorded with the results (not part of the cache key)."""
+    return _git("rev-parse", "HEAD").strip() or "unknown"
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                          check=False).stdout
 
 
 def base_argv(task: Task, task_dir: Path, record: dict[str, Any], *, bare: bool) -> list[str]:
@@ -545,7 +554,7 @@ def run_or_load(spec: RunSpec, root: Path, *, in_process: bool, retry_failed: bo
         seconds, rc = None, 0  # trained before the suite was interrupted; evaluate it
     result = {"key": spec.key(), "task": spec.task.id, "candidate": spec.candidate.name,
               "flags": list(spec.candidate.flags), "bare": spec.bare, "code": spec.code,
-              "runner": "in-process" if in_process else "subprocess",
+              "commit": git_commit(), "runner": "in-process" if in_process else "subprocess",
               "command": "python -m kerastl.train " + shlex.join(
                   _relative_argv(spec.argv(output))),
               "run_dir": _relative(output), "train_seconds": seconds, "rc": rc}
@@ -580,8 +589,14 @@ def _train(argv: list[str], output: Path, *, in_process: bool) -> tuple[float, i
         else:
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(
                 [str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-            rc = subprocess.run([sys.executable, "-m", "kerastl.train", *argv], cwd=REPO,
-                                stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            child = subprocess.Popen([sys.executable, "-m", "kerastl.train", *argv], cwd=REPO,
+                                     stdout=log, stderr=subprocess.STDOUT, env=env)
+            try:
+                rc = child.wait()
+            except BaseException:  # interrupted: stop the run too (it checkpoints on SIGTERM)
+                child.terminate()
+                child.wait()
+                raise
     return round(time.perf_counter() - started, 1), rc
 
 
@@ -689,8 +704,9 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     records = ensure_sources(sorted({t.source for t in tasks}), root,
                              retrain=args.retrain_sources)
     code = code_id(args.tag)
-    print(f"kerastl code: {code}; root: {_relative(root)}", flush=True)
-    report: dict[str, Any] = {"code": code, "tasks": {}}
+    print(f"kerastl code: {code} (commit {git_commit()[:10]}); root: {_relative(root)}",
+          flush=True)
+    report: dict[str, Any] = {"code": code, "commit": git_commit(), "tasks": {}}
     for task in tasks:
         task_dir = materialise_task(task, root)
         entry = {"definition": task_definition(task), "pixels": pixels_baseline(task_dir),
@@ -860,6 +876,7 @@ def final_report(report: dict[str, Any], args: argparse.Namespace) -> dict[str, 
         "suite": "benchmarks/transfer_suite.py (issue 10)",
         "command": "python benchmarks/transfer_suite.py " + shlex.join(args.argv),
         "machine": machine_facts(), "kerastl_code": report["code"],
+        "kerastl_commit": report["commit"],
         "goals": {"report_on": "test (grid best chosen on val)", **goals},
         "summary": summaries, "sources": report["sources"], "tasks": report["tasks"],
     }
@@ -938,7 +955,11 @@ def print_definitions(root: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    import signal
+
     args = parse_args(argv)
+    # SIGTERM stops the suite as Ctrl-C does, and with it the run in progress.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if args.list:
         print_definitions(Path(args.root))
         return
