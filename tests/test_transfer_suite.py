@@ -141,3 +141,26 @@ def test_grid_best_is_chosen_on_validation_not_test(suite):
             "b": {"status": "ok", "flags": [], "val_accuracy": 0.7, "test_accuracy": 0.9},
             "c": {"status": "failed", "flags": [], "val_accuracy": None, "test_accuracy": None}}
     assert suite.grid_best(grid)["point"] == "a"
+
+
+def test_summary_margins_and_goals_use_the_grid_point_chosen_on_validation(suite):
+    def run(val, test):
+        return {"status": "ok", "flags": [], "val_accuracy": val, "test_accuracy": test}
+
+    report = {"tasks": {
+        "T1": {"pixels": {"val_accuracy": 0.80, "test_accuracy": 0.80},
+               "candidates": {"default": run(0.90, 0.85)},
+               "grid_best": suite.grid_best({"a": run(0.91, 0.84), "b": run(0.90, 0.99)})},
+        "T2": {"pixels": {"val_accuracy": 0.70, "test_accuracy": 0.70},
+               "candidates": {"default": {"status": "failed", "val_accuracy": None,
+                                          "test_accuracy": None}},
+               "grid_best": suite.grid_best({"a": run(0.75, 0.72)})},
+    }}
+    test = suite.summarise(report, "test")["default"]
+    assert test["mean_margin_vs_pixels"] == pytest.approx((0.05 - 0.70) / 2)
+    assert test["worst_margin_vs_pixels"] == {"value": -0.70, "task": "T2"}  # failed = 0
+    assert test["worst_gap_to_grid_best"] == {"value": 0.72, "task": "T2"}
+    assert not test["beats_pixels_on_every_task"]
+    val = suite.summarise({"tasks": {"T1": report["tasks"]["T1"]}}, "val")["default"]
+    assert val["beats_pixels_on_every_task"]
+    assert val["within_2_points_of_grid_best_on_every_task"]  # 0.91 - 0.90 <= 0.02
