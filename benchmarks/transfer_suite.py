@@ -70,6 +70,8 @@ Run from the repository root::
     python benchmarks/transfer_suite.py                       # default command, all tasks
     python benchmarks/transfer_suite.py --candidate "default=" --candidate "e50=--epochs 50"
     python benchmarks/transfer_suite.py --grid --tasks T1,T3 --grid-extra "--epochs 50"
+    python benchmarks/transfer_suite.py --grid --grid-epochs default,50   # epochs as an axis
+    python benchmarks/transfer_suite.py --list                # tasks and source facts
     python benchmarks/transfer_suite.py --grid --final        # the report (test numbers)
 
 Example:
@@ -474,18 +476,29 @@ class Candidate:
         return cls(name.strip(), tuple(shlex.split(flags)))
 
 
-def grid_points(extra: tuple[str, ...] = (), *, quick: bool = False) -> list[Candidate]:
-    """The reference grid: every regime x every learning rate, and the scikit-learn head.
+def grid_points(extra: tuple[str, ...] = (), *, epochs: tuple[str, ...] = (),
+                quick: bool = False) -> list[Candidate]:
+    """The reference grid: every regime x learning rate (x epochs), and the sklearn head.
+
+    Args:
+        extra: flags added to every point.
+        epochs: epoch budgets as a grid axis (``--epochs N``; ``"default"``: no
+            ``--epochs`` flag, kerastl's own budget). Empty: kerastl's budget only.
+        quick: one Keras point and the scikit-learn head (smoke runs).
 
     Example:
         >>> [c.name for c in grid_points()][:2], len(grid_points())
         (['frozen@1e-3', 'frozen@3e-3'], 17)
+        >>> grid_points(epochs=("50",))[0].flags
+        ('--mode', 'frozen', '--lr', '1e-3', '--epochs', '50')
     """
     if quick:
         points = [Candidate("frozen@1e-2", ("--mode", "frozen", "--lr", "1e-2"))]
     else:
-        points = [Candidate(f"{mode}@{lr}", ("--mode", mode, "--lr", lr))
-                  for mode in GRID_MODES for lr in GRID_LRS]
+        budgets = [("", ()) if n == "default" else (f",e{n}", ("--epochs", n))
+                   for n in epochs] or [("", ())]
+        points = [Candidate(f"{mode}@{lr}{suffix}", ("--mode", mode, "--lr", lr, *budget))
+                  for mode in GRID_MODES for lr in GRID_LRS for suffix, budget in budgets]
     points.append(Candidate("sklearn-logreg", ("--head", "sklearn-logreg")))
     return [Candidate(p.name, p.flags + tuple(extra)) for p in points]
 
@@ -906,11 +919,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma list of task ids (default: all)")
     parser.add_argument("--candidate", action="append", default=[], metavar="NAME=FLAGS",
                         help="extra flags for the default command, run on every task "
-                             "(repeatable; 'default=' is the default command itself)")
+                             "(repeatable; 'default=' is the default command itself, run when "
+                             "no candidate is given)")
     parser.add_argument("--grid", action="store_true",
                         help="run the reference grid (regime x lr, and sklearn-logreg)")
     parser.add_argument("--grid-extra", default="", metavar="FLAGS",
                         help="flags added to every grid point, e.g. '--epochs 50'")
+    parser.add_argument("--grid-epochs", default="", metavar="N,N",
+                        help="epoch budgets as a grid axis, e.g. 'default,50' ('default': "
+                             "kerastl's own budget, the only one if not given)")
     parser.add_argument("--final", action="store_true",
                         help="the final report: print test accuracy and write --out")
     parser.add_argument("--out", default=str(RESULTS), help="results file of --final")
@@ -939,7 +956,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown task ids {unknown}; the tasks are {list(TASKS)}")
     candidates = [Candidate.parse(text) for text in args.candidate]
-    if not candidates and not args.grid:
+    if not candidates:  # the default command is always what the suite is about
         candidates = [Candidate("default", ())]
     extra: tuple[str, ...] = ()
     if args.quick:
@@ -948,8 +965,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.out == str(RESULTS):
             args.out = str(Path(args.root) / "transfer_suite_quick.json")
     args.candidates = [Candidate(c.name, c.flags + extra) for c in candidates]
+    budgets = tuple(n.strip() for n in args.grid_epochs.split(",") if n.strip())
     args.grid_points = (grid_points(tuple(shlex.split(args.grid_extra)) + extra,
-                                    quick=args.quick) if args.grid else [])
+                                    epochs=budgets, quick=args.quick) if args.grid else [])
     args.default_name = next((c.name for c in candidates if c.flags == ()), "default")
     return args
 
