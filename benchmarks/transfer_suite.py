@@ -572,9 +572,13 @@ def cache_path(root: Path, spec: RunSpec) -> Path:
     return root / "cache" / spec.task.id / f"{spec.key()}.json"
 
 
-def run_or_load(spec: RunSpec, root: Path, *, in_process: bool, retry_failed: bool
-                ) -> dict[str, Any]:
-    """The cached result of ``spec``, or train, evaluate and cache it."""
+def run_or_load(spec: RunSpec, root: Path, *, in_process: bool, retry_failed: bool,
+                keep_checkpoints: bool = False) -> dict[str, Any]:
+    """The cached result of ``spec``, or train, evaluate and cache it.
+
+    A finished run's ``checkpoints/`` (three quarters of its disk) is deleted once it
+    is scored, unless ``keep_checkpoints``; ``model.keras`` and the logs stay.
+    """
     cached = cache_path(root, spec)
     if cached.is_file():
         result = json.loads(cached.read_text())
@@ -598,6 +602,8 @@ def run_or_load(spec: RunSpec, root: Path, *, in_process: bool, retry_failed: bo
         result.update(status="failed", val_accuracy=None, test_accuracy=None, log_tail=tail)
     else:
         result.update(status="ok", **evaluate_run(output, spec.task_dir), **run_summary(output))
+        if not keep_checkpoints:
+            shutil.rmtree(output / "checkpoints", ignore_errors=True)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
@@ -752,7 +758,8 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
                                bare=args.bare, code=code)
                 in_process = args.in_process and candidate.name != args.default_name
                 result = run_or_load(spec, root, in_process=in_process,
-                                     retry_failed=args.retry_failed)
+                                     retry_failed=args.retry_failed,
+                                     keep_checkpoints=args.keep_checkpoints)
                 entry[group][candidate.name] = result
                 print(f"  {candidate.name:<18} {_status(result)}  "
                       f"({result.get('train_seconds') or 0:.0f} s){_warning(result)}",
@@ -944,6 +951,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="run non-default candidates with kerastl.cli.train_main in this "
                              "process (the default command always runs as a subprocess)")
     parser.add_argument("--retry-failed", action="store_true", help="rerun cached failures")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each finished run's checkpoints/ (deleted once scored)")
     parser.add_argument("--retrain-sources", action="store_true",
                         help="train the source backbones again")
     parser.add_argument("--sources", default=None, help="with --sources-only: which sources")
