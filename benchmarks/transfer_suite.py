@@ -399,6 +399,7 @@ def train_source(source: Source, root: Path, *, limit_per_class: int | None = No
           f"{source.image_size}px on {len(y_train)} images of {names}", flush=True)
     result = kerastl.fit(config, splits=splits)
     keras.backend.clear_session()
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # finished: not resumed
     record = {
         "name": source.name, "backbone": source.backbone,
         "backbone_kwargs": dict(source.backbone_kwargs), "input_size": source.image_size,
