@@ -30,6 +30,7 @@ import keras  # noqa: E402
 import numpy as np
 
 from . import _backend  # noqa: F401
+from ._backend import single_threaded_blas
 from .errors import ConfigError
 
 PREDICTIONS_LAYER = "predictions"
@@ -84,7 +85,8 @@ def fit_probe(head: keras.Model, features: np.ndarray, labels: np.ndarray, *, ta
     labels = np.asarray(labels)
     columns = [labels[:, j] for j in range(labels.shape[1])] if task == "multilabel" else [
         labels.reshape(-1)]
-    fitted = [_fit_logistic(standardised, y, weights, seed) for y in columns]
+    with single_threaded_blas():
+        fitted = [_fit_logistic(standardised, y, weights, seed) for y in columns]
     dense = head.get_layer(PREDICTIONS_LAYER)
     kernel, bias = _kernel_and_bias(fitted, task, len(mean), int(dense.units))
     scale = _logit_scale(standardised @ kernel + bias, labels, task, label_smoothing)

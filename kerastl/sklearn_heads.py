@@ -26,6 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from . import _backend  # noqa: F401
+from ._backend import single_threaded_blas
 from .errors import ConfigError, DataError
 from .features import run_extractor
 from .model import feature_extractor, load_model
@@ -75,7 +76,8 @@ def fit_sklearn_head(
     if len(features) != len(labels):
         raise DataError(f"Got {len(features)} feature rows but {len(labels)} labels.")
     head = estimator_class(**{**defaults, **params})
-    return Pipeline([("scale", StandardScaler()), ("head", head)]).fit(features, labels)
+    with single_threaded_blas():
+        return Pipeline([("scale", StandardScaler()), ("head", head)]).fit(features, labels)
 
 
 def _estimator_spec(kind: str) -> tuple[type, dict[str, Any]]:
@@ -326,7 +328,8 @@ def _pipeline_from_state(arrays: dict[str, np.ndarray], kind: str, params: dict)
     scaler.n_features_in_ = len(scaler.mean_)
     head = estimator_class(**params)
     if kind == "knn":
-        head.fit(arrays["fit_features"], arrays["fit_labels"])
+        with single_threaded_blas():
+            head.fit(arrays["fit_features"], arrays["fit_labels"])
     else:
         head.coef_, head.intercept_ = arrays["coef"], arrays["intercept"]
         head.classes_ = arrays["classes"]
