@@ -18,6 +18,7 @@ cost (the Keras transfer-learning guide's "feature extraction" recipe, made safe
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -167,6 +168,12 @@ def run_extractor(
     return np.concatenate(features), (np.concatenate(label_batches) if label_batches else None)
 
 
+# One compiled forward pass per extractor, kept as long as the extractor lives: a
+# fresh tf.function per call would retrace (about a second for ResNet50) on every
+# pass, e.g. each augmented pass of the cache.
+_FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _compiled_forward(extractor: keras.Model, size: tuple[int, int]):
     """``images -> float32 features`` as one graph per batch shape.
 
@@ -174,11 +181,16 @@ def _compiled_forward(extractor: keras.Model, size: tuple[int, int]):
     (ml_dtypes) is several times slower. No autograph: nothing in a Keras forward
     pass needs it, and converting the model's Python costs a second per trace.
     """
+    if extractor in _FORWARDS:
+        return _FORWARDS[extractor]
+
+    model = weakref.ref(extractor)  # the cached function must not keep its key alive
 
     def forward(images):
-        return tf.cast(extractor(_fit_images(images, size), training=False), tf.float32)
+        return tf.cast(model()(_fit_images(images, size), training=False), tf.float32)
 
-    return tf.function(forward, autograph=False, reduce_retracing=True)
+    _FORWARDS[extractor] = tf.function(forward, autograph=False, reduce_retracing=True)
+    return _FORWARDS[extractor]
 
 
 def _fit_images(images, size: tuple[int, int]):
