@@ -18,6 +18,7 @@ cost (the Keras transfer-learning guide's "feature extraction" recipe, made safe
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -37,14 +38,44 @@ from .model import feature_extractor
 FEATURE_CACHE_MODES = ("auto", "off")
 
 
-
 # ------------------------------------------------------------------------ extraction
+# Images per forward pass when extracting features: enough pixels per call that the
+# per-call overhead is small, few enough that the activations of the largest layer
+# stay in memory. MEASURED: see extraction_batch_size.
+EXTRACTION_PIXELS_PER_BATCH = 256 * 32 * 32
+EXTRACTION_BATCH_RANGE = (16, 256)
+
+
+def extraction_batch_size(image_size: int) -> int:
+    """Images per forward pass for feature extraction at ``image_size``.
+
+    A power of two holding about ``EXTRACTION_PIXELS_PER_BATCH`` pixels, within
+    ``EXTRACTION_BATCH_RANGE``. Extraction is inference only, so its batch size
+    changes nothing but speed; training batches are what ``batch_size`` sets.
+
+    Args:
+        image_size: int. Input side.
+
+    Returns:
+        The batch size.
+
+    Example:
+        >>> extraction_batch_size(32), extraction_batch_size(224)
+        (256, 16)
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ConfigError(f"image_size must be a positive integer; received {image_size!r}.")
+    low, high = EXTRACTION_BATCH_RANGE
+    fitting = max(1, EXTRACTION_PIXELS_PER_BATCH // (image_size * image_size))
+    return max(low, min(high, 1 << (fitting.bit_length() - 1)))
+
+
 def extract_features(
     model_or_backbone: keras.Model | str,
     data: Any,
     *,
     image_size: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     labels: np.ndarray | None = None,
     pooling: str | None = None,
     weights: str | os.PathLike | None = "imagenet",
@@ -59,7 +90,8 @@ def extract_features(
             ``(images, labels)`` tuple of arrays.
         image_size: int, optional. Input side. Defaults to the model's input side,
             or to the backbone's default size when a name is given.
-        batch_size: int. Images per forward pass. Defaults to 64.
+        batch_size: int, optional. Images per forward pass. Defaults to
+            :func:`extraction_batch_size` of the input side.
         labels: array, optional. Labels of ``data`` when it is an image array.
         pooling: str, optional. ``"avg"``, ``"max"`` or ``None`` (feature maps).
         weights: ``"imagenet"``, ``None`` or a path; only used with a backbone name.
@@ -92,7 +124,7 @@ def run_extractor(
     extractor: keras.Model,
     data: Any,
     *,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     labels: np.ndarray | None = None,
     augment: Any = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -104,7 +136,8 @@ def run_extractor(
     Args:
         extractor: keras.Model. E.g. from :func:`feature_extractor`, or reloaded.
         data: as in :func:`extract_features`. Images of another size are resized.
-        batch_size: int. Defaults to 64.
+        batch_size: int, optional. Images per forward pass. Defaults to
+            :func:`extraction_batch_size` of the extractor's input side.
         labels: array, optional. Labels when ``data`` is an image array.
         augment: callable, optional. Augmentation applied before the extractor (an
             ``ImageData`` applies it itself).
@@ -120,19 +153,44 @@ def run_extractor(
         (2, 1, 1, 512)
     """
     size = tuple(extractor.input_shape[1:3])
+    batch_size = batch_size or extraction_batch_size(int(size[0]))
     batches = image_batches(data, image_size=size[0], batch_size=batch_size, labels=labels,
                             augment=augment)
+    forward = _compiled_forward(extractor, size)
     features, label_batches = [], []
     for element in batches:
         images, batch_labels = element if isinstance(element, tuple) else (element, None)
-        # predict_on_batch reuses the model's compiled predict function across calls.
-        batch_features = extractor.predict_on_batch(_fit_images(images, size))
-        features.append(np.asarray(batch_features, dtype=np.float32))
+        features.append(forward(images).numpy())
         if batch_labels is not None:
             label_batches.append(np.asarray(batch_labels))
     if not features:
         raise DataError(f"No images to extract features from; received {_describe(data)}.")
     return np.concatenate(features), (np.concatenate(label_batches) if label_batches else None)
+
+
+# One compiled forward pass per extractor, kept as long as the extractor lives: a
+# fresh tf.function per call would retrace (about a second for ResNet50) on every
+# pass, e.g. each augmented pass of the cache.
+_FORWARDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled_forward(extractor: keras.Model, size: tuple[int, int]):
+    """``images -> float32 features`` as one graph per batch shape.
+
+    The cast to float32 runs in the graph: NumPy's bfloat16 → float32 conversion
+    (ml_dtypes) is several times slower. No autograph: nothing in a Keras forward
+    pass needs it, and converting the model's Python costs a second per trace.
+    """
+    if extractor in _FORWARDS:
+        return _FORWARDS[extractor]
+
+    model = weakref.ref(extractor)  # the cached function must not keep its key alive
+
+    def forward(images):
+        return tf.cast(model()(_fit_images(images, size), training=False), tf.float32)
+
+    _FORWARDS[extractor] = tf.function(forward, autograph=False, reduce_retracing=True)
+    return _FORWARDS[extractor]
 
 
 def _fit_images(images, size: tuple[int, int]):
@@ -234,6 +292,7 @@ def cached_feature_datasets(
     seed: int,
     augment: Any = None,
     augment_passes: int = 0,
+    extraction_batch: int | None = None,
 ) -> FeatureDatasets:
     """Cache base features of ``train``/``val`` and serve them as datasets.
 
@@ -245,11 +304,13 @@ def cached_feature_datasets(
         train: training data (``ImageData``, ``(images, labels)`` arrays).
         val: validation data of the same kinds, or None.
         image_size: int. Input side; must match the model.
-        batch_size: int. Batch size of the returned datasets and of extraction.
+        batch_size: int. Batch size of the returned datasets.
         cache: FeatureCache. Where features are kept.
         seed: int. Seeds the per-epoch shuffling.
         augment: optional. Augmentation (a Keras layer or callable).
         augment_passes: int. Augmented passes to cache. Defaults to 0.
+        extraction_batch: int, optional. Images per forward pass of the base; only
+            speed depends on it. Defaults to :func:`extraction_batch_size`.
 
     Returns:
         :class:`FeatureDatasets` ``(train, val)``.
@@ -285,7 +346,7 @@ def cached_feature_datasets(
         key = cache_key(model, fingerprint, image_size, augment_pass, augment=pass_augment)
 
         def compute() -> Features:
-            features, labels = run_extractor(extractor, data, batch_size=batch_size,
+            features, labels = run_extractor(extractor, data, batch_size=extraction_batch,
                                              augment=pass_augment)
             if labels is None:
                 raise DataError("The feature cache needs labelled data; received images only.")

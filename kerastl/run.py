@@ -115,11 +115,13 @@ def fit(
         trainer.final_from_phase = prune_hooks[0].phase_index
     state, resume_from = _resume_state(run.resume_point, log)
     writer = tf.summary.create_file_writer(str(inside_output(out, "tensorboard")))
-    state = trainer.run(config.phases, run.data_for_phase, state, resume_from,
-                        on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
+    served: list[PhaseData] = []  # what each phase trained on, in order
+    state = trainer.run(config.phases, lambda p: _remember(served, run.data_for_phase(p)),
+                        state, resume_from, on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
     clock.lap("train")
     metrics = _final_outputs(out, config, run.runtime, run.model, run.splits, state,
-                             run.notes, clock, log)
+                             run.notes, clock, log,
+                             cached=_cached_evaluation(config, run.splits, state, served))
     if prune_hooks and run.runtime.is_chief:
         write_pruning_report(out, prune_hooks[0], run.model, log)
     return RunResult(out, run.model, state.history, metrics, run.splits.class_names, config,
@@ -211,7 +213,8 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
     config = config.resolve(in_memory_data=splits is not None)
     runtime = setup_runtime(config.strategy, config.precision, batch_size=config.batch_size,
                             jit_compile=config.jit_compile,
-                            steps_per_execution=config.steps_per_execution)
+                            steps_per_execution=config.steps_per_execution,
+                            backbone=config.backbone)
     _seed_everything(config.seed, config.deterministic)
     for path in (config.data, config.val_data, config.test_data):
         if path:
@@ -507,7 +510,10 @@ def _cached_phase(config, runtime, model, splits, batch, steps, notes, *,
     notes.append(note)
     with runtime.strategy.scope():
         head = head_model(model)
-    return PhaseData(head, train, val, steps, description=note, arrays=lambda: arrays)
+    # A whole epoch per compiled call: a head step on features takes about a
+    # millisecond, less than calling into TensorFlow from Python (issue 11).
+    return PhaseData(head, train, val, steps, description=note, arrays=lambda: arrays,
+                     steps_per_execution=steps)
 
 
 def _epoch_outputs(out: Path, state: TrainState, writer) -> None:
@@ -522,12 +528,37 @@ def _epoch_outputs(out: Path, state: TrainState, writer) -> None:
     writer.flush()
 
 
-def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log) -> dict:
+def _remember(served: list, data: PhaseData) -> PhaseData:
+    served.append(data)
+    return data
+
+
+def _cached_evaluation(config: RunConfig, splits, state: TrainState, served: list):
+    """``(head, cached validation features)`` when they give the final model's output.
+
+    A run evaluated on its validation split that ended on a frozen phase trained on
+    cached features has the base features of those images already: the head on them
+    is what the full model computes, without a second pass of the base (measured:
+    most of the "evaluate" time of a cached frozen run, issue 11).
+    """
+    last = served[-1] if served else None
+    if (splits.test is not None or last is None or last.arrays is None or last.val is None
+            or config.prune is not None):
+        return None
+    final_phase = config.phases[-1].name
+    if config.keep == "best" and state.best is not None and state.best["phase"] != final_phase:
+        return None  # restored weights of an earlier phase, whose base may differ
+    return last.model, last.val
+
+
+def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log,
+                   cached=None) -> dict:
     from .reports import plot_curves, summary_text, write_evaluation, write_history_csv
     from .weights import RUN_WEIGHTS_FILE, save_base_weights
 
     evaluation, which = evaluation_split(splits)
-    probs, labels = predict(model, evaluation.batches(config.image_size, runtime.global_batch))
+    probs, labels = (predict(*cached) if cached is not None else
+                     predict(model, evaluation.batches(config.image_size, runtime.global_batch)))
     # The definition of val_loss: label smoothing and class weights as in training.
     loss_settings = {"label_smoothing": config.label_smoothing,
                      "class_weights": class_weights_for(config.class_weight, config.task,

@@ -14,7 +14,8 @@ be tested with made-up hardware:
 * precision: ``mixed_float16`` when every GPU has compute capability >= 7.0
   (Tensor Cores), ``mixed_bfloat16`` on TPUs and on CPUs with ``avx512_bf16`` or
   ``amx_bf16`` (unless oneDNN is turned off or capped below its bfloat16 kernels, see
-  :data:`ONEDNN_ISAS_WITHOUT_BF16`), else ``float32``.
+  :data:`ONEDNN_ISAS_WITHOUT_BF16`, or the backbone is a depthwise-separable network,
+  see :data:`CPU_FLOAT32_FAMILIES`), else ``float32``.
 * XLA (``jit_compile``): on for GPU/TPU, off on CPU where it is several times
   slower than the oneDNN kernels.
 """
@@ -58,6 +59,16 @@ ONEDNN_ISAS_WITHOUT_BF16 = frozenset({
     "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_MIC", "AVX512_MIC_4OPS",
     "AVX512_CORE", "AVX512_CORE_VNNI",
 })
+# Backbone families (kerastl.backbones registry) whose convolutions are mostly
+# depthwise-separable (MobileNet's and EfficientNet's inverted-residual blocks). On a
+# CPU with avx512_bf16, bfloat16 makes them SLOWER, at every size measured: oneDNN's
+# bfloat16 speed-up is in the dense convolutions and matmuls, and these networks
+# spend their time in depthwise convolutions, BatchNorm, activations and the casts
+# around them. MEASURED (benchmarks/results/precision.json, kerastl's training step
+# and forward pass, each precision in its own process): see the numbers quoted there;
+# dense-convolution networks (VGG16, ResNet50) gain at 32 and 224 alike.
+CPU_FLOAT32_FAMILIES = frozenset({"mobilenet", "mobilenet_v2", "mobilenet_v3", "efficientnet",
+                                  "efficientnet_v2"})
 # A TPU step is cheap compared with the host round-trip; running many steps per
 # tf.function call keeps the TPU busy.
 TPU_STEPS_PER_EXECUTION = 32
@@ -216,19 +227,24 @@ def choose_strategy_name(requested: str, facts: DeviceFacts) -> str:
     return "default"
 
 
-def choose_precision(requested: str, facts: DeviceFacts, strategy_name: str) -> str:
+def choose_precision(requested: str, facts: DeviceFacts, strategy_name: str,
+                     backbone: str | None = None) -> str:
     """Resolve ``"auto"`` to a Keras dtype policy name; validate anything else.
 
     Args:
         requested: str. One of ``PRECISIONS``.
         facts: DeviceFacts. The hardware to decide for.
         strategy_name: str. The concrete strategy (TPU rules apply for ``"tpu"``).
+        backbone: str, optional. The registry name of the backbone the run trains
+            (the policy must be chosen before the model exists). Defaults to None
+            (no backbone-specific rule).
 
     Returns:
         ``"mixed_bfloat16"`` on TPU, ``"mixed_float16"`` when every GPU has compute
         capability >= 7.0, ``"mixed_bfloat16"`` on a CPU-only host with
         ``avx512_bf16``/``amx_bf16`` whose oneDNN is on and not capped below its
-        bfloat16 kernels, else ``"float32"``.
+        bfloat16 kernels, unless ``backbone`` is of a family in
+        :data:`CPU_FLOAT32_FAMILIES`; else ``"float32"``.
 
     Raises:
         ConfigError: for an unknown value, or ``mixed_float16`` on TPU (TPUs have
@@ -243,11 +259,14 @@ def choose_precision(requested: str, facts: DeviceFacts, strategy_name: str) -> 
         >>> choose_precision("auto", DeviceFacts(cpu_flags=bf16, onednn_max_isa="AVX2"),
         ...                  "default")
         'float32'
+        >>> choose_precision("auto", DeviceFacts(cpu_flags=bf16), "default", "MobileNetV2")
+        'float32'
     """
-    return _precision_and_reason(requested, facts, strategy_name)[0]
+    return _precision_and_reason(requested, facts, strategy_name, backbone)[0]
 
 
-def _precision_and_reason(requested: str, facts: DeviceFacts, strategy_name: str):
+def _precision_and_reason(requested: str, facts: DeviceFacts, strategy_name: str,
+                          backbone: str | None = None):
     _check_choice("precision", requested, PRECISIONS)
     _check_choice("strategy", strategy_name, STRATEGIES[1:])
     on_tpu = strategy_name == "tpu"
@@ -284,7 +303,21 @@ def _precision_and_reason(requested: str, facts: DeviceFacts, strategy_name: str
             f"the CPU has {bf16_flags} but ONEDNN_MAX_CPU_ISA={facts.onednn_max_isa} keeps "
             "oneDNN below its bfloat16 kernels"
         )
+    family = _family(backbone)
+    if family in CPU_FLOAT32_FAMILIES:
+        return "float32", (
+            f"the CPU has {bf16_flags}, but {backbone} is a depthwise-separable network "
+            f"({family}), which bfloat16 slows down on CPU (benchmarks/precision.py)"
+        )
     return "mixed_bfloat16", f"the CPU has native bfloat16 ({bf16_flags})"
+
+
+def _family(backbone: str | None) -> str | None:
+    if backbone is None:
+        return None
+    from .backbones import get_backbone
+
+    return get_backbone(backbone).family
 
 
 def make_strategy(
@@ -430,6 +463,7 @@ def setup_runtime(
     jit_compile: bool | str = "auto",
     steps_per_execution: int | None = None,
     facts: DeviceFacts | None = None,
+    backbone: str | None = None,
 ) -> Runtime:
     """Choose and create the strategy, set the global dtype policy, size the batch.
 
@@ -447,6 +481,8 @@ def setup_runtime(
             ``"auto"``.
         steps_per_execution: int or None. None means 32 on TPU, else 1.
         facts: DeviceFacts or None. None detects this machine.
+        backbone: str or None. Registry name of the backbone to be built; ``"auto"``
+            precision on CPU depends on it (see :func:`choose_precision`).
 
     Returns:
         A :class:`Runtime`.
@@ -469,7 +505,8 @@ def setup_runtime(
                           f"jit_compile={jit_compile!r}.")
     facts = facts if facts is not None else DeviceFacts.detect()
     strategy_name = choose_strategy_name(strategy, facts)
-    precision, precision_reason = _precision_and_reason(precision, facts, strategy_name)
+    precision, precision_reason = _precision_and_reason(precision, facts, strategy_name,
+                                                        backbone)
     tf_strategy = make_strategy(strategy_name, tpu=facts.tpu_address or "local")
     # Before any model exists: layers read the global policy when they are created.
     keras.mixed_precision.set_global_policy(precision)

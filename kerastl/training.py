@@ -65,6 +65,8 @@ class PhaseData:
         description: str. For the run log (e.g. why the feature cache is used).
         arrays: callable, optional. ``() -> (features, labels)`` of the whole
             training set, for probe phases (cached features only).
+        steps_per_execution: int, optional. Train steps per compiled call for this
+            phase, instead of the trainer's (cached features: a whole epoch).
     """
 
     model: keras.Model
@@ -73,6 +75,7 @@ class PhaseData:
     steps_per_epoch: int
     description: str = ""
     arrays: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+    steps_per_execution: int | None = None
 
 
 class StepHook:
@@ -225,13 +228,16 @@ class _Steps:
         )
         self.signature = trainable_signature(model)
         # XLA is opt-in: on CPU it is several times slower (measured ~8x here).
-        # One step per call unless asked: the step loop costs seconds of autograph
-        # tracing, which is most of a cached-feature run's overhead.
+        self.steps_per_execution = steps_per_execution
+        # No autograph: Keras layers need none (they also trace under JAX), and
+        # converting the model's Python costs ~0.7 s per trace (measured, issue 11).
+        # Step hooks are user code, which may need it.
+        autograph = bool(self.hooks)
         train = self._train_one if steps_per_execution == 1 else self._train
-        self.train = tf.function(train, jit_compile=jit_compile)
+        self.train = tf.function(train, jit_compile=jit_compile, autograph=autograph)
         # Called once per batch: the last, smaller batch would retrace it every epoch.
         self.evaluate = tf.function(self._evaluate, jit_compile=jit_compile,
-                                    reduce_retracing=True)
+                                    reduce_retracing=True, autograph=autograph)
 
     def _weights(self, y):
         if self.class_weights is None:
@@ -286,13 +292,15 @@ class _Steps:
 
     def _train(self, iterator, steps):
         # Several steps per call (steps_per_execution) keep a TPU busy between host
-        # round trips; the sums are reduced once per step, as Keras does.
-        totals = tf.zeros([4])
-        for _ in tf.range(steps):
+        # round trips; the sums are reduced once per step, as Keras does. A while_loop
+        # written out, so the function needs no autograph.
+        def step(i, totals):
             x, y = next(iterator)
             totals += self._reduce(self.strategy.run(self._replica_train, args=(x, y)))
             self._after_step()
-        return totals
+            return i + 1, totals
+
+        return tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), tf.zeros([4])))[1]
 
     def _train_one(self, iterator, steps):
         del steps  # always 1
@@ -533,7 +541,8 @@ class Trainer:
             optimizer.build(data.model.trainable_variables)
         self.optimizer = optimizer
         self._steps = _Steps(data.model, optimizer, self.strategy, self.loss_fn, self.task,
-                             self.class_weights, self.jit_compile, self.steps_per_execution,
+                             self.class_weights, self.jit_compile,
+                             data.steps_per_execution or self.steps_per_execution,
                              self.step_hooks)
 
     def _run_phase(self, phase, index, data, state, resume_from, on_epoch_end) -> None:
@@ -676,7 +685,7 @@ class Trainer:
             self.log(f"Epoch {epoch + 1} ({phase.name})")
         totals, step = np.zeros(4), 0
         while step < data.steps_per_epoch:
-            chunk = min(self.steps_per_execution, data.steps_per_epoch - step)
+            chunk = min(self._steps.steps_per_execution, data.steps_per_epoch - step)
             totals += self._steps.train(iterator, tf.constant(chunk)).numpy()
             step += chunk
             logs = _logs(totals)
@@ -787,6 +796,7 @@ class _BestWeights:
     def __init__(self) -> None:
         self.overall: list[np.ndarray] | None = None
         self.phase: list[np.ndarray] | None = None
+        self._constant: tuple[tuple, dict[int, np.ndarray]] | None = None
 
     def update(self, model: keras.Model, state: TrainState, phase: str, logs: dict, *,
                counts_for_run: bool = True) -> None:
@@ -797,11 +807,26 @@ class _BestWeights:
         improves_phase = _better(entry, state.phase_best)
         improves_run = counts_for_run and _better(entry, state.best)
         if improves_phase or improves_run:
-            weights = model.get_weights()
+            weights = self._snapshot(model, phase)
             if improves_phase:
                 state.phase_best, self.phase = entry, weights
             if improves_run:
                 state.best, self.overall = entry, weights
+
+    def _snapshot(self, model: keras.Model, phase: str) -> list[np.ndarray]:
+        """``model.get_weights()``, copying the weights of frozen layers once per phase.
+
+        No step changes the variables of a layer with ``trainable=False`` (Keras 3
+        keeps a frozen BatchNorm in inference mode), so a frozen base is copied at
+        its phase's first better epoch only (VGG16: 59 MB per epoch otherwise).
+        """
+        frozen = [w for layer in _leaf_layers(model) if not layer.trainable
+                  for w in layer.weights]
+        key = (phase, tuple(id(w) for w in frozen))
+        if self._constant is None or self._constant[0] != key:
+            self._constant = (key, {id(w): w.numpy() for w in frozen})
+        constant = self._constant[1]
+        return [constant[id(w)] if id(w) in constant else w.numpy() for w in model.weights]
 
     def to_save(self, state: TrainState) -> dict[str, list[np.ndarray]]:
         """Best weights a checkpoint of ``state`` must carry (not the current ones)."""
@@ -825,6 +850,14 @@ class _BestWeights:
             setattr(self, attr, saved[key])
 
 
+def _leaf_layers(model: keras.Model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) or getattr(layer, "layers", None):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
 def _better(entry: dict, best: dict | None) -> bool:
     if best is None:
         return True
@@ -835,7 +868,8 @@ def _better(entry: dict, best: dict | None) -> bool:
 
 def predict(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and labels over a batched ``(x, y)`` dataset, on this process."""
-    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
+                       autograph=False)
     outputs, labels = [], []
     for x, y in dataset:
         outputs.append(np.asarray(call(x)))
