@@ -34,7 +34,7 @@ from .features import FEATURE_CACHE_MODES
 from .freezing import BN_POLICIES
 from .model import HEAD_NORMS, HEADS, TASKS
 from .optimizers import OPTIMIZERS, SCHEDULES
-from .recipes import PHASE_FITS, RUN_MODES, Phase
+from .recipes import MAX_STEPS, MIN_EPOCHS, PHASE_FITS, RUN_MODES, TARGET_STEPS, Phase
 from .runtime import JIT_CHOICES, PRECISIONS, STRATEGIES
 from .sklearn_heads import SKLEARN_HEADS
 from .training import CLASS_WEIGHTS, KEEP_WEIGHTS
@@ -126,9 +126,12 @@ class RunConfig:
     task: str = option("multiclass", "one class per image, two classes with one sigmoid, or "
                        "several labels per image", group="model", choices=TASKS)
     # regime
-    mode: str = option("full", "auto: a linear probe on frozen features and a fine-tune, "
-                       "keeping the better on validation; finetune/full: head warm-up, then "
-                       "the top blocks / every layer at lr * finetune-lr-factor",
+    # Defaults chosen on the transfer suite's validation images (benchmarks/
+    # transfer_suite.py, ten tasks), never on test images: see recipes.py.
+    mode: str = option("auto", "auto: a linear probe on frozen features, then every layer "
+                       "fine-tuned at lr * finetune-lr-factor, keeping the better on "
+                       "validation; finetune/full: head warm-up, then the top blocks / every "
+                       "layer",
                        group="regime", choices=RUN_MODES)
     unfreeze_top: int | None = option(None, "finetune: the top N layers (classic "
                                       "base.layers[-N:])", group="regime", metavar="N")
@@ -147,8 +150,10 @@ class RunConfig:
     phases: list[Phase] | None = option(None, "explicit phases (YAML only)", group="regime",
                                         cli=False)
     # optimisation
-    epochs: int | str = option(10, "total epochs, or auto", group="optimisation",
-                               metavar="E|auto")
+    epochs: int | str = option("auto", "total epochs, or auto (sized in optimizer steps: "
+                               f"at least {TARGET_STEPS} steps and {MIN_EPOCHS} epochs, at "
+                               f"most {MAX_STEPS:,} steps)",
+                               group="optimisation", metavar="E|auto")
     lr: float | str = option(1e-2, "peak learning rate of the head phase, or auto (a "
                              "learning-rate range test at the start of each phase)",
                              group="optimisation", metavar="X|auto")
