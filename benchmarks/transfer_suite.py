@@ -482,7 +482,8 @@ class Candidate:
 
 
 def grid_points(extra: tuple[str, ...] = (), *, epochs: tuple[str, ...] = (),
-                quick: bool = False) -> list[Candidate]:
+                quick: bool = False, modes: tuple[str, ...] = GRID_MODES,
+                lrs: tuple[str, ...] = GRID_LRS) -> list[Candidate]:
     """The reference grid: every regime x learning rate (x epochs), and the sklearn head.
 
     Args:
@@ -490,10 +491,14 @@ def grid_points(extra: tuple[str, ...] = (), *, epochs: tuple[str, ...] = (),
         epochs: epoch budgets as a grid axis (``--epochs N``; ``"default"``: no
             ``--epochs`` flag, kerastl's own budget). Empty: kerastl's budget only.
         quick: one Keras point and the scikit-learn head (smoke runs).
+        modes: regimes of the grid (default: all of :data:`GRID_MODES`).
+        lrs: learning rates of the grid (default: all of :data:`GRID_LRS`).
 
     Example:
         >>> [c.name for c in grid_points()][:2], len(grid_points())
         (['frozen@1e-3', 'frozen@3e-3'], 17)
+        >>> [c.name for c in grid_points(modes=("frozen", "scratch"), lrs=("1e-2",))]
+        ['frozen@1e-2', 'scratch@1e-2', 'sklearn-logreg']
         >>> grid_points(epochs=("50",))[0].flags
         ('--mode', 'frozen', '--lr', '1e-3', '--epochs', '50')
     """
@@ -503,7 +508,7 @@ def grid_points(extra: tuple[str, ...] = (), *, epochs: tuple[str, ...] = (),
         budgets = [("", ()) if n == "default" else (f",e{n}", ("--epochs", n))
                    for n in epochs] or [("", ())]
         points = [Candidate(f"{mode}@{lr}{suffix}", ("--mode", mode, "--lr", lr, *budget))
-                  for mode in GRID_MODES for lr in GRID_LRS for suffix, budget in budgets]
+                  for mode in modes for lr in lrs for suffix, budget in budgets]
     points.append(Candidate("sklearn-logreg", ("--head", "sklearn-logreg")))
     return [Candidate(p.name, p.flags + tuple(extra)) for p in points]
 
@@ -940,6 +945,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grid-epochs", default="", metavar="N,N",
                         help="epoch budgets as a grid axis, e.g. 'default,50' ('default': "
                              "kerastl's own budget, the only one if not given)")
+    parser.add_argument("--grid-modes", default=",".join(GRID_MODES), metavar="M,M",
+                        help="regimes of the grid (default: all)")
+    parser.add_argument("--grid-lrs", default=",".join(GRID_LRS), metavar="LR,LR",
+                        help="learning rates of the grid (default: all)")
     parser.add_argument("--final", action="store_true",
                         help="the final report: print test accuracy and write --out")
     parser.add_argument("--out", default=str(RESULTS), help="results file of --final")
@@ -980,8 +989,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.out = str(Path(args.root) / "transfer_suite_quick.json")
     args.candidates = [Candidate(c.name, c.flags + extra) for c in candidates]
     budgets = tuple(n.strip() for n in args.grid_epochs.split(",") if n.strip())
+    modes = tuple(m for m in args.grid_modes.split(",") if m)
+    lrs = tuple(lr for lr in args.grid_lrs.split(",") if lr)
+    unknown_modes = [m for m in modes if m not in GRID_MODES]
+    if unknown_modes:
+        parser.error(f"unknown --grid-modes {unknown_modes}; choose from {list(GRID_MODES)}")
     args.grid_points = (grid_points(tuple(shlex.split(args.grid_extra)) + extra,
-                                    epochs=budgets, quick=args.quick) if args.grid else [])
+                                    epochs=budgets, quick=args.quick, modes=modes, lrs=lrs)
+                        if args.grid else [])
     args.default_name = next((c.name for c in candidates if c.flags == ()), "default")
     return args
 
