@@ -15,6 +15,8 @@ the epoch budgets. The reported accuracy is kerastl's own ``metrics.json`` on th
 
 * ``pixels_logreg``: scikit-learn logistic regression on raw pixels (the baseline;
   no network, so not a kerastl run).
+* ``default``: ``RunConfig(weights=...)`` and nothing else (``mode="auto"``: a linear
+  probe, then every layer fine-tuned; ``epochs="auto"``; the default batch size).
 * ``scratch``: ``mode="scratch"``, the same architecture from random weights.
 * ``frozen``: ``mode="frozen"``, a head on the frozen pretrained base.
 * ``finetune_top``: ``mode="finetune"``: head phase, then the top blocks.
@@ -77,6 +79,8 @@ RESULTS = REPO / "benchmarks" / "results" / "transfer_study.json"
 # What each regime sets beyond kerastl's defaults: its mode and epoch budget.
 # Fine-tuning regimes run ``head_epochs`` on the frozen base, then the rest unfrozen.
 REGIME_CONFIGS = {
+    # kerastl's default command: no mode, budget or batch size (mode auto, epochs auto).
+    "default": lambda a: {},
     "scratch": lambda a: {"mode": "scratch", "epochs": a["scratch_epochs"]},
     "frozen": lambda a: {"mode": "frozen", "epochs": a["head_epochs"]},
     "finetune_top": lambda a: {"mode": "finetune", "unfreeze_blocks": a["unfreeze_blocks"],
@@ -117,8 +121,8 @@ def run_config(name: str, record: dict, args: dict, *, seed: int, output: Path
     return kerastl.RunConfig(
         backbone=record["backbone"], backbone_kwargs=dict(record["backbone_kwargs"]),
         weights=record["weights_path"], weights_hash=record.get("weights_sha256"),
-        image_size=record["input_size"], batch_size=args["batch_size"], seed=seed,
-        output=str(output), verbose=0,
+        seed=seed, output=str(output), verbose=0,
+        **({} if name == "default" else {"batch_size": args["batch_size"]}),
         **REGIME_CONFIGS[name](args), **args["overrides"],
     )
 

@@ -7,6 +7,7 @@ A test checks that the committed files match what this script writes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -71,13 +72,135 @@ def readme_with_backbones(readme: str) -> str:
     return f"{head}{START}\n{backbone_table()}\n{END}{tail}"
 
 
+MEASURED_START, MEASURED_END = "<!-- measured:start -->", "<!-- measured:end -->"
+RESULTS = DOCS.parent / "benchmarks" / "results"
+
+
+def figure(value) -> str:
+    """A number from a results file, cut (never rounded up) to 4 significant digits.
+
+    Example:
+        >>> figure(5.98), figure(0.99999), figure(3.4602495), figure(12), figure(True)
+        ('5.98', '0.9999', '3.460', '12', 'yes')
+    """
+    from decimal import ROUND_DOWN, Decimal
+
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if not isinstance(value, float):
+        return str(value)
+    exact = Decimal(repr(value))
+    if exact == 0:
+        return "0"
+    step = Decimal(1).scaleb(exact.adjusted() - 3)
+    cut = exact.quantize(step, rounding=ROUND_DOWN)
+    return f"{cut:f}" if len(repr(value)) > len(f"{cut:f}") else repr(value)
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _goal(goal: dict) -> str:
+    return "met" if goal.get("met") else "**not met**"
+
+
+def measured_rows() -> list[str]:
+    """README rows, every figure read from ``benchmarks/results/*.json``."""
+    rows = ["| what | measured | goal | file |", "|---|---|---|---|"]
+    suite = _load("transfer_suite")
+    if suite:
+        for split in ("test",):
+            row = suite["summary"][split].get(suite["goals"][split]["candidate"], {})
+            if not row:
+                continue
+            worst = row["worst_margin_vs_pixels"]
+            gap = row.get("worst_gap_to_grid_best") or {}
+            rows.append(
+                f"| default command on the {row['tasks']}-task transfer suite, {split} accuracy "
+                f"(`--data --weights` only) | mean {figure(row['mean_accuracy'])}; vs pixel "
+                f"logistic regression mean {figure(row['mean_margin_vs_pixels'])}, worst "
+                f"{figure(worst['value'])} ({worst['task']}); worst gap to the grid's best "
+                f"{figure(gap.get('value'))} ({gap.get('task')}) | beats pixels on every task: "
+                f"{figure(row['beats_pixels_on_every_task'])}; within 2 points of the grid: "
+                f"{figure(row['within_2_points_of_grid_best_on_every_task'])} | "
+                "`transfer_suite.json` |")
+    study = _load("transfer_study")
+    if study and "default" in study["results"]:
+        results = study["results"]
+        rows.append(
+            f"| public transfer study (classes 0-4 → 5-9, 20 per class, {study['test_images']} "
+            f"test images), default command | {figure(results['default']['accuracy'])} "
+            f"(pixels {figure(results['pixels_logreg']['accuracy'])}) | ≥ 0.90: "
+            f"{figure(results['default']['accuracy'] >= 0.90)} | `transfer_study.json` |")
+    frozen = _load("frozen_cache")
+    if frozen and "goals" in frozen:
+        goals = frozen["goals"]
+        rows.append(
+            "| frozen VGG16, 2,000 images, 10 epochs: `python -m kerastl.train` with its "
+            "defaults vs the plain Keras script, whole processes | "
+            f"{figure(goals['speedup_whole_process']['value'])}× faster; training "
+            f"{figure(goals['train_over_forward']['value'])}× one forward pass | "
+            f"≥ 6×: {_goal(goals['speedup_whole_process'])}; ≤ 1.2×: "
+            f"{_goal(goals['train_over_forward'])} | `frozen_cache.json` |")
+    extraction = _load("extraction")
+    if extraction:
+        for workload, goal in extraction.get("goals", {}).items():
+            rows.append(
+                f"| feature extraction, {workload} | {figure(goal['fraction_of_bf16_peak'])} "
+                f"of the bfloat16 matmul peak | ≥ {figure(goal['goal'])}: {_goal(goal)} | "
+                "`extraction.json` |")
+    cores = _load("cores")
+    if cores:
+        for ratio in cores["ratios"]:
+            if ratio["variant"] == "baseline":
+                continue
+            rows.append(
+                f"| training step, {ratio['workload']}, `{ratio['variant']}` | "
+                f"{figure(ratio['train_vs_baseline'])}× the default's images/s | measured | "
+                "`cores.json` |")
+        for row in cores["utilisation"]:
+            if row["variant"] == "baseline":
+                rows.append(
+                    f"| CPU use of the training step, {row['workload']} | "
+                    f"{figure(row['train_cpu_utilisation'])} cores busy (of "
+                    f"{cores['machine']['cores']}) | measured | `cores.json` |")
+        for row in cores["precision"]:
+            rows.append(
+                f"| mixed_bfloat16 vs float32 training, {row['workload']} | "
+                f"{figure(row['bf16_train_speedup'])}× | measured | `cores.json` |")
+    throughput = _load("throughput")
+    if throughput:
+        rows.append(
+            f"| kerastl's step vs `keras.Model.fit`, same model and data | "
+            f"{figure(throughput['ratio_median'])}× (median epoch) | ≥ "
+            f"{figure(throughput['target_ratio'])}: "
+            f"{'met' if throughput['meets_target'] else '**not met**'} | `throughput.json` |")
+    export = _load("export")
+    if export:
+        for name, goal in export["goals"].items():
+            if "met" in goal:
+                rows.append(f"| export: {name.replace('_', ' ')} | {figure(goal['value'])} | "
+                            f"{goal['goal']}: {_goal(goal)} | `export.json` |")
+    return rows
+
+
+def readme_with_measurements(readme: str) -> str:
+    head, rest = readme.split(MEASURED_START, 1)
+    _, tail = rest.split(MEASURED_END, 1)
+    return f"{head}{MEASURED_START}\n" + "\n".join(measured_rows()) + f"\n{MEASURED_END}{tail}"
+
+
 def write_all() -> list[Path]:
     DOCS.mkdir(exist_ok=True)
     written = []
     for name, text in (("cli.md", cli_reference()), ("configuration.md", config_reference())):
         (DOCS / name).write_text(text)
         written.append(DOCS / name)
-    README.write_text(readme_with_backbones(README.read_text()))
+    README.write_text(readme_with_measurements(readme_with_backbones(README.read_text())))
     return [*written, README]
 
 

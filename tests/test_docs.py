@@ -32,6 +32,21 @@ def test_readme_backbone_table_is_generated_from_the_registry():
     assert all(f"| {name} |" in readme for name in kerastl.list_backbones())
 
 
+def test_readme_measurements_are_generated_from_the_results_files():
+    # The README quotes benchmarks/results/*.json through make_docs, never by hand.
+    docs = _make_docs()
+    readme = (ROOT / "README.md").read_text()
+    assert docs.MEASURED_START in readme
+    assert readme == docs.readme_with_measurements(readme)
+
+
+@pytest.mark.parametrize(("value", "shown"), [(5.98, "5.98"), (0.99999, "0.9999"),
+                                              (3.4602495, "3.460"), (1.2, "1.2"),
+                                              (0.000123456, "0.0001234"), (False, "no")])
+def test_readme_figures_are_cut_never_rounded_up(value, shown):
+    assert _make_docs().figure(value) == shown
+
+
 @pytest.mark.slow
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     readme = (ROOT / "README.md").read_text()
