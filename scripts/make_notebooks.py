@@ -180,15 +180,19 @@ QUICKSTART = [
         (`python -m kerastl.train ...`) and YAML files produce the same object. With no
         `data`, `fit` uses the shipped samples and the shipped source backbone.
 
-        The default `mode="full"` runs two **phases**, the recipe of fastai's `fine_tune`:
-        first the new head trains on the frozen base (a randomly initialised head would
-        otherwise send large, noisy gradients into the pretrained weights), then every
-        layer trains at a ten times lower learning rate. BatchNorm layers of the base stay
-        in inference mode throughout (notebook 03 measures why).
+        The default `mode="auto"` runs two **phases**: first a *linear probe* (a
+        cross-validated logistic regression on the frozen base's cached features, written
+        into the model's own head: seconds, and a head that will not send large, noisy
+        gradients into the pretrained weights), then every layer trains at a ten times
+        lower learning rate. With validation data the run keeps its best validated epoch,
+        the probe included. `epochs="auto"` sizes the budget in optimizer steps (at least
+        300). BatchNorm layers of the base stay in inference mode throughout (notebook 03
+        measures why). These defaults were chosen on the validation images of ten transfer
+        tasks (`benchmarks/transfer_suite.py`).
     '''),
     code('''
         config = kerastl.RunConfig(
-            epochs=2 if SMOKE else 10, head_epochs=1 if SMOKE else 3,
+            epochs=2 if SMOKE else "auto",
             output=OUTPUT, verbose=2,
         )
         result = kerastl.fit(config)
