@@ -1042,7 +1042,12 @@ def main(argv: list[str] | None = None) -> None:
         print_table(report, "test")
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(final_report(report, args), indent=2) + "\n")
+        text = json.dumps(final_report(report, args), indent=2) + "\n"
+        # A --root outside the repository is this machine's path: not for a results file.
+        root = str(Path(args.root).resolve())
+        if not Path(root).is_relative_to(REPO):
+            text = text.replace(root, "<root>")
+        out.write_text(text)
         print(f"\nwrote {_relative(out)}")
 
 
