@@ -61,12 +61,12 @@ ONEDNN_ISAS_WITHOUT_BF16 = frozenset({
 })
 # Backbone families (kerastl.backbones registry) whose convolutions are mostly
 # depthwise-separable (MobileNet's and EfficientNet's inverted-residual blocks). On a
-# CPU with avx512_bf16, bfloat16 makes them SLOWER, at every size measured: oneDNN's
-# bfloat16 speed-up is in the dense convolutions and matmuls, and these networks
-# spend their time in depthwise convolutions, BatchNorm, activations and the casts
-# around them. MEASURED (benchmarks/results/precision.json, kerastl's training step
-# and forward pass, each precision in its own process): see the numbers quoted there;
-# dense-convolution networks (VGG16, ResNet50) gain at 32 and 224 alike.
+# CPU with avx512_bf16, bfloat16 TRAINS them slower: oneDNN's bfloat16 speed-up is in
+# dense convolutions and matmuls, and these networks spend their time in depthwise
+# convolutions, BatchNorm, activations and the casts around them. MEASURED
+# (benchmarks/results/cores.json, kerastl's training step at 32x32, batch 32, each
+# precision in its own process): bfloat16/float32 images/s 0.853 MobileNetV2 a=0.35,
+# 0.644 MobileNetV3Small a=0.75, 0.529 EfficientNetB0; but 1.056 ResNet50, 1.569 VGG16.
 CPU_FLOAT32_FAMILIES = frozenset({"mobilenet", "mobilenet_v2", "mobilenet_v3", "efficientnet",
                                   "efficientnet_v2"})
 # A TPU step is cheap compared with the host round-trip; running many steps per
@@ -307,7 +307,7 @@ def _precision_and_reason(requested: str, facts: DeviceFacts, strategy_name: str
     if family in CPU_FLOAT32_FAMILIES:
         return "float32", (
             f"the CPU has {bf16_flags}, but {backbone} is a depthwise-separable network "
-            f"({family}), which bfloat16 slows down on CPU (benchmarks/precision.py)"
+            f"({family}), which bfloat16 slows down on CPU (benchmarks/cores.py)"
         )
     return "mixed_bfloat16", f"the CPU has native bfloat16 ({bf16_flags})"
 
