@@ -30,12 +30,13 @@ recorded in the JSON. Accuracies are averaged over ``--draws`` seeded draws of t
 20 images per class (the draw alone moves accuracy by a point or more).
 
 Result of the command below with no ``--set`` (kerastl's defaults; 2 draws, mean;
-scratch/frozen run 50/20 epochs, fine-tuning 20 head + 30 unfrozen, batch 20)::
+``default`` runs kerastl's own budget, scratch/frozen 50/20 epochs, fine-tuning
+20 head + 30 unfrozen, batch 20; ``benchmarks/results/transfer_study.json``)::
 
-    pixels_logreg 0.874 | scratch 0.897 | frozen 0.764 | finetune_top 0.888
-    full 0.906 | features_logreg 0.817
+    pixels_logreg 0.8736 | default 0.9098 | scratch 0.8950 | frozen 0.7850
+    finetune_top 0.8822 | full 0.9122 | features_logreg 0.8177
 
-Only ``full`` clears 0.90: the top-layer features are clothes-specific (a linear
+Only ``default`` and ``full`` clear 0.90: the top-layer features are clothes-specific (a linear
 head on them, ``frozen`` or ``features_logreg``, stays below raw pixels), so every
 layer has to adapt. The defaults match the settings the hand-written Keras recipe
 needed: lr 1e-2 with LayerNorm on the pooled features (it rescales MobileNetV3's
