@@ -155,13 +155,13 @@ def measured_rows() -> list[str]:
                 "`extraction.json` |")
     cores = _load("cores")
     if cores:
-        for ratio in cores["ratios"]:
-            if ratio["variant"] == "baseline":
-                continue
-            rows.append(
-                f"| training step, {ratio['workload']}, `{ratio['variant']}` | "
-                f"{figure(ratio['train_vs_baseline'])}× the default's images/s | measured | "
-                "`cores.json` |")
+        workloads = dict.fromkeys(r["workload"] for r in cores["ratios"])
+        for workload in workloads:
+            variants = ", ".join(f"`{r['variant']}` {figure(r['train_vs_baseline'])}×"
+                                 for r in cores["ratios"]
+                                 if r["workload"] == workload and r["variant"] != "baseline")
+            rows.append(f"| training step, {workload}: each setting against the default's "
+                        f"images/s | {variants} | measured | `cores.json` |")
         for row in cores["utilisation"]:
             if row["variant"] == "baseline":
                 rows.append(
@@ -181,6 +181,11 @@ def measured_rows() -> list[str]:
             f"{'met' if throughput['meets_target'] else '**not met**'} | `throughput.json` |")
     export = _load("export")
     if export:
+        run = export["default_run"]
+        rows.insert(2, f"| `{run['command']}` (the first command above: data_samples/, the "
+                       f"shipped source backbone) | {run['evaluated_on']} accuracy "
+                       f"{figure(run['accuracy'])}, {figure(run['seconds'])} s | measured | "
+                       "`export.json` |")
         for name, goal in export["goals"].items():
             if "met" in goal:
                 rows.append(f"| export: {name.replace('_', ' ')} | {figure(goal['value'])} | "
