@@ -149,16 +149,34 @@ def _shown_default(default: Any) -> str | None:
 
 def train_parser() -> argparse.ArgumentParser:
     """The ``train`` argument parser (also used to generate docs/cli.md)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m kerastl.train",
-        description="Train a Keras Applications backbone on a folder of labelled images. "
-        "With no arguments: a transfer-learning run on the shipped data_samples/ (offline).",
-        argument_default=argparse.SUPPRESS,
-    )
+    return _run_parser(
+        "python -m kerastl.train",
+        "Train a Keras Applications backbone on a folder of labelled images. "
+        "With no arguments: a transfer-learning run on the shipped data_samples/ (offline).")
+
+
+def _run_parser(prog: str, description: str,
+                skip: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """A parser of ``--config`` and the RunConfig flags (but ``skip``), none defaulted.
+
+    Unset flags are left out of the namespace, so :func:`_run_config` marks only the
+    flags actually given as given.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", metavar="FILE.yaml",
                         help="YAML file of defaults (flags override it)")
-    _add_config_flags(parser)
+    _add_config_flags(parser, skip=skip)
     return parser
+
+
+def _run_config(args: dict[str, Any]):
+    """Defaults ← ``--config`` YAML ← the parsed flags in ``args``, as a RunConfig."""
+    from .config import RunConfig, load_yaml
+
+    values = load_yaml(args.pop("config")) if "config" in args else {}
+    values.update(args)
+    return RunConfig.from_dict(values)
 
 
 def config_from_args(argv: Sequence[str] | None,
@@ -167,12 +185,7 @@ def config_from_args(argv: Sequence[str] | None,
 
     Only the flags and YAML keys actually given are marked as given.
     """
-    from .config import RunConfig, load_yaml
-
-    args = vars((parser or train_parser()).parse_args(argv))
-    values = load_yaml(args.pop("config")) if "config" in args else {}
-    values.update(args)
-    return RunConfig.from_dict(values)
+    return _run_config(vars((parser or train_parser()).parse_args(argv)))
 
 
 # ---------------------------------------------------------------------- running
@@ -354,16 +367,11 @@ def compare_parser() -> argparse.ArgumentParser:
     """``train``'s data/model/optimisation flags plus ``--regimes`` and ``--fractions``."""
     from .comparison import REGIMES
 
-    parser = argparse.ArgumentParser(
-        prog="python -m kerastl.compare",
-        description="Train frozen, fine-tuned and from-scratch models and a scikit-learn "
+    parser = _run_parser(
+        "python -m kerastl.compare",
+        "Train frozen, fine-tuned and from-scratch models and a scikit-learn "
         "probe on the same data; write comparison.md/.json/.png in --output "
-        "(default: a new runs/compareN).",
-        argument_default=argparse.SUPPRESS,
-    )
-    parser.add_argument("--config", metavar="FILE.yaml",
-                        help="YAML file of defaults (flags override it)")
-    _add_config_flags(parser, skip=("mode", "resume", "phases"))
+        "(default: a new runs/compareN).", skip=("mode", "resume", "phases"))
     group = parser.add_argument_group("comparison")
     group.add_argument("--regimes", type=_csv_list, default=list(REGIMES),
                        help=f"comma list of {','.join(REGIMES)}")
@@ -381,12 +389,9 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
 
     def action() -> int:
         from .comparison import compare, comparison_markdown
-        from .config import RunConfig, load_yaml
         from .outputs import new_run_dir
 
-        values = load_yaml(args.pop("config")) if "config" in args else {}
-        values.update(args)
-        config = RunConfig.from_dict(values)
+        config = _run_config(args)
         output = config.output or new_run_dir("compare")
         rows = compare(config, regimes=regimes, fractions=fractions, output=output)
         print(comparison_markdown(rows))
@@ -398,16 +403,11 @@ def compare_main(argv: Sequence[str] | None = None) -> int:
 
 def lr_find_parser() -> argparse.ArgumentParser:
     """``train``'s flags plus the range of the learning-rate range test."""
-    parser = argparse.ArgumentParser(
-        prog="python -m kerastl.lr_find",
-        description="Learning-rate range test (fastai's lr_find) for the run the flags "
+    parser = _run_parser(
+        "python -m kerastl.lr_find",
+        "Learning-rate range test (fastai's lr_find) for the run the flags "
         "describe: writes lr_find.png and lr_find.json to --output (default: a new "
-        "runs/lr_findN) and prints the suggested learning rate.",
-        argument_default=argparse.SUPPRESS,
-    )
-    parser.add_argument("--config", metavar="FILE.yaml",
-                        help="YAML file of defaults (flags override it)")
-    _add_config_flags(parser, skip=("resume", "phases"))
+        "runs/lr_findN) and prints the suggested learning rate.", skip=("resume", "phases"))
     group = parser.add_argument_group("range test")
     group.add_argument("--start-lr", type=_float, default=1e-7, help="(1e-07)")
     group.add_argument("--end-lr", type=_float, default=10.0, help="(10)")
@@ -423,12 +423,9 @@ def lr_find_main(argv: Sequence[str] | None = None) -> int:
     test = {key: args.pop(key) for key in ("start_lr", "end_lr", "steps")}
 
     def action() -> int:
-        from .config import RunConfig, load_yaml
         from .run import lr_find
 
-        values = load_yaml(args.pop("config")) if "config" in args else {}
-        values.update(args)
-        result = lr_find(RunConfig.from_dict(values), **test)
+        result = lr_find(_run_config(args), **test)
         print(f"suggested learning rate: {result.suggestion:.3g}")
         return 0
 

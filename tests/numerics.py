@@ -134,6 +134,23 @@ def assert_close(actual, desired, tol: Tolerance, err_msg: str = "") -> None:
                                atol=tol.atol(desired), err_msg=f"{err_msg} ({tol.why})")
 
 
+def assert_same_model(expected, actual, images, *, rtol: float, atol: float,
+                      weights_atol: float | None = None) -> None:
+    """Every weight (base and head), then the outputs of training=True and False calls.
+
+    ``weights_atol`` is the absolute term for the weights (default: ``atol``).
+    """
+    assert [w.path for w in actual.weights] == [w.path for w in expected.weights]
+    weights_atol = atol if weights_atol is None else weights_atol
+    for a, b in zip(actual.weights, expected.weights, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=weights_atol,
+                                   err_msg=a.path)
+    for training in (True, False):
+        np.testing.assert_allclose(np.asarray(actual(images, training=training)),
+                                   np.asarray(expected(images, training=training)),
+                                   rtol=rtol, atol=atol, err_msg=f"training={training}")
+
+
 # ---------------------------------------------------------------- the tolerances used
 # VGG16 at 32x32 plus an 8-unit dense layer and the predictions (tests/test_features.py):
 # 15 layers, largest dot product 3 x 3 x 512 = 4608 terms -> rtol 4.9e-4. Measured with

@@ -18,6 +18,8 @@ from kerastl.reports import read_history_csv
 from kerastl.run import OUTPUT_FILES, fit
 from kerastl.samples import data_samples_dir, source_backbone
 
+from .numerics import assert_same_model
+
 SAMPLES = data_samples_dir() / "fashion"
 # From the shipped source backbone: a random base with BatchNorm in inference mode has
 # ~1e-12 features, so reloaded or resumed weights would "match" whatever happened.
@@ -35,19 +37,9 @@ TINY = dict(
 
 
 def _assert_same_model(expected: keras.Model, actual: keras.Model, images) -> None:
-    """Base and head weights, and outputs in training=True and training=False calls.
-
-    Equal up to float32 round-off of oneDNN kernels (seen: 1e-10 absolute), hence rtol
-    1e-5 with an absolute term for values near zero.
-    """
-    assert [w.path for w in actual.weights] == [w.path for w in expected.weights]
-    for a, b in zip(actual.weights, expected.weights, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-8,
-                                   err_msg=a.path)
-    for training in (True, False):
-        np.testing.assert_allclose(np.asarray(actual(images, training=training)),
-                                   np.asarray(expected(images, training=training)),
-                                   rtol=1e-5, atol=1e-6, err_msg=f"training={training}")
+    # Equal up to float32 round-off of oneDNN kernels (seen: 1e-10 absolute), hence rtol
+    # 1e-5 with an absolute term for values near zero.
+    assert_same_model(expected, actual, images, rtol=1e-5, atol=1e-6, weights_atol=1e-8)
 
 
 def _test_images(n: int = 8):

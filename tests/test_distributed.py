@@ -21,7 +21,13 @@ from kerastl.reports import read_history_csv
 from kerastl.samples import REPO_ROOT, data_samples_dir
 
 from .conftest import source_backbone
-from .numerics import MOBILENETV3_FORWARD, MOBILENETV3_TRAINING, assert_close, assert_same_training
+from .numerics import (
+    MOBILENETV3_FORWARD,
+    MOBILENETV3_TRAINING,
+    assert_close,
+    assert_same_model,
+    assert_same_training,
+)
 
 pytestmark = pytest.mark.slow  # every test here trains in two child processes
 
@@ -152,17 +158,6 @@ def _cli_flags(output: Path, batch_size: int) -> list[str]:
             "--optimizer", "sgd", "--seed", "5", "--verbose", "0", "--output", str(output)]
 
 
-def _assert_same_model(expected, actual, images, **tolerance) -> None:
-    """Every weight (base and head) and outputs of training=True and training=False calls."""
-    assert [w.path for w in actual.weights] == [w.path for w in expected.weights]
-    for a, b in zip(actual.weights, expected.weights, strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), err_msg=a.path, **tolerance)
-    for training in (True, False):
-        np.testing.assert_allclose(np.asarray(actual(images, training=training)),
-                                   np.asarray(expected(images, training=training)),
-                                   err_msg=f"training={training}", **tolerance)
-
-
 def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
@@ -215,10 +210,10 @@ def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
     other = kerastl.load_model(saved_by_worker1[0])
     alone = kerastl.load_model(tmp_path / "out2" / "model.keras")
     images = next(iter(kerastl.data.from_folder(SAMPLES / "test").batches(32, 8)))[0]
-    _assert_same_model(chief, other, images, rtol=0, atol=0)  # synchronised: identical
+    assert_same_model(chief, other, images, rtol=0, atol=0)  # synchronised: identical
     # Two workers of 32 train like one process with batches of 64: gradients summed
     # across workers differ from one device's by float32 round-off only.
-    _assert_same_model(alone, chief, images, rtol=1e-4, atol=1e-6)
+    assert_same_model(alone, chief, images, rtol=1e-4, atol=1e-6)
     source = kerastl.build_model(source_backbone()["backbone"], 5, input_shape=32,
                                  weights=source_backbone()["weights"],
                                  backbone_kwargs=source_backbone()["backbone_kwargs"])

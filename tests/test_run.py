@@ -13,6 +13,7 @@ import kerastl
 from kerastl.run import fit
 
 from .conftest import source_backbone
+from .numerics import assert_same_model
 
 
 def _digits_splits(n_train: int = 48, n_val: int = 24, test: bool = True,
@@ -103,23 +104,6 @@ def test_resume_with_precision_float32_after_a_mixed_float16_run(tmp_path):
 
 
 # ------------------------------------------------------------------ what is reported
-def _assert_same_model(a: keras.Model, b: keras.Model, images: np.ndarray) -> None:
-    """Weights of base and head, and outputs in both call modes, within float round-off.
-
-    The two runs compute the same function along different paths (cached features vs
-    images through the base): float32 round-off of oneDNN kernels only, hence rtol
-    1e-5 plus an absolute term for values near zero.
-    """
-    assert [w.path for w in a.weights] == [w.path for w in b.weights]
-    for x, y in zip(a.weights, b.weights, strict=True):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6,
-                                   err_msg=x.path)
-    for training in (True, False):
-        np.testing.assert_allclose(np.asarray(a(images, training=training)),
-                                   np.asarray(b(images, training=training)),
-                                   rtol=1e-5, atol=1e-6, err_msg=f"training={training}")
-
-
 @pytest.fixture(scope="module")
 def cached_and_uncached(tmp_path_factory):
     """The same frozen run twice (seed, data, --augment none): cached features, images.
@@ -145,7 +129,9 @@ def test_a_cached_run_equals_an_uncached_run(cached_and_uncached):
     images = next(iter(splits.val.batches(32, 8)))[0].numpy()
     # Dropout is active in training=True calls: both models draw the same masks only if
     # their seed states advanced alike.
-    _assert_same_model(cached.model, uncached.model, images)
+    # The same function along two paths (cached features vs images through the base):
+    # float32 round-off of oneDNN kernels only, hence rtol 1e-5 plus an absolute term.
+    assert_same_model(uncached.model, cached.model, images, rtol=1e-5, atol=1e-6)
 
 
 def test_final_loss_has_the_definition_of_val_loss(cached_and_uncached):
