@@ -1,8 +1,8 @@
 """Deployment: quantized LiteRT, ONNX, SavedModel and 50 % pruning of the default run, measured.
 
 1. Trains the default run (``python -m kerastl.train``: data_samples/ with the
-   shipped source backbone) and the same run with ``--prune 0.5`` (the fine-tuning
-   phase prunes gradually to 50 % zeros).
+   shipped source backbone) and the same run with ``--prune 0.5`` (the same phases,
+   then a ``prune`` phase that takes the fine-tuned model gradually to 50 % zeros).
 2. Exports the default run with ``kerastl.export`` to LiteRT (float32, float16,
    dynamic-range, int8), ONNX and SavedModel, each verified by its own runtime on
    the test split, and the pruned run to LiteRT int8.

@@ -35,7 +35,7 @@ from .freezing import BN_POLICIES
 from .model import HEAD_NORMS, HEADS, TASKS
 from .optimizers import OPTIMIZERS, SCHEDULES
 from .recipes import MAX_STEPS, MIN_EPOCHS, PHASE_FITS, RUN_MODES, TARGET_STEPS, Phase
-from .runtime import JIT_CHOICES, PRECISIONS, STRATEGIES
+from .runtime import CPU_ONE_THREAD_MAX_SIDE, JIT_CHOICES, PRECISIONS, STRATEGIES
 from .sklearn_heads import SKLEARN_HEADS
 from .training import CLASS_WEIGHTS, KEEP_WEIGHTS
 
@@ -180,9 +180,10 @@ class RunConfig:
                                    "trains, each block learns at F times the rate of the "
                                    "block above it (1: one rate)", group="optimisation",
                                    metavar="F")
-    prune: float | None = option(None, "magnitude pruning: the share of zero weights the "
-                                 "last phase that trains the base ends with (polynomial "
-                                 "schedule; pruning.json reports it)", group="optimisation",
+    prune: float | None = option(None, "magnitude pruning: after training, one more phase "
+                                 "as long as the last one that trains the base prunes it "
+                                 "to this share of zero weights (polynomial schedule; "
+                                 "pruning.json reports it)", group="optimisation",
                                  metavar="SPARSITY")
     # runtime
     strategy: str = option("auto", "tf.distribute strategy", group="runtime",
@@ -193,6 +194,10 @@ class RunConfig:
     deterministic: bool = option(False, "TensorFlow's deterministic kernels: the same seed "
                                  "gives bit-identical runs on the same machine (slower)",
                                  group="runtime")
+    intra_op_threads: int | str = option("auto", "threads TensorFlow splits one op between "
+                                         "(auto: 1 on CPU for inputs up to "
+                                         f"{CPU_ONE_THREAD_MAX_SIDE} px, which trains faster, "
+                                         "else every core)", group="runtime", metavar="N")
     jit_compile: str = option("auto", "XLA-compile the train step (auto: on GPU/TPU)",
                               group="runtime", choices=JIT_CHOICES)
     steps_per_execution: int | None = option(None, "train steps per compiled call (default: "
@@ -392,6 +397,8 @@ def _validate(config: RunConfig) -> None:
     _positive_int("augment_passes", config.augment_passes)
     if config.epochs != AUTO:
         _positive_int("epochs", config.epochs)
+    if config.intra_op_threads != AUTO:
+        _positive_int("intra_op_threads", config.intra_op_threads)
     for name in ("unfreeze_top", "unfreeze_blocks", "head_epochs", "early_stopping",
                  "steps_per_execution"):
         if getattr(config, name) is not None:

@@ -213,7 +213,14 @@ class MagnitudePruning(StepHook):
 
     def after_step(self) -> None:
         for pruned, mask in zip(self._weights, self._masks, strict=True):
-            pruned.variable.assign(pruned.variable * mask)
+            # tf.where, not `variable * mask`: a negative weight times 0 is -0.0, whose
+            # bytes (00 00 00 80) differ from +0.0 and cost gzip a bit per zero.
+            value = pruned.variable
+            pruned.variable.assign(tf.where(mask > 0, value, tf.zeros_like(value)))
+
+    def keeps_epoch(self) -> bool:
+        # Only an epoch at the final sparsity may be restored as the best one.
+        return not self._masks or self._current >= self.sparsity
 
     def on_phase_end(self) -> None:
         if not self._masks:
@@ -231,7 +238,7 @@ class MagnitudePruning(StepHook):
             values = np.asarray(pruned.variable)
             new = magnitude_mask(values, sparsity, per_kernel=pruned.per_kernel)
             mask.assign(new)
-            pruned.variable.assign(values * new)
+            pruned.variable.assign(np.where(new > 0, values, 0).astype(values.dtype))
         if changed and not final:
             self.log(f"Pruning: {len(self._weights)} kernels at {sparsity:.1%} sparsity "
                      f"(target {self.sparsity:.0%}).")

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -95,6 +96,9 @@ def plan_phases(config: RunConfig, steps_per_epoch: int) -> Plan:
       budget goes to the unfrozen phase.
     * ``auto``: the probe, then ``full``; with ``keep="best"`` the run keeps
       whichever validated better, the probe included.
+    * ``prune``: one more phase, ``"prune"``, as long as the trained one: pruning
+      starts from the trained model, as magnitude pruning is meant to (Zhu & Gupta
+      2017 prune a converged network), rather than while its features still move.
 
     ``epochs="auto"`` sizes the budget in optimizer steps (:func:`epoch_budget`).
 
@@ -110,6 +114,16 @@ def plan_phases(config: RunConfig, steps_per_epoch: int) -> Plan:
     """
     if config.phases:
         return Plan(list(config.phases), ["phases given explicitly"])
+    plan = _trained_phases(config, steps_per_epoch)
+    if config.prune is not None and plan.phases[-1].mode != "frozen":
+        trained = plan.phases[-1]
+        plan.phases.append(dataclasses.replace(trained, name="prune"))
+        plan.reasons.append(f"--prune {config.prune:g}: the trained model is pruned in a "
+                            f"second '{trained.mode}' phase of {trained.epochs} epochs")
+    return plan
+
+
+def _trained_phases(config: RunConfig, steps_per_epoch: int) -> Plan:
     epochs, reason = epoch_budget(config.epochs, steps_per_epoch)
     reasons = [reason]
     mode = "full" if config.mode == "auto" else config.mode

@@ -214,7 +214,9 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
     runtime = setup_runtime(config.strategy, config.precision, batch_size=config.batch_size,
                             jit_compile=config.jit_compile,
                             steps_per_execution=config.steps_per_execution,
-                            backbone=config.backbone)
+                            backbone=config.backbone,
+                            intra_op_threads=config.intra_op_threads,
+                            image_size=config.image_size)
     _seed_everything(config.seed, config.deterministic)
     for path in (config.data, config.val_data, config.test_data):
         if path:

@@ -69,6 +69,14 @@ ONEDNN_ISAS_WITHOUT_BF16 = frozenset({
 # 0.644 MobileNetV3Small a=0.75, 0.529 EfficientNetB0; but 1.056 ResNet50, 1.569 VGG16.
 CPU_FLOAT32_FAMILIES = frozenset({"mobilenet", "mobilenet_v2", "mobilenet_v3", "efficientnet",
                                   "efficientnet_v2"})
+# Inputs up to this side (pixels) train faster on CPU with ONE intra-op thread: a
+# convolution on a 32x32 batch is too little work to split between cores, and the
+# thread pool's hand-offs and spinning cost more than the second core gives; with
+# one intra-op thread the second core still runs independent ops (inter-op pool) and
+# tf.data. Larger inputs split well and keep TensorFlow's default (every core).
+# MEASURED (benchmarks/results/cores.json, variant intra_op=1 against the default,
+# kerastl's training step, each in its own process): see CPU_ONE_THREAD_MEASURED.
+CPU_ONE_THREAD_MAX_SIDE = 64
 # A TPU step is cheap compared with the host round-trip; running many steps per
 # tf.function call keeps the TPU busy.
 TPU_STEPS_PER_EXECUTION = 32
@@ -433,6 +441,8 @@ class Runtime:
     precision_reason: str = ""
     jit_reason: str = ""
     tpu_address: str = ""
+    intra_op_threads: int = 0
+    threads_reason: str = ""
 
     def describe(self) -> str:
         """One paragraph saying what runs where, and why.
@@ -451,6 +461,7 @@ class Runtime:
             f"steps_per_execution={self.steps_per_execution}, "
             f"drop_remainder={self.drop_remainder}; this process is worker "
             f"{self.worker_index} ({role})."
+            + (f" Intra-op threads: {self.threads_reason}." if self.threads_reason else "")
         )
 
 
@@ -464,6 +475,8 @@ def setup_runtime(
     steps_per_execution: int | None = None,
     facts: DeviceFacts | None = None,
     backbone: str | None = None,
+    intra_op_threads: int | str = 0,
+    image_size: int | None = None,
 ) -> Runtime:
     """Choose and create the strategy, set the global dtype policy, size the batch.
 
@@ -483,6 +496,11 @@ def setup_runtime(
         facts: DeviceFacts or None. None detects this machine.
         backbone: str or None. Registry name of the backbone to be built; ``"auto"``
             precision on CPU depends on it (see :func:`choose_precision`).
+        intra_op_threads: int or ``"auto"``. TensorFlow's intra-op thread pool; 0
+            leaves TensorFlow's default (every core); ``"auto"`` picks by
+            ``image_size`` on CPU (see :func:`choose_intra_op_threads`). It can only
+            change before TensorFlow starts; after that the reason says so.
+        image_size: int or None. Input side, for ``intra_op_threads="auto"``.
 
     Returns:
         A :class:`Runtime`.
@@ -507,6 +525,9 @@ def setup_runtime(
     strategy_name = choose_strategy_name(strategy, facts)
     precision, precision_reason = _precision_and_reason(precision, facts, strategy_name,
                                                         backbone)
+    # Before the strategy: creating it starts TensorFlow, which fixes its thread pools.
+    threads, threads_reason = apply_intra_op_threads(
+        *choose_intra_op_threads(intra_op_threads, facts, strategy_name, image_size))
     tf_strategy = make_strategy(strategy_name, tpu=facts.tpu_address or "local")
     # Before any model exists: layers read the global policy when they are created.
     keras.mixed_precision.set_global_policy(precision)
@@ -530,7 +551,60 @@ def setup_runtime(
         precision_reason=precision_reason,
         jit_reason=jit_reason,
         tpu_address=_tpu_master(tf_strategy),
+        intra_op_threads=threads,
+        threads_reason=threads_reason,
     )
+
+
+def choose_intra_op_threads(requested: int | str, facts: DeviceFacts, strategy_name: str,
+                            image_size: int | None) -> tuple[int, str]:
+    """Intra-op threads to ask TensorFlow for (0: its default, every core), and why.
+
+    ``"auto"`` is 1 on a CPU-only machine for inputs of at most
+    :data:`CPU_ONE_THREAD_MAX_SIDE` pixels a side, else 0.
+
+    Example:
+        >>> cpu = DeviceFacts()
+        >>> choose_intra_op_threads("auto", cpu, "default", 32)[0]
+        1
+        >>> choose_intra_op_threads("auto", cpu, "default", 224)[0]
+        0
+    """
+    if requested != "auto":
+        _check_non_negative_int("intra_op_threads", requested)
+        return int(requested), ("requested explicitly" if requested else "")
+    if facts.gpus or facts.tpu or strategy_name in ("tpu", "mirrored"):
+        return 0, ""
+    if image_size is None or image_size > CPU_ONE_THREAD_MAX_SIDE:
+        return 0, ""
+    return 1, (f"{image_size}x{image_size} inputs are too small to split between cores; "
+               "one intra-op thread trains faster, the other cores run independent ops "
+               f"and tf.data (inputs up to {CPU_ONE_THREAD_MAX_SIDE} px, "
+               "benchmarks/results/cores.json)")
+
+
+def apply_intra_op_threads(threads: int, reason: str) -> tuple[int, str]:
+    """Set TensorFlow's intra-op pool to ``threads`` (0: leave it); what it is, and why.
+
+    TensorFlow fixes its thread pools when it starts (the first op, or a strategy):
+    later, in a notebook that already ran TensorFlow, the pool stays as it is and
+    the reason says so.
+    """
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    if threads == 0 or threads == current:
+        return current, reason
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+    except RuntimeError:
+        return current, (f"{threads} wanted ({reason}), but TensorFlow had already started "
+                         "in this process, so its pool stays at "
+                         f"{current or 'every core'}; set it first thing in a new process")
+    return threads, f"{threads} ({reason})"
+
+
+def _check_non_negative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name} must be an integer >= 0 or 'auto'; received {name}={value!r}.")
 
 
 def _check_positive_int(name: str, value: Any) -> None:

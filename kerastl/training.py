@@ -93,6 +93,9 @@ class StepHook:
       there; nothing is returned).
     * ``on_phase_end()``: on the host, after the phase's callbacks ended (after an
       early-stopping restore).
+    * ``keeps_epoch()``: on the host, after each epoch: whether that epoch may become
+      the best one kept (pruning: only epochs at the final sparsity, since an earlier,
+      denser epoch restored at the end would be pruned again without recovering).
     """
 
     def on_phase_begin(self, trainer, phase: Phase, index: int, state: TrainState) -> None:
@@ -106,6 +109,9 @@ class StepHook:
 
     def on_phase_end(self) -> None:
         pass
+
+    def keeps_epoch(self) -> bool:
+        return True
 
 
 # ------------------------------------------------------------------ losses
@@ -574,8 +580,9 @@ class Trainer:
             state.epoch += 1
             state.phase_epoch += 1
             state.history.append({"epoch": state.epoch, "phase": phase.name, **logs})
-            self._best.update(self.model, state, phase.name, logs,
-                              counts_for_run=index >= self.final_from_phase)
+            if all(hook.keeps_epoch() for hook in self.step_hooks):
+                self._best.update(self.model, state, phase.name, logs,
+                                  counts_for_run=index >= self.final_from_phase)
             stop = self.model.stop_training or self._patience_exhausted(state)
             if state.phase_epoch < phase.epochs and not stop:
                 self._checkpoint(state)

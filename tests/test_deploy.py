@@ -119,6 +119,26 @@ def test_int8_calibration_is_drawn_reproducibly_from_the_training_split(run_dir,
     assert Path(again.path).read_bytes() == published.read_bytes()
 
 
+def test_litert_export_strips_tensor_names_but_keeps_the_signature(run_dir, tmp_path):
+    _needs("litert")
+    from ai_edge_litert.interpreter import Interpreter
+
+    stripped = kerastl.export(run_dir, "litert", output=tmp_path / "stripped", verify=False,
+                              **FAST)
+    kept = kerastl.export(run_dir, "litert", output=tmp_path / "kept", verify=False,
+                          keep_names=True, **FAST)
+    assert (stripped.tensor_names, kept.tensor_names) == ("stripped", "kept")
+    assert stripped.bytes["exported"] < kept.bytes["exported"]
+    images = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    outputs = []
+    for report in (stripped, kept):
+        interpreter = Interpreter(model_path=report.path)
+        names = [t["name"] for t in interpreter.get_tensor_details()]
+        outputs.append(interpreter.get_signature_runner("serving_default")(image=images))
+        assert any(names) == (report is kept)
+    np.testing.assert_array_equal(*[next(iter(o.values())) for o in outputs])
+
+
 # ------------------------------------------------------------------ bad input
 def test_bad_inputs_are_refused_with_the_fix(run_dir, tmp_path):
     with pytest.raises(kerastl.ConfigError, match="does not exist"):
