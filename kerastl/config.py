@@ -195,8 +195,9 @@ class RunConfig:
                                  "gives bit-identical runs on the same machine (slower)",
                                  group="runtime")
     intra_op_threads: int | str = option("auto", "threads TensorFlow splits one op between "
-                                         "(auto: 1 on CPU for inputs up to "
-                                         f"{CPU_ONE_THREAD_MAX_SIDE} px, which trains faster, "
+                                         "(auto: 1 on CPU when a depthwise-separable "
+                                         "backbone trains on inputs up to "
+                                         f"{CPU_ONE_THREAD_MAX_SIDE} px, which is faster; "
                                          "else every core)", group="runtime", metavar="N")
     jit_compile: str = option("auto", "XLA-compile the train step (auto: on GPU/TPU)",
                               group="runtime", choices=JIT_CHOICES)

@@ -115,6 +115,10 @@ def plan_phases(config: RunConfig, steps_per_epoch: int) -> Plan:
     if config.phases:
         return Plan(list(config.phases), ["phases given explicitly"])
     plan = _trained_phases(config, steps_per_epoch)
+    # The prune phase repeats the trained phase, learning rate included. Chosen on
+    # 1,000 validation images (Fashion-MNIST training split, data_samples' classes and
+    # default run): best pruned minus unpruned val accuracy -0.9 points at the trained
+    # phase's 1e-3, -1.6 at 3e-4, -2.8 at 1e-4 (less rate, less recovery).
     if config.prune is not None and plan.phases[-1].mode != "frozen":
         trained = plan.phases[-1]
         plan.phases.append(dataclasses.replace(trained, name="prune"))

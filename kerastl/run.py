@@ -216,7 +216,8 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
                             steps_per_execution=config.steps_per_execution,
                             backbone=config.backbone,
                             intra_op_threads=config.intra_op_threads,
-                            image_size=config.image_size)
+                            image_size=config.image_size,
+                            trains_base=config.mode != "frozen" and not config.sklearn_head)
     _seed_everything(config.seed, config.deterministic)
     for path in (config.data, config.val_data, config.test_data):
         if path:

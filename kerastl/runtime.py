@@ -69,14 +69,20 @@ ONEDNN_ISAS_WITHOUT_BF16 = frozenset({
 # 0.644 MobileNetV3Small a=0.75, 0.529 EfficientNetB0; but 1.056 ResNet50, 1.569 VGG16.
 CPU_FLOAT32_FAMILIES = frozenset({"mobilenet", "mobilenet_v2", "mobilenet_v3", "efficientnet",
                                   "efficientnet_v2"})
-# Inputs up to this side (pixels) train faster on CPU with ONE intra-op thread: a
-# convolution on a 32x32 batch is too little work to split between cores, and the
-# thread pool's hand-offs and spinning cost more than the second core gives; with
-# one intra-op thread the second core still runs independent ops (inter-op pool) and
-# tf.data. Larger inputs split well and keep TensorFlow's default (every core).
-# MEASURED (benchmarks/results/cores.json, variant intra_op=1 against the default,
-# kerastl's training step, each in its own process): see CPU_ONE_THREAD_MEASURED.
-CPU_ONE_THREAD_MAX_SIDE = 64
+# Depthwise-separable backbones (the families above) on inputs up to this side train
+# faster on CPU with ONE intra-op thread: their many small ops (depthwise convolutions,
+# BatchNorm, activations, squeeze-excite) are too little work to split between cores,
+# and the pool's hand-offs and spinning cost more than the second core gives; with one
+# intra-op thread the other cores still run independent ops (inter-op pool) and tf.data.
+# Dense backbones and large inputs split well and keep TensorFlow's default, and so do
+# frozen runs, which are one forward pass (EfficientNetB0 extracts 0.79x as fast on one
+# thread). MEASURED (benchmarks/results/cores_threads.json, kerastl's training step,
+# each in its own process, images/s with intra_op=1 over the default): MobileNetV2
+# a=0.35 1.572 at 32, 1.176 at 64, 1.161 at 96; MobileNetV3Small a=0.75 at 64 1.424;
+# EfficientNetB0 at 32 1.257; but ResNet50 at 32 1.022, VGG16 at 32 0.821 and
+# MobileNetV2 at 224 0.836.
+CPU_ONE_THREAD_FAMILIES = CPU_FLOAT32_FAMILIES
+CPU_ONE_THREAD_MAX_SIDE = 96
 # A TPU step is cheap compared with the host round-trip; running many steps per
 # tf.function call keeps the TPU busy.
 TPU_STEPS_PER_EXECUTION = 32
@@ -477,6 +483,7 @@ def setup_runtime(
     backbone: str | None = None,
     intra_op_threads: int | str = 0,
     image_size: int | None = None,
+    trains_base: bool = True,
 ) -> Runtime:
     """Choose and create the strategy, set the global dtype policy, size the batch.
 
@@ -501,6 +508,8 @@ def setup_runtime(
             ``image_size`` on CPU (see :func:`choose_intra_op_threads`). It can only
             change before TensorFlow starts; after that the reason says so.
         image_size: int or None. Input side, for ``intra_op_threads="auto"``.
+        trains_base: bool. Whether the run trains the backbone (not ``mode="frozen"``),
+            for ``intra_op_threads="auto"``.
 
     Returns:
         A :class:`Runtime`.
@@ -527,7 +536,8 @@ def setup_runtime(
                                                         backbone)
     # Before the strategy: creating it starts TensorFlow, which fixes its thread pools.
     threads, threads_reason = apply_intra_op_threads(
-        *choose_intra_op_threads(intra_op_threads, facts, strategy_name, image_size))
+        *choose_intra_op_threads(intra_op_threads, facts, strategy_name, image_size,
+                                 backbone, trains_base))
     tf_strategy = make_strategy(strategy_name, tpu=facts.tpu_address or "local")
     # Before any model exists: layers read the global policy when they are created.
     keras.mixed_precision.set_global_policy(precision)
@@ -557,30 +567,36 @@ def setup_runtime(
 
 
 def choose_intra_op_threads(requested: int | str, facts: DeviceFacts, strategy_name: str,
-                            image_size: int | None) -> tuple[int, str]:
+                            image_size: int | None, backbone: str | None = None,
+                            trains_base: bool = True) -> tuple[int, str]:
     """Intra-op threads to ask TensorFlow for (0: its default, every core), and why.
 
-    ``"auto"`` is 1 on a CPU-only machine for inputs of at most
+    ``"auto"`` is 1 on a CPU-only machine for a run that trains a depthwise-separable
+    backbone (:data:`CPU_ONE_THREAD_FAMILIES`) on inputs of at most
     :data:`CPU_ONE_THREAD_MAX_SIDE` pixels a side, else 0.
 
     Example:
         >>> cpu = DeviceFacts()
-        >>> choose_intra_op_threads("auto", cpu, "default", 32)[0]
+        >>> choose_intra_op_threads("auto", cpu, "default", 32, "MobileNetV2")[0]
         1
-        >>> choose_intra_op_threads("auto", cpu, "default", 224)[0]
+        >>> choose_intra_op_threads("auto", cpu, "default", 224, "MobileNetV2")[0]
+        0
+        >>> choose_intra_op_threads("auto", cpu, "default", 32, "VGG16")[0]
         0
     """
     if requested != "auto":
         _check_non_negative_int("intra_op_threads", requested)
         return int(requested), ("requested explicitly" if requested else "")
-    if facts.gpus or facts.tpu or strategy_name in ("tpu", "mirrored"):
+    if facts.gpus or facts.tpu or strategy_name in ("tpu", "mirrored") or not trains_base:
         return 0, ""
-    if image_size is None or image_size > CPU_ONE_THREAD_MAX_SIDE:
+    family = _family(backbone)
+    if family not in CPU_ONE_THREAD_FAMILIES or image_size is None \
+            or image_size > CPU_ONE_THREAD_MAX_SIDE:
         return 0, ""
-    return 1, (f"{image_size}x{image_size} inputs are too small to split between cores; "
-               "one intra-op thread trains faster, the other cores run independent ops "
-               f"and tf.data (inputs up to {CPU_ONE_THREAD_MAX_SIDE} px, "
-               "benchmarks/results/cores.json)")
+    return 1, (f"{backbone} ({family}) at {image_size}x{image_size} is many small ops, "
+               "too little work to split between cores: one intra-op thread trains "
+               "faster, the other cores run independent ops and tf.data "
+               "(benchmarks/results/cores_threads.json)")
 
 
 def apply_intra_op_threads(threads: int, reason: str) -> tuple[int, str]:

@@ -169,6 +169,18 @@ def measured_rows() -> list[str]:
             rows.append(
                 f"| mixed_bfloat16 vs float32 training, {row['workload']} | "
                 f"{figure(row['bf16_train_speedup'])}× | measured | `cores.json` |")
+    threads = _load("cores_threads")
+    if threads:
+        for row in threads["ratios"]:
+            if row["variant"] == "intra_op=1":
+                rows.append(f"| training step, {row['workload']}: one intra-op thread against "
+                            f"every core | {figure(row['train_vs_baseline'])}× | measured | "
+                            "`cores_threads.json` |")
+        for goal in threads.get("goals", {}).values():
+            rows.append(f"| training step, {goal['workload']}: `{goal['default']}` against "
+                        f"`{goal['baseline']}` (every CPU run when issue 11 was filed) | "
+                        f"{figure(goal['value'])}× | ≥ {figure(goal['goal'])}: {_goal(goal)} "
+                        "| `cores_threads.json` |")
     throughput = _load("throughput")
     if throughput:
         rows.append(

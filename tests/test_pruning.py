@@ -110,10 +110,12 @@ class _EpochSparsity(keras.callbacks.Callback):
 
     def __init__(self, pruned):
         super().__init__()
-        self.pruned, self.seen = pruned, []
+        self.pruned, self.seen, self.kept = pruned, [], []
+        self.hook = None  # set by _train
 
     def on_epoch_end(self, epoch, logs=None):
         self.seen.append([float(np.mean(np.asarray(p.variable) == 0)) for p in self.pruned])
+        self.kept.append(self.hook.keeps_epoch())
 
 
 class _StopAfter(keras.callbacks.Callback):
@@ -128,6 +130,9 @@ class _StopAfter(keras.callbacks.Callback):
 
 def _train(model, *, callbacks=(), checkpoint_dir=None, state=None, resume_from=None):
     hook = MagnitudePruning(0.5, phase_index=0, log=lambda *_: None)
+    for callback in callbacks:
+        if isinstance(callback, _EpochSparsity):
+            callback.hook = hook
     trainer = Trainer(model, tf.distribute.get_strategy(), optimizer="sgd", schedule="constant",
                       verbose=0, step_hooks=[hook], callbacks=callbacks,
                       checkpoint_dir=checkpoint_dir)
@@ -154,8 +159,14 @@ def test_masks_stay_applied_after_every_step_and_reach_the_target(pruned):
     # Measured after the epoch's last optimizer step, before any final re-pruning.
     for epoch, sparsities in enumerate(watch.seen):
         assert min(sparsities) >= schedule[epoch] - 0.06, (epoch, min(sparsities))
+    # Only epochs at the final sparsity may be restored as the best one.
+    assert watch.kept == [s >= 0.5 for s in schedule] and not all(watch.kept)
     report = hook.report
     assert report["sparsity"] == pytest.approx(0.5, abs=0.01)
+    # Pruned weights are +0.0: -0.0 has other bytes, which gzip pays for.
+    for weight in prunable_weights(model):
+        values = np.asarray(weight.variable)
+        assert not np.signbit(values[values == 0]).any(), weight.name
     assert all(abs(row["sparsity"] - 0.5) < 0.06 for row in report["layers"].values())
     # Training happened: the kept weights moved.
     moved = [not np.allclose(np.asarray(p.variable)[np.asarray(p.variable) != 0],

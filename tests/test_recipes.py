@@ -49,3 +49,19 @@ def test_lr_auto_marks_every_trained_phase_for_a_range_test():
 def test_a_probe_phase_must_be_frozen():
     with pytest.raises(kerastl.ConfigError, match="mode='frozen'"):
         kerastl.Phase("probe", 1, mode="full", fit="probe")
+
+
+@pytest.mark.parametrize("mode", ["auto", "finetune", "scratch"])
+def test_pruning_adds_a_prune_phase_that_starts_from_the_trained_model(mode):
+    from kerastl.pruning import pruning_hooks
+
+    config = kerastl.RunConfig(mode=mode, epochs=6, prune=0.5).resolve()
+    plan = plan_phases(config, steps_per_epoch=5)
+    *_, trained, prune = plan.phases
+    assert prune.name == "prune" and trained.name != "prune"
+    assert (prune.mode, prune.epochs, prune.lr, prune.unfreeze_blocks) == (
+        trained.mode, trained.epochs, trained.lr, trained.unfreeze_blocks)
+    assert [h.phase_index for h in pruning_hooks(0.5, plan.phases)] == [len(plan.phases) - 1]
+    assert any("--prune 0.5" in reason for reason in plan.reasons)
+    unpruned = plan_phases(kerastl.RunConfig(mode=mode, epochs=6).resolve(), 5).phases
+    assert plan.phases[:-1] == unpruned  # the same training, then the prune phase

@@ -337,3 +337,62 @@ def test_local_data_on_a_tpu_vm_is_fine_but_a_tpu_node_warns():
     assert rt.warn_if_local_data("gs://bucket/train", node) is False
     with pytest.warns(UserWarning, match="gs://"):
         assert rt.warn_if_local_data(Path("data/train"), node) is True
+
+
+@pytest.mark.parametrize("facts, strategy, backbone, side, trains, expected", [
+    (DeviceFacts(), "default", "MobileNetV2", 32, True, 1),
+    (DeviceFacts(), "default", "EfficientNetB0", rt.CPU_ONE_THREAD_MAX_SIDE, True, 1),
+    (DeviceFacts(), "default", "MobileNetV2", rt.CPU_ONE_THREAD_MAX_SIDE + 1, True, 0),
+    (DeviceFacts(), "default", "MobileNetV2", None, True, 0),
+    (DeviceFacts(), "default", "MobileNetV2", 32, False, 0),  # frozen: one forward pass
+    (DeviceFacts(), "default", "VGG16", 32, True, 0),  # dense convolutions split well
+    (DeviceFacts(), "default", "ResNet50", 32, True, 0),
+    (DeviceFacts(), "mirrored", "MobileNetV2", 32, True, 0),  # logical CPUs share cores
+    (DeviceFacts(gpus=((8, 0),)), "default", "MobileNetV2", 32, True, 0),
+    (DeviceFacts(tpu=True, tpu_address="local"), "tpu", "MobileNetV2", 32, True, 0),
+])
+def test_auto_intra_op_threads_is_one_only_where_it_was_measured_faster(
+        facts, strategy, backbone, side, trains, expected):
+    threads, reason = rt.choose_intra_op_threads("auto", facts, strategy, side, backbone,
+                                                 trains)
+    assert threads == expected and (("cores_threads.json" in reason) == (expected == 1))
+    assert rt.choose_intra_op_threads(2, facts, strategy, side, backbone, trains) == (
+        2, "requested explicitly")
+
+
+def test_bad_intra_op_threads_are_quoted():
+    with pytest.raises(ConfigError, match="intra_op_threads=-1"):
+        rt.choose_intra_op_threads(-1, DeviceFacts(), "default", 32)
+    with pytest.raises(ConfigError, match="intra_op_threads"):
+        kerastl.RunConfig(intra_op_threads=0).resolve()
+
+
+def test_intra_op_threads_set_too_late_keep_the_pool_and_say_so():
+    tf.constant(1.0) + 1.0  # TensorFlow has started in this process
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    wanted = current + 1
+    threads, reason = rt.apply_intra_op_threads(wanted, "test")
+    assert threads == current and "already started" in reason and "new process" in reason
+
+
+THREADS_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import tensorflow as tf
+    from kerastl.runtime import DeviceFacts, setup_runtime
+    runtime = setup_runtime("default", "float32", batch_size=8, facts=DeviceFacts(),
+                            intra_op_threads="auto", image_size=32, backbone="MobileNetV2")
+    print(json.dumps({"threads": tf.config.threading.get_intra_op_parallelism_threads(),
+                      "describe": runtime.describe()}))
+    """
+)
+
+
+def test_a_fresh_process_at_32_pixels_trains_with_one_intra_op_thread():
+    result = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], capture_output=True,
+                            text=True, timeout=120,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["threads"] == 1
+    assert "Intra-op threads: 1 (MobileNetV2 (mobilenet_v2) at 32x32" in report["describe"]
