@@ -12,6 +12,7 @@ TensorFlow has started. Every variant differs from the baseline in one setting:
 * ``intra_op=1`` / ``inter_op=1``: TensorFlow's thread pools cut to one thread (what a
   second core is worth);
 * ``private_threadpool_size=1``: tf.data on one thread;
+* ``autotune=off``: tf.data without its autotuner (kerastl's extraction pass runs so);
 * ``precision``: float32 against mixed_bfloat16, which is the evidence for
   ``kerastl.runtime.CPU_FLOAT32_FAMILIES`` (bfloat16 is emulated, and slower, on a CPU
   without ``avx512_bf16``: the flags are recorded).
@@ -52,6 +53,8 @@ VARIANTS: dict[str, dict] = {
     "intra_op=1": {"intra_op": 1},
     "inter_op=1": {"inter_op": 1},
     "private_threadpool_size=1": {"private_threadpool_size": 1},
+    "autotune=off": {"autotune": False},
+    "intra_op=1+autotune=off": {"intra_op": 1, "autotune": False},
 }
 # Precision: float32 (the baseline) against mixed_bfloat16, per backbone at 32x32.
 PRECISION_WORKLOADS = ("MobileNetV2:0.35@32", "MobileNetV3Small:0.75@32", "EfficientNetB0@32",

@@ -44,6 +44,7 @@ from _common import load_average, python_command, run_process, write_results  # 
 TARGET_SPEEDUP = 6.0
 TARGET_TRAIN_OVER_FORWARD = 1.2
 SIZE = 32
+FORWARD_PASSES = 5  # timed passes of the forward reference; the fastest is used
 SEED_SCRIPT = Path(__file__).resolve().parent / "seed_keras_frozen.py"
 
 
@@ -88,9 +89,15 @@ def forward_child(data: str) -> dict:
                                 weights=None)
     extractor = feature_extractor(model)
     run_extractor(extractor, images)  # tracing, oneDNN kernel selection, file cache
-    started = time.perf_counter()
-    run_extractor(extractor, images)
-    return {"forward_seconds": round(time.perf_counter() - started, 3), "images": len(images),
+    # The best of several passes: on this VM the same pass takes either ~2.8 s or
+    # ~5.1 s (bimodal, seen in every process), and a slow reference pass would flatter
+    # the ratio; the fastest pass is the strictest denominator.
+    passes = []
+    for _ in range(FORWARD_PASSES):
+        started = time.perf_counter()
+        run_extractor(extractor, images)
+        passes.append(round(time.perf_counter() - started, 3))
+    return {"forward_seconds": min(passes), "passes": passes, "images": len(images),
             "precision": runtime.precision}
 
 

@@ -888,9 +888,9 @@ DEPLOYMENT = [
            Keras's own `model.export` and the TensorFlow Lite converter, *then runs the
            file with its own runtime* on the held-out test split and reports accuracy,
            agreement with Keras, size and latency (`export_report.json`);
-        3. **pruning**: `RunConfig(prune=0.5)` zeroes the smallest half of the weights
-           gradually while the base fine-tunes, so the file compresses (gzip) and the
-           accuracy recovers before the run ends.
+        3. **pruning**: `RunConfig(prune=0.5)` adds a phase after training that zeroes
+           the smallest half of the fine-tuned weights gradually, so the file compresses
+           (gzip) and the accuracy recovers before the run ends.
 
         `kerastl[export]` brings the runtimes: `pip install 'kerastl[export]'`.
     '''),
@@ -969,12 +969,13 @@ DEPLOYMENT = [
                   f"largest output difference {onnx.max_abs_difference:.2e}")
     '''),
     md('''
-        ## 3. Prune 50 % of the weights while fine-tuning
+        ## 3. Prune 50 % of the fine-tuned weights
 
-        `prune=0.5` applies gradual magnitude pruning (Zhu & Gupta 2017) to the last
-        phase, the one that fine-tunes the base: the share of zeroed weights rises along
-        a cubic schedule over its first half, the masks are re-applied after every
-        optimizer step (also under `tf.distribute`), and the last epochs recover at 50 %.
+        `prune=0.5` applies gradual magnitude pruning (Zhu & Gupta 2017) in one more
+        phase, `prune`, which repeats the fine-tuning phase on the fine-tuned model: the
+        share of zeroed weights rises along a cubic schedule over its first half, the
+        masks are re-applied after every optimizer step (also under `tf.distribute`),
+        the last epochs recover at 50 %, and only those can be kept as the best epoch.
         BatchNorm, biases and the output layer are never pruned; depthwise filters lose
         their own smallest taps each. At the end the masks are dropped: the saved model
         is an ordinary Keras model full of exact zeros.
