@@ -225,6 +225,14 @@ TASKS: dict[str, Task] = {t.id: t for t in (
     Task("T9", "S_b", DIGITS, 20, seed=9, test_per_class=80),
     Task("T10", "S_c", "P3", 100, seed=10),
 )}
+# Tasks OUTSIDE the suite (issue 10: "the defaults will also be checked on tasks outside
+# the suite"): never run by default and never used to choose a default; run them with
+# --tasks X1,X2 after the defaults are fixed, e.g. into transfer_outside.json.
+OUTSIDE_TASKS: dict[str, Task] = {t.id: t for t in (
+    Task("X1", "S_a", DIGITS, 40, seed=11, test_per_class=80),
+    Task("X2", "S_b", DIGITS, 5, seed=12, test_per_class=80),
+)}
+KNOWN_TASKS = {**TASKS, **OUTSIDE_TASKS}
 QUICK_TASKS = ("T2", "T8")  # both use the shipped source: nothing to pretrain
 
 GRID_MODES = ("frozen", "finetune", "full", "scratch")
@@ -746,7 +754,7 @@ def _relative_argv(argv: list[str]) -> list[str]:
 def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     """Materialise the tasks, train missing sources, run every candidate and grid point."""
     root = Path(args.root)
-    tasks = [TASKS[t] for t in args.tasks]
+    tasks = [KNOWN_TASKS[t] for t in args.tasks]
     records = ensure_sources(sorted({t.source for t in tasks}), root,
                              retrain=args.retrain_sources)
     code = code_id(args.tag)
@@ -975,9 +983,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = [t for t in args.tasks if t not in TASKS]
+    unknown = [t for t in args.tasks if t not in KNOWN_TASKS]
     if unknown:
-        parser.error(f"unknown task ids {unknown}; the tasks are {list(TASKS)}")
+        parser.error(f"unknown task ids {unknown}; the tasks are {list(TASKS)} (outside the "
+                     f"suite: {list(OUTSIDE_TASKS)})")
     candidates = [Candidate.parse(text) for text in args.candidate]
     if not candidates:  # the default command is always what the suite is about
         candidates = [Candidate("default", ())]
