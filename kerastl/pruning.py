@@ -21,10 +21,16 @@ not to prune"). It runs inside kerastl's one training loop as a
   scale and shift are per-channel statistics, not connections), never biases (tiny
   and not redundant), never the fixed ``preprocess`` layer, and not the output layer
   (its few weights decide every class and saving them saves nothing).
-  **Depthwise kernels** are pruned per kernel: each channel's ``kh x kw`` filter
-  loses its own smallest taps. A depthwise channel's scale is arbitrary (the
-  BatchNorm after it rescales it), so one threshold per layer would wipe out whole
-  low-scale channels instead of pruning redundant taps.
+  **Depthwise kernels** are kept by default: a 3x3 depthwise filter has 9 taps and
+  no redundancy to spare, and they are a small share of the weights (8 % of
+  MobileNetV3Small's prunable ones). The other kernels are then pruned a little
+  harder, so the share of zeros over *all* prunable kernels is still the target.
+  Chosen on 1,000 validation images (the default run, Fashion-MNIST training split):
+  best pruned minus unpruned val accuracy -0.9 points pruning depthwise taps, +0.4
+  keeping them (each a single run). With ``depthwise=True`` they are pruned per
+  kernel: each channel's ``kh x kw`` filter loses its own smallest taps (a depthwise
+  channel's scale is arbitrary, the BatchNorm after it rescales it, so one threshold
+  per layer would wipe out whole low-scale channels).
 * **Strip.** Masks are plain variables held by the hook, not wrapper layers: when
   the phase ends (after any early-stopping restore) the final mask is applied once
   more and dropped, and the model is an ordinary Keras model whose file holds
@@ -53,6 +59,7 @@ from .freezing import PREPROCESS_LAYER
 from .training import StepHook
 
 RAMP_FRACTION = 0.5  # share of the phase's epochs over which sparsity rises
+MAX_LAYER_SPARSITY = 0.99  # a kernel pruned harder to make up for kept depthwise ones
 OUTPUT_LAYER = "predictions"
 _KERNEL_LAYERS = (
     keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
@@ -155,10 +162,14 @@ class MagnitudePruning(StepHook):
     """Gradual magnitude pruning of one phase, as a :class:`~kerastl.training.StepHook`.
 
     Args:
-        sparsity: float in ``(0, 1)``. Final share of zeros in each pruned kernel.
+        sparsity: float in ``(0, 1)``. Final share of zeros over the prunable kernels
+            (each pruned kernel by its own threshold).
         phase_index: int. Index of the phase to prune (usually the last one, which
             fine-tunes the base).
         log: callable. Receives one line per schedule point.
+        ramp_fraction: float. Share of the phase's epochs over which sparsity rises.
+        depthwise: bool. Prune depthwise kernels too (per filter). Defaults to False:
+            they are kept and the other kernels make up for them.
 
     Attributes:
         report: dict or None. After the phase: sparsity per pruned kernel and overall.
@@ -169,7 +180,7 @@ class MagnitudePruning(StepHook):
     """
 
     def __init__(self, sparsity: float, phase_index: int, log=print, *,
-                 ramp_fraction: float = RAMP_FRACTION, depthwise: bool = True) -> None:
+                 ramp_fraction: float = RAMP_FRACTION, depthwise: bool = False) -> None:
         if not 0.0 < float(sparsity) < 1.0:
             raise ConfigError(f"prune sparsity must be in (0, 1); received {sparsity!r}.")
         self.sparsity = float(sparsity)
@@ -181,13 +192,19 @@ class MagnitudePruning(StepHook):
         self._masks: list[tf.Variable] = []
         self._epochs = 1
         self._current = 0.0
+        self._considered: list[PrunedWeight] = []
+        self._scale = 1.0
 
     def on_phase_begin(self, trainer, phase, index, state) -> None:
         self._weights, self._masks = [], []
         if index != self.phase_index:
             return
-        self._weights = [w for w in prunable_weights(trainer.model)
-                         if self.depthwise or not w.per_kernel]
+        self._considered = prunable_weights(trainer.model)
+        self._weights = [w for w in self._considered if self.depthwise or not w.per_kernel]
+        # Kept depthwise kernels: the others prune harder, to the target over them all.
+        everything = sum(int(np.prod(w.variable.shape)) for w in self._considered)
+        pruned = sum(int(np.prod(w.variable.shape)) for w in self._weights)
+        self._scale = everything / max(1, pruned)
         if not self._weights:
             raise ConfigError(
                 f"--prune: phase {phase.name!r} trains no Conv/Dense kernel to prune; prune a "
@@ -228,7 +245,9 @@ class MagnitudePruning(StepHook):
         # Early stopping may have restored weights of an earlier epoch: prune them to
         # the sparsity reached, then drop the masks (the model is a plain model again).
         self._prune_to(self._current, final=True)
-        self.report = sparsity_report(self._weights, target=self.sparsity)
+        self.report = {**sparsity_report(self._considered, target=self.sparsity),
+                       "pruned_kernels": len(self._weights),
+                       "depthwise": "pruned" if self.depthwise else "kept"}
         self._weights, self._masks = [], []
 
     def _prune_to(self, sparsity: float, final: bool = False) -> None:
@@ -236,7 +255,8 @@ class MagnitudePruning(StepHook):
         self._current = sparsity
         for pruned, mask in zip(self._weights, self._masks, strict=True):
             values = np.asarray(pruned.variable)
-            new = magnitude_mask(values, sparsity, per_kernel=pruned.per_kernel)
+            new = magnitude_mask(values, min(MAX_LAYER_SPARSITY, sparsity * self._scale),
+                                 per_kernel=pruned.per_kernel)
             mask.assign(new)
             pruned.variable.assign(np.where(new > 0, values, 0).astype(values.dtype))
         if changed and not final:
@@ -318,7 +338,10 @@ def write_pruning_report(out, hook: MagnitudePruning, model: keras.Model, log=pr
               "model_keras_gzip_bytes": gzip_size(path)}
     atomic_write_json(os.path.join(out, "pruning.json"), report)
     megabytes = report["model_keras_bytes"] / 1e6, report["model_keras_gzip_bytes"] / 1e6
-    log(f"Pruned {report.get('kernels', 0)} kernels to {report.get('sparsity', 0):.1%} zeros "
-        f"({report['model_sparsity']:.1%} of all weights); model.keras {megabytes[0]:.2f} MB, "
-        f"{megabytes[1]:.2f} MB gzip-compressed. Details: pruning.json.")
+    kept = report.get("kernels", 0) - report.get("pruned_kernels", report.get("kernels", 0))
+    log(f"Pruned {report.get('pruned_kernels', report.get('kernels', 0))} kernels"
+        + (f" ({kept} depthwise kept)" if kept else "")
+        + f" to {report.get('sparsity', 0):.1%} zeros over all {report.get('kernels', 0)} "
+        f"kernels ({report['model_sparsity']:.1%} of all weights); model.keras "
+        f"{megabytes[0]:.2f} MB, {megabytes[1]:.2f} MB gzip-compressed. Details: pruning.json.")
     return report

@@ -181,6 +181,14 @@ def measured_rows() -> list[str]:
                         f"`{goal['baseline']}` (every CPU run when issue 11 was filed) | "
                         f"{figure(goal['value'])}× | ≥ {figure(goal['goal'])}: {_goal(goal)} "
                         "| `cores_threads.json` |")
+    autotune = _load("cores_autotune")
+    if autotune:
+        for row in autotune["ratios"]:
+            if row["variant"] == "autotune=off":
+                rows.append(f"| training step, {row['workload']}: tf.data's autotuner off "
+                            f"(as kerastl's extraction pass runs) | "
+                            f"{figure(row['train_vs_baseline'])}× | measured | "
+                            "`cores_autotune.json` |")
     throughput = _load("throughput")
     if throughput:
         rows.append(

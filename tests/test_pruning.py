@@ -128,8 +128,10 @@ class _StopAfter(keras.callbacks.Callback):
             raise KeyboardInterrupt  # before this epoch's checkpoint is written
 
 
-def _train(model, *, callbacks=(), checkpoint_dir=None, state=None, resume_from=None):
-    hook = MagnitudePruning(0.5, phase_index=0, log=lambda *_: None)
+def _train(model, *, callbacks=(), checkpoint_dir=None, state=None, resume_from=None,
+           depthwise=True):
+    # depthwise=True: every kernel kind is masked (the default keeps depthwise ones).
+    hook = MagnitudePruning(0.5, phase_index=0, log=lambda *_: None, depthwise=depthwise)
     for callback in callbacks:
         if isinstance(callback, _EpochSparsity):
             callback.hook = hook
@@ -173,6 +175,24 @@ def test_masks_stay_applied_after_every_step_and_reach_the_target(pruned):
                              before[p.name][np.asarray(p.variable) != 0])
              for p in prunable_weights(model)]
     assert sum(moved) > len(moved) // 2
+
+
+def test_by_default_depthwise_kernels_are_kept_and_the_others_make_up_for_them():
+    model = _model()
+    kerastl.set_regime(model, "full")
+    depthwise_before = {p.name: np.asarray(p.variable).copy()
+                        for p in prunable_weights(model) if p.per_kernel}
+    hook = _train(model, depthwise=False)
+    report = hook.report
+    assert report["depthwise"] == "kept" and report["sparsity"] == pytest.approx(0.5, abs=0.01)
+    rows = report["layers"].values()
+    assert report["pruned_kernels"] == sum(not row["per_kernel"] for row in rows)
+    assert all(row["sparsity"] > 0.5 for row in rows if not row["per_kernel"])
+    for weight in prunable_weights(model):
+        if weight.per_kernel:  # trained, never masked
+            values = np.asarray(weight.variable)
+            assert np.count_nonzero(values == 0) == np.count_nonzero(
+                depthwise_before[weight.name] == 0), weight.name
 
 
 def test_batchnorm_and_biases_are_never_pruned(pruned):
@@ -259,7 +279,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
                          "equal": all(np.array_equal(c[0], other) for c in copies
                                       for other in c[1:])})
 
-    hook = MagnitudePruning(0.5, phase_index=0, log=lambda *_: None)
+    hook = MagnitudePruning(0.5, phase_index=0, log=lambda *_: None, depthwise=True)
     data = PhaseData(model, lambda e: tf.data.Dataset.from_tensor_slices((x, y)).batch(8),
                      None, 4)
     Trainer(model, strategy, optimizer="sgd", schedule="constant", verbose=0,
