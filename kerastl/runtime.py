@@ -585,7 +585,7 @@ def choose_intra_op_threads(requested: int | str, facts: DeviceFacts, strategy_n
         0
     """
     if requested != "auto":
-        _check_non_negative_int("intra_op_threads", requested)
+        _check_positive_int("intra_op_threads", requested, low=0, hint=" or 'auto'")
         return int(requested), ("requested explicitly" if requested else "")
     if facts.gpus or facts.tpu or strategy_name in ("tpu", "mirrored") or not trains_base:
         return 0, ""
@@ -618,14 +618,9 @@ def apply_intra_op_threads(threads: int, reason: str) -> tuple[int, str]:
     return threads, f"{threads} ({reason})"
 
 
-def _check_non_negative_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{name} must be an integer >= 0 or 'auto'; received {name}={value!r}.")
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer; received {value!r}.")
+def _check_positive_int(name: str, value: Any, low: int = 1, hint: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}{hint}; received {name}={value!r}.")
 
 
 def _per_replica_batch(batch_size: int, batch_size_is: str, replicas: int) -> int:

@@ -169,26 +169,16 @@ def measured_rows() -> list[str]:
             rows.append(
                 f"| mixed_bfloat16 vs float32 training, {row['workload']} | "
                 f"{figure(row['bf16_train_speedup'])}× | measured | `cores.json` |")
+    rows += _variant_rows("cores_threads", "intra_op=1", "one intra-op thread against every core")
+    rows += _variant_rows("cores_autotune", "autotune=off",
+                          "tf.data's autotuner off (as kerastl's extraction pass runs)")
     threads = _load("cores_threads")
     if threads:
-        for row in threads["ratios"]:
-            if row["variant"] == "intra_op=1":
-                rows.append(f"| training step, {row['workload']}: one intra-op thread against "
-                            f"every core | {figure(row['train_vs_baseline'])}× | measured | "
-                            "`cores_threads.json` |")
         for goal in threads.get("goals", {}).values():
             rows.append(f"| training step, {goal['workload']}: `{goal['default']}` against "
                         f"`{goal['baseline']}` (every CPU run when issue 11 was filed) | "
                         f"{figure(goal['value'])}× | ≥ {figure(goal['goal'])}: {_goal(goal)} "
                         "| `cores_threads.json` |")
-    autotune = _load("cores_autotune")
-    if autotune:
-        for row in autotune["ratios"]:
-            if row["variant"] == "autotune=off":
-                rows.append(f"| training step, {row['workload']}: tf.data's autotuner off "
-                            f"(as kerastl's extraction pass runs) | "
-                            f"{figure(row['train_vs_baseline'])}× | measured | "
-                            "`cores_autotune.json` |")
     throughput = _load("throughput")
     if throughput:
         rows.append(
@@ -208,6 +198,14 @@ def measured_rows() -> list[str]:
                 rows.append(f"| export: {name.replace('_', ' ')} | {figure(goal['value'])} | "
                             f"{goal['goal']}: {_goal(goal)} | `export.json` |")
     return rows
+
+
+def _variant_rows(name: str, variant: str, what: str) -> list[str]:
+    """One row per workload of a cores.py results file: ``variant`` against its default."""
+    results = _load(name)
+    return [f"| training step, {row['workload']}: {what} | {figure(row['train_vs_baseline'])}× "
+            f"| measured | `{name}.json` |"
+            for row in (results["ratios"] if results else []) if row["variant"] == variant]
 
 
 def readme_with_measurements(readme: str) -> str:
