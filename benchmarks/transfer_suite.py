@@ -761,6 +761,8 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
     print(f"kerastl code: {code} (commit {git_commit()[:10]}); root: {_relative(root)}",
           flush=True)
     report: dict[str, Any] = {"code": code, "commit": git_commit(), "tasks": {}}
+    if args.grid_code:
+        report["grid_code"] = args.grid_code
     for task in tasks:
         task_dir = materialise_task(task, root)
         entry = {"definition": task_definition(task), "pixels": pixels_baseline(task_dir),
@@ -768,8 +770,8 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{task.name}: pixels val {entry['pixels']['val_accuracy']:.4f}", flush=True)
         for group, candidates in (("candidates", args.candidates), ("grid", args.grid_points)):
             for candidate in candidates:
-                spec = RunSpec(task, candidate, records[task.source], task_dir,
-                               bare=args.bare, code=code)
+                spec = RunSpec(task, candidate, records[task.source], task_dir, bare=args.bare,
+                               code=(args.grid_code or code) if group == "grid" else code)
                 in_process = args.in_process and candidate.name != args.default_name
                 result = run_or_load(spec, root, in_process=in_process,
                                      retry_failed=args.retry_failed,
@@ -932,6 +934,7 @@ def final_report(report: dict[str, Any], args: argparse.Namespace) -> dict[str, 
         "command": "python benchmarks/transfer_suite.py " + shlex.join(args.argv),
         "machine": machine_facts(), "kerastl_code": report["code"],
         "kerastl_commit": report["commit"],
+        "grid_code": report.get("grid_code", report["code"]),
         "goals": {"report_on": "test (grid best chosen on val)", **goals},
         "summary": summaries, "sources": report["sources"], "tasks": report["tasks"],
     }
@@ -963,6 +966,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", default=str(DEFAULT_ROOT),
                         help="where tasks, sources, runs and the cache live (git-ignored)")
     parser.add_argument("--tag", help="cache key instead of the kerastl git commit")
+    parser.add_argument("--grid-code", default=None, metavar="CODE",
+                        help="score the grid with the cached runs of this earlier kerastl code "
+                             "(a results file's kerastl_code) instead of rerunning it; the "
+                             "report records it as grid_code")
     parser.add_argument("--bare", action="store_true",
                         help="pass only --data and --weights (kerastl infers the backbone)")
     parser.add_argument("--in-process", action="store_true",

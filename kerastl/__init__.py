@@ -33,6 +33,7 @@ from .features import extract_features
 from .freezing import UnfreezePlan, backbone_blocks, set_regime
 from .inference import evaluate_folder, predict_paths
 from .lr_finder import LRFinderResult
+from .mirror import MirrorCheck, mirror_check
 from .model import build_model, feature_extractor, head_model, load_model
 from .run import RunResult, fit, lr_find
 from .runtime import Runtime, setup_runtime
@@ -51,6 +52,7 @@ __all__ = [
     "ImageData",
     "KerastlError",
     "LRFinderResult",
+    "MirrorCheck",
     "MissingDependencyError",
     "NonFiniteLossError",
     "Phase",
@@ -82,6 +84,7 @@ __all__ = [
     "load_model",
     "load_splits",
     "lr_find",
+    "mirror_check",
     "predict_paths",
     "set_regime",
     "setup_runtime",

@@ -95,10 +95,11 @@ class RunConfig:
                                     "were trained at, else the backbone's default)",
                                     group="data", metavar="S")
     batch_size: int = option(32, "batch size per replica", group="data", metavar="B")
-    augment: list[str] = option(help="comma list of augmentations, or 'none' (mode frozen: "
-                                "none unless given, so the base runs once)", group="data",
-                                factory=lambda: ["flip", "translate"], choices=AUGMENTATIONS,
-                                metavar="LIST")
+    augment: list[str] = option(help="comma list of augmentations, 'none', or 'auto': translate, "
+                                "plus flip unless the training images have a left and a right "
+                                "(kerastl.mirror); mode frozen: none unless given, so the base "
+                                "runs once", group="data", factory=lambda: [AUTO],
+                                choices=(AUTO, *AUGMENTATIONS), metavar="LIST")
     augment_passes: int = option(4, "frozen phases with --augment: augmented passes computed "
                                  "once and cached (epoch e trains on pass e mod K)",
                                  group="data", metavar="K")
@@ -396,6 +397,10 @@ def _validate(config: RunConfig) -> None:
     _positive_int("image_size", config.image_size)
     _positive_int("seed", config.seed, minimum=0)
     _positive_int("augment_passes", config.augment_passes)
+    if AUTO in config.augment and len(config.augment) > 1:
+        raise ConfigError(f"augment 'auto' chooses the augmentations itself, so it stands alone; "
+                          f"received augment={config.augment!r}. Pass 'auto' or a list of "
+                          f"{list(AUGMENTATIONS)}.")
     if config.epochs != AUTO:
         _positive_int("epochs", config.epochs)
     if config.intra_op_threads != AUTO:

@@ -203,6 +203,7 @@ class _Prepared:
 def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
     """Resolve the config, set up the runtime and output, load data, plan, build."""
     from .data import load_splits
+    from .mirror import resolve_augment
     from .runtime import setup_runtime, warn_if_local_data, worker_output_dir
 
     clock = Stopwatch()
@@ -235,6 +236,9 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
     clock.lap("load_data")
     log(runtime.describe())
     notes: list[str] = list(splits.notes)
+    if not config.sklearn_head:
+        config.augment, reason = resolve_augment(config.augment, splits.train, seed=config.seed)
+        notes += [reason] if reason else []
     if splits.val is None and config.keep == "best" and not config.sklearn_head:
         notes.append("no validation data: the run keeps the weights of its last epoch")
     for note in notes:
