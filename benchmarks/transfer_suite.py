@@ -772,6 +772,11 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             for candidate in candidates:
                 spec = RunSpec(task, candidate, records[task.source], task_dir, bare=args.bare,
                                code=(args.grid_code or code) if group == "grid" else code)
+                if group == "grid" and args.grid_code and not cache_path(root, spec).is_file():
+                    # Training it now would run today's code under the earlier code's key.
+                    raise SystemExit(f"{task.name}: grid point {candidate.name!r} is not cached "
+                                     f"for --grid-code {args.grid_code}; drop --grid-code to "
+                                     "run the grid with this code")
                 in_process = args.in_process and candidate.name != args.default_name
                 result = run_or_load(spec, root, in_process=in_process,
                                      retry_failed=args.retry_failed,

@@ -164,3 +164,32 @@ def test_summary_margins_and_goals_use_the_grid_point_chosen_on_validation(suite
     val = suite.summarise({"tasks": {"T1": report["tasks"]["T1"]}}, "val")["default"]
     assert val["beats_pixels_on_every_task"]
     assert val["within_2_points_of_grid_best_on_every_task"]  # 0.91 - 0.90 <= 0.02
+
+
+def test_grid_code_reads_the_earlier_codes_runs_and_never_trains_under_its_key(
+        suite, tmp_path, monkeypatch):
+    record = {"weights_path": "/w/b.h5", "backbone": "MobileNetV2", "backbone_kwargs": {},
+              "input_size": 32}
+    monkeypatch.setattr(suite, "ensure_sources", lambda names, root, retrain: {
+        name: record for name in names})
+    monkeypatch.setattr(suite, "materialise_task", lambda task, root: tmp_path / task.name)
+    monkeypatch.setattr(suite, "pixels_baseline", lambda task_dir: {"val_accuracy": 0.5})
+    trained = []
+    monkeypatch.setattr(suite, "run_or_load", lambda spec, root, **kw: trained.append(
+        (spec.candidate.name, spec.code)) or {"status": "ok", "val_accuracy": 0.6, "flags": [],
+                                              "test_accuracy": 0.6})
+    args = suite.parse_args(["--tasks", "T1", "--grid", "--grid-modes", "frozen",
+                             "--grid-lrs", "1e-2", "--root", str(tmp_path), "--tag", "now",
+                             "--grid-code", "before"])
+    with pytest.raises(SystemExit, match="not cached for --grid-code before"):
+        suite.run_suite(args)
+    assert trained == [("default", "tag:now")]  # the default ran; the grid point did not
+    for point in args.grid_points:  # cache the earlier code's grid runs
+        spec = suite.RunSpec(suite.TASKS["T1"], point, record, tmp_path / "T1", bare=False,
+                             code="before")
+        suite.cache_path(tmp_path, spec).parent.mkdir(parents=True, exist_ok=True)
+        suite.cache_path(tmp_path, spec).write_text("{}")
+    trained.clear()
+    report = suite.run_suite(args)
+    assert trained == [("default", "tag:now")] + [(p.name, "before") for p in args.grid_points]
+    assert report["grid_code"] == "before" and report["code"] == "tag:now"
