@@ -8,7 +8,8 @@ and evaluated on all 5,000 official test images of classes 5-9.
 Every trained regime is one ``kerastl.fit(kerastl.RunConfig(...), splits=...)`` call
 on in-memory ``kerastl.from_arrays`` data, with kerastl's *default* recipe
 (``RunConfig()``: AdamW, lr 1e-2, warm-up 10% + cosine, label smoothing 0.1,
-flip + translate, LayerNorm'd head, BatchNorm frozen, fine-tune phases at
+``augment="auto"`` (translate; no flips for these left-pointing shoes, see
+:mod:`kerastl.mirror`), LayerNorm'd head, BatchNorm frozen, fine-tune phases at
 ``lr * finetune_lr_factor``); the study only sets the data, the source backbone and
 the epoch budgets. The reported accuracy is kerastl's own ``metrics.json`` on the
 5,000 test images. Regimes:
@@ -33,8 +34,8 @@ Result of the command below with no ``--set`` (kerastl's defaults; 2 draws, mean
 ``default`` runs kerastl's own budget, scratch/frozen 50/20 epochs, fine-tuning
 20 head + 30 unfrozen, batch 20; ``benchmarks/results/transfer_study.json``)::
 
-    pixels_logreg 0.8736 | default 0.9098 | scratch 0.8950 | frozen 0.7850
-    finetune_top 0.8822 | full 0.9122 | features_logreg 0.8177
+    pixels_logreg 0.8736 | default 0.9221 | scratch 0.9008 | frozen 0.7850
+    finetune_top 0.8947 | full 0.9212 | features_logreg 0.8177
 
 Only ``default`` and ``full`` clear 0.90: the top-layer features are clothes-specific (a linear
 head on them, ``frozen`` or ``features_logreg``, stays below raw pixels), so every
