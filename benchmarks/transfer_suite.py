@@ -402,7 +402,10 @@ def train_source(source: Source, root: Path, *, limit_per_class: int | None = No
     config = kerastl.RunConfig(
         mode="scratch", weights=None, backbone=source.backbone,
         backbone_kwargs=dict(source.backbone_kwargs), image_size=source.image_size,
-        output=str(out), verbose=2, seed=0, **source.recipe)
+        output=str(out), verbose=2, seed=0,
+        # The augmentation the committed sources were trained with (the default then),
+        # so --retrain-sources reproduces their weights' recipe.
+        **{"augment": ["flip", "translate"], **source.recipe})
     print(f"training source {source.name}: {source.backbone} {source.backbone_kwargs} at "
           f"{source.image_size}px on {len(y_train)} images of {names}", flush=True)
     result = kerastl.fit(config, splits=splits)
@@ -584,6 +587,12 @@ class RunSpec:
 
 def cache_path(root: Path, spec: RunSpec) -> Path:
     return root / "cache" / spec.task.id / f"{spec.key()}.json"
+
+
+def _cached_ok(root: Path, spec: RunSpec) -> bool:
+    """Whether ``spec`` has a cached, successful result (a failed one would be rerun)."""
+    cached = cache_path(root, spec)
+    return cached.is_file() and json.loads(cached.read_text()).get("status") == "ok"
 
 
 def run_or_load(spec: RunSpec, root: Path, *, in_process: bool, retry_failed: bool,
@@ -772,11 +781,12 @@ def run_suite(args: argparse.Namespace) -> dict[str, Any]:
             for candidate in candidates:
                 spec = RunSpec(task, candidate, records[task.source], task_dir, bare=args.bare,
                                code=(args.grid_code or code) if group == "grid" else code)
-                if group == "grid" and args.grid_code and not cache_path(root, spec).is_file():
+                if group == "grid" and args.grid_code and not _cached_ok(root, spec):
                     # Training it now would run today's code under the earlier code's key.
-                    raise SystemExit(f"{task.name}: grid point {candidate.name!r} is not cached "
-                                     f"for --grid-code {args.grid_code}; drop --grid-code to "
-                                     "run the grid with this code")
+                    raise SystemExit(f"{task.name}: grid point {candidate.name!r} has no "
+                                     f"successful cached run for --grid-code "
+                                     f"{args.grid_code}; drop --grid-code to run the grid "
+                                     "with this code")
                 in_process = args.in_process and candidate.name != args.default_name
                 result = run_or_load(spec, root, in_process=in_process,
                                      retry_failed=args.retry_failed,

@@ -65,7 +65,9 @@ def _float_or_auto(text: str) -> float | str:
 
 
 def _csv_list(text: str) -> list[str]:
-    return [] if text.lower() in ("", "none", "off") else [t.strip() for t in text.split(",")]
+    from .config import csv_list  # lazily, like every kerastl import in this module
+
+    return csv_list(text)
 
 
 def _int_list(text: str) -> list[int]:

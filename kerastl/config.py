@@ -295,6 +295,9 @@ class RunConfig:
             config.image_size = get_backbone(config.backbone).default_size
         if config.mode == "scratch" and config.phases is None:
             config.weights = None  # scratch means random initialisation
+        # A list, whatever wrote it: YAML `augment: auto` or `augment:` (null) included.
+        if config.augment is None or isinstance(config.augment, str):
+            config.augment = csv_list(config.augment or "")
         if config.mode == "frozen" and "augment" not in config.given:
             # A frozen base computes the same features every epoch unless augmentation
             # runs before it: without it they are computed once and cached.
@@ -322,6 +325,16 @@ class RunConfig:
     def sklearn_head(self) -> str | None:
         """``"logreg"`` for ``head="sklearn-logreg"``, None for a Keras head."""
         return self.head[len("sklearn-"):] if self.head.startswith("sklearn-") else None
+
+
+def csv_list(text: str) -> list[str]:
+    """``"flip, translate"`` → ``["flip", "translate"]``; ``""``/``"none"``/``"off"`` → ``[]``.
+
+    Example:
+        >>> csv_list("flip,translate"), csv_list("none")
+        (['flip', 'translate'], [])
+    """
+    return [] if text.lower() in ("", "none", "off") else [t.strip() for t in text.split(",")]
 
 
 DEFAULT_BACKBONE = "MobileNetV2"

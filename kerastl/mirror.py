@@ -14,14 +14,15 @@ and on their mirror images. If the data are mirror-symmetric (each orientation
 occurs), the mirror images score nearly as well; if the data have a canonical
 orientation, the score falls towards chance. Flips stay on when the check cannot
 tell (pixels near chance, too few images, multi-label data): then the conventional
-default stands. It costs a second or two: at most :data:`MAX_IMAGES` images at
-:data:`SIDE` pixels.
+default stands. It costs seconds: at most :data:`MAX_IMAGES` images (a stratified
+sample) at :data:`SIDE` pixels, five logistic regressions (0.2-1.6 s on the suite's
+tasks, ~6 s on 1,800 ten-class images on busy cores).
 
 Example:
     >>> from sklearn.datasets import load_digits
     >>> from kerastl.data import from_arrays
     >>> digits = load_digits()
-    >>> mirror_check(from_arrays((digits.images[:300] * 16).astype("uint8"),
+    >>> mirror_check(from_arrays((digits.images[:300] * 15).astype("uint8"),
     ...                          digits.target[:300])).flip
     False
 """
@@ -41,7 +42,7 @@ MAX_IMAGES = 2000
 # Chosen on the transfer suite's training images (cross-validation, no test images):
 # the share of the pixel model's margin above chance that survives mirroring was
 # 0.91-1.0 on the tasks whose classes occur in both orientations (tops, bags) and
-# 0.27-0.70 on shoes and digits. Flipping helped neither of the latter on validation.
+# 0.33-0.70 on shoes and digits. Flipping helped neither of the latter on validation.
 MIN_RETAINED = 0.8
 # Below this accuracy above chance the pixel model says nothing about orientation.
 MIN_SIGNAL = 0.1
@@ -73,9 +74,10 @@ class MirrorCheck:
     @property
     def retained(self) -> float | None:
         """Share of the margin above chance that survives mirroring (1: symmetric)."""
-        if self.original is None or self.original - self.chance <= 0:
+        if None in (self.original, self.mirrored, self.chance) or self.original <= self.chance:
             return None
-        return max(0.0, (self.mirrored - self.chance) / (self.original - self.chance))
+        share = (self.mirrored - self.chance) / (self.original - self.chance)
+        return min(1.0, max(0.0, share))  # above 1: mirror images scored better, by chance
 
 
 def mirror_check(data: ImageData, *, seed: int = 0) -> MirrorCheck:
@@ -101,14 +103,15 @@ def mirror_check(data: ImageData, *, seed: int = 0) -> MirrorCheck:
     """
     if data.multilabel:
         return MirrorCheck(True, None, None, None, "multi-label data are not checked")
-    labels = np.asarray(data.labels)
-    counts = np.bincount(labels)
-    if np.count_nonzero(counts) < 2 or counts[counts > 0].min() < MIN_PER_CLASS:
-        return MirrorCheck(True, None, None, None,
-                           f"too few images to check (smallest class {counts.min()})")
-    rng = np.random.default_rng(seed)
-    keep = np.sort(rng.permutation(len(data))[:MAX_IMAGES])
-    pixels, labels = _grey_pixels(data.subset(keep)), labels[keep]
+    keep = _stratified_sample(np.asarray(data.labels), MAX_IMAGES, seed)
+    counts = np.bincount(np.asarray(data.labels)[keep])
+    # Classes too small to hold out are left out of the check, not out of training.
+    keep = keep[counts[np.asarray(data.labels)[keep]] >= MIN_PER_CLASS]
+    labels = np.asarray(data.labels)[keep]
+    if len(np.unique(labels)) < 2:
+        return MirrorCheck(True, None, None, None, f"too few images to check: fewer than two "
+                           f"classes have {MIN_PER_CLASS} or more")
+    pixels = _grey_pixels(data.subset(keep))
     original, mirrored = _cross_validated(pixels, labels, seed)
     chance = float(np.bincount(labels).max() / len(labels))
     facts = (f"pixel model on {len(labels)} training images: {original:.2f} on held-out "
@@ -122,6 +125,20 @@ def mirror_check(data: ImageData, *, seed: int = 0) -> MirrorCheck:
                "no flips: the images have a left and a right (pass --augment flip,translate "
                "to flip anyway)")
     return MirrorCheck(flip, original, mirrored, chance, f"{verdict}; {facts}")
+
+
+def _stratified_sample(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Indices of at most ``limit`` images, every class in proportion (at least
+    :data:`MIN_PER_CLASS` where it has them), sorted."""
+    if len(labels) <= limit:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        share = max(MIN_PER_CLASS, round(limit * len(members) / len(labels)))
+        keep.append(members[:share])
+    return np.sort(np.concatenate(keep))
 
 
 def _grey_pixels(data: ImageData) -> np.ndarray:

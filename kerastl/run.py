@@ -236,9 +236,15 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
     clock.lap("load_data")
     log(runtime.describe())
     notes: list[str] = list(splits.notes)
-    if not config.sklearn_head:
-        config.augment, reason = resolve_augment(config.augment, splits.train, seed=config.seed)
-        notes += [reason] if reason else []
+    if config.sklearn_head:
+        config.augment = [name for name in config.augment if name != "auto"]  # never augments
+    else:
+        # Seed 0, not the run's: the decision depends on the data alone, so runs that
+        # differ only in seed (draws, --compare) train with the same augmentation.
+        config.augment, reason = resolve_augment(config.augment, splits.train, seed=0)
+        if reason:
+            notes.append(reason)
+            clock.lap("augment_check")
     if splits.val is None and config.keep == "best" and not config.sklearn_head:
         notes.append("no validation data: the run keeps the weights of its last epoch")
     for note in notes:

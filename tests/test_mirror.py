@@ -9,7 +9,7 @@ from sklearn.datasets import load_digits
 
 import kerastl
 from kerastl.errors import ConfigError
-from kerastl.mirror import mirror_check, resolve_augment
+from kerastl.mirror import MAX_IMAGES, mirror_check, resolve_augment
 from kerastl.run import fit
 
 from .conftest import source_backbone
@@ -19,7 +19,7 @@ def _digits(mirrored_copies: bool = False, per_class: int = 30) -> kerastl.Image
     """Real digits 0-9 as uint8 images; optionally each with its mirror image, same label."""
     digits = load_digits()
     keep = np.concatenate([np.flatnonzero(digits.target == c)[:per_class] for c in range(10)])
-    images, labels = (digits.images[keep] * 16).astype("uint8"), digits.target[keep]
+    images, labels = (digits.images[keep] * 15).astype("uint8"), digits.target[keep]  # 0-240
     if mirrored_copies:
         images, labels = np.concatenate([images, images[:, :, ::-1]]), np.concatenate([labels] * 2)
     return kerastl.from_arrays(images, labels, class_names=[str(c) for c in range(10)])
@@ -39,12 +39,31 @@ def test_data_that_holds_both_orientations_keeps_flips():
 
 
 def test_the_check_keeps_flips_when_it_cannot_tell():
-    few = kerastl.from_arrays(np.zeros((3, 8, 8), "uint8"), [0, 0, 1])
-    assert mirror_check(few).flip and "too few" in mirror_check(few).reason
+    few = mirror_check(kerastl.from_arrays(np.zeros((3, 8, 8), "uint8"), [0, 0, 1]))
+    assert few.flip and "too few images" in few.reason
     noise = np.random.default_rng(0).integers(0, 255, (60, 8, 8)).astype("uint8")
-    assert mirror_check(kerastl.from_arrays(noise, [0, 1] * 30)).flip
+    chance = mirror_check(kerastl.from_arrays(noise, [0, 1] * 30))
+    assert chance.flip and "says nothing about orientation" in chance.reason
     multilabel = kerastl.from_arrays(noise[:4], np.eye(2, dtype="int64")[[0, 1, 0, 1]])
-    assert mirror_check(multilabel).flip
+    assert mirror_check(multilabel).flip and "multi-label" in mirror_check(multilabel).reason
+
+
+def test_a_large_set_with_rare_classes_is_sampled_per_class():
+    # More than MAX_IMAGES images, a class of 2 and a class of 1: a random subsample
+    # could keep one image of a class, too few to hold out. The check samples each class,
+    # leaves the single image out of the check, and still decides.
+    digits = _digits(per_class=200)
+    images = np.concatenate([digits.images] * 2 + [digits.images[:3]])
+    labels = np.concatenate([digits.labels] * 2 + [[10, 10, 11]])
+    assert len(images) > MAX_IMAGES
+    check = mirror_check(kerastl.from_arrays(images, labels))
+    assert not check.flip and check.original > 0.8, check
+
+
+@pytest.mark.parametrize(("given", "resolved"), [
+    ("auto", ["auto"]), ("flip, translate", ["flip", "translate"]), ("none", []), (None, [])])
+def test_augment_written_as_text_or_left_empty_in_yaml_is_a_list(given, resolved):
+    assert kerastl.RunConfig(augment=given).resolve().augment == resolved
 
 
 def test_explicit_augmentations_are_never_second_guessed():

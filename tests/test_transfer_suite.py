@@ -181,14 +181,20 @@ def test_grid_code_reads_the_earlier_codes_runs_and_never_trains_under_its_key(
     args = suite.parse_args(["--tasks", "T1", "--grid", "--grid-modes", "frozen",
                              "--grid-lrs", "1e-2", "--root", str(tmp_path), "--tag", "now",
                              "--grid-code", "before"])
-    with pytest.raises(SystemExit, match="not cached for --grid-code before"):
+    with pytest.raises(SystemExit, match="no successful cached run for --grid-code before"):
         suite.run_suite(args)
     assert trained == [("default", "tag:now")]  # the default ran; the grid point did not
     for point in args.grid_points:  # cache the earlier code's grid runs
         spec = suite.RunSpec(suite.TASKS["T1"], point, record, tmp_path / "T1", bare=False,
                              code="before")
         suite.cache_path(tmp_path, spec).parent.mkdir(parents=True, exist_ok=True)
-        suite.cache_path(tmp_path, spec).write_text("{}")
+        suite.cache_path(tmp_path, spec).write_text('{"status": "ok"}')
+    failed = suite.RunSpec(suite.TASKS["T1"], args.grid_points[0], record, tmp_path / "T1",
+                           bare=False, code="before")
+    suite.cache_path(tmp_path, failed).write_text('{"status": "failed"}')
+    with pytest.raises(SystemExit, match="no successful cached run"):  # nor retried under it
+        suite.run_suite(suite.parse_args([*args.argv, "--retry-failed"]))
+    suite.cache_path(tmp_path, failed).write_text('{"status": "ok"}')
     trained.clear()
     report = suite.run_suite(args)
     assert trained == [("default", "tag:now")] + [(p.name, "before") for p in args.grid_points]
