@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from .data import AUGMENTATIONS, BAD_FILE_POLICIES
-from .errors import ConfigError
+from .errors import ConfigError, check_int
 from .features import FEATURE_CACHE_MODES
 from .freezing import BN_POLICIES
 from .model import HEAD_NORMS, HEADS, TASKS
@@ -406,22 +406,22 @@ def _validate(config: RunConfig) -> None:
         if bad:
             raise ConfigError(f"{spec.name} must be one of {list(choices)}; received "
                               f"{spec.name}={value!r}.")
-    _positive_int("batch_size", config.batch_size)
-    _positive_int("image_size", config.image_size)
-    _positive_int("seed", config.seed, minimum=0)
-    _positive_int("augment_passes", config.augment_passes)
+    check_int("batch_size", config.batch_size)
+    check_int("image_size", config.image_size)
+    check_int("seed", config.seed, minimum=0)
+    check_int("augment_passes", config.augment_passes)
     if AUTO in config.augment and len(config.augment) > 1:
         raise ConfigError(f"augment 'auto' chooses the augmentations itself, so it stands alone; "
                           f"received augment={config.augment!r}. Pass 'auto' or a list of "
                           f"{list(AUGMENTATIONS)}.")
     if config.epochs != AUTO:
-        _positive_int("epochs", config.epochs)
+        check_int("epochs", config.epochs)
     if config.intra_op_threads != AUTO:
-        _positive_int("intra_op_threads", config.intra_op_threads)
+        check_int("intra_op_threads", config.intra_op_threads)
     for name in ("unfreeze_top", "unfreeze_blocks", "head_epochs", "early_stopping",
                  "steps_per_execution"):
         if getattr(config, name) is not None:
-            _positive_int(name, getattr(config, name))
+            check_int(name, getattr(config, name))
     if config.lr != AUTO:
         _number("lr", config.lr, low=0.0, low_open=True)
     _number("finetune_lr_factor", config.finetune_lr_factor, low=0.0, low_open=True)
@@ -448,13 +448,7 @@ def _validate(config: RunConfig) -> None:
         raise ConfigError(f"backbone_kwargs must be a mapping; received "
                           f"{config.backbone_kwargs!r}.")
     for phase in config.phases or []:
-        _positive_int(f"epochs of phase {phase.name!r}", phase.epochs)
-
-
-def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(f"{name} must be {kind}; received {name}={value!r}.")
+        check_int(f"epochs of phase {phase.name!r}", phase.epochs)
 
 
 def _number(name: str, value: Any, *, low: float | None = None, high: float | None = None,

@@ -7,6 +7,8 @@ so ``except ValueError`` keeps working.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class KerastlError(Exception):
     """Base class of every error kerastl raises on purpose."""
@@ -41,3 +43,18 @@ class NonFiniteLossError(KerastlError, RuntimeError):
 
 class MissingDependencyError(KerastlError, ImportError):
     """An optional package (an extra such as ``kerastl[export]``) is not installed."""
+
+
+def check_int(name: str, value: Any, minimum: int = 1, hint: str = "") -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an int (not a bool) >= ``minimum``.
+
+    Example:
+        >>> check_int("batch_size", 32)
+        >>> check_int("seed", -1, minimum=0)
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.ConfigError: seed must be an integer >= 0; received seed=-1.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{name} must be {kind}{hint}; received {name}={value!r}.")

@@ -103,11 +103,11 @@ def mirror_check(data: ImageData, *, seed: int = 0) -> MirrorCheck:
     """
     if data.multilabel:
         return MirrorCheck(True, None, None, None, "multi-label data are not checked")
-    keep = _stratified_sample(np.asarray(data.labels), MAX_IMAGES, seed)
-    counts = np.bincount(np.asarray(data.labels)[keep])
+    every_label = np.asarray(data.labels)
+    keep = _stratified_sample(every_label, MAX_IMAGES, seed)
     # Classes too small to hold out are left out of the check, not out of training.
-    keep = keep[counts[np.asarray(data.labels)[keep]] >= MIN_PER_CLASS]
-    labels = np.asarray(data.labels)[keep]
+    keep = keep[np.bincount(every_label[keep])[every_label[keep]] >= MIN_PER_CLASS]
+    labels = every_label[keep]
     if len(np.unique(labels)) < 2:
         return MirrorCheck(True, None, None, None, f"too few images to check: fewer than two "
                            f"classes have {MIN_PER_CLASS} or more")
@@ -151,8 +151,8 @@ def _cross_validated(pixels: np.ndarray, labels: np.ndarray, seed: int) -> tuple
     from sklearn.model_selection import StratifiedKFold
 
     flat, mirrored = pixels.reshape(len(pixels), -1), pixels[:, :, ::-1].reshape(len(pixels), -1)
-    folds = StratifiedKFold(int(min(5, np.bincount(labels)[np.bincount(labels) > 0].min())),
-                            shuffle=True, random_state=seed)
+    smallest = np.unique(labels, return_counts=True)[1].min()
+    folds = StratifiedKFold(int(min(5, smallest)), shuffle=True, random_state=seed)
     scores = []
     with single_threaded_blas(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lbfgs convergence on tiny folds
@@ -164,7 +164,7 @@ def _cross_validated(pixels: np.ndarray, labels: np.ndarray, seed: int) -> tuple
     return float(original), float(flipped)
 
 
-def resolve_augment(augment: list[str] | str, data: ImageData, *,
+def resolve_augment(augment: list[str], data: ImageData, *,
                     seed: int = 0) -> tuple[list[str], str | None]:
     """``augment`` with ``"auto"`` replaced by what :func:`mirror_check` decides.
 
@@ -180,9 +180,8 @@ def resolve_augment(augment: list[str] | str, data: ImageData, *,
         >>> resolve_augment(["translate"], None)
         (['translate'], None)
     """
-    names = [augment] if isinstance(augment, str) else list(augment)
-    if names != ["auto"]:
-        return names, None
+    if list(augment) != ["auto"]:  # RunConfig.resolve made it a list
+        return list(augment), None
     check = mirror_check(data, seed=seed)
     chosen = ["flip", "translate"] if check.flip else ["translate"]
     return chosen, f"--augment auto: {','.join(chosen)} ({check.reason})"

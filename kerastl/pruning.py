@@ -338,10 +338,11 @@ def write_pruning_report(out, hook: MagnitudePruning, model: keras.Model, log=pr
               "model_keras_gzip_bytes": gzip_size(path)}
     atomic_write_json(os.path.join(out, "pruning.json"), report)
     megabytes = report["model_keras_bytes"] / 1e6, report["model_keras_gzip_bytes"] / 1e6
-    kept = report.get("kernels", 0) - report.get("pruned_kernels", report.get("kernels", 0))
-    log(f"Pruned {report.get('pruned_kernels', report.get('kernels', 0))} kernels"
-        + (f" ({kept} depthwise kept)" if kept else "")
-        + f" to {report.get('sparsity', 0):.1%} zeros over all {report.get('kernels', 0)} "
+    kernels = report.get("kernels", 0)
+    pruned = report.get("pruned_kernels", kernels)
+    log(f"Pruned {pruned} kernels" + (f" ({kernels - pruned} depthwise kept)" if kernels > pruned
+                                      else "")
+        + f" to {report.get('sparsity', 0):.1%} zeros over all {kernels} "
         f"kernels ({report['model_sparsity']:.1%} of all weights); model.keras "
         f"{megabytes[0]:.2f} MB, {megabytes[1]:.2f} MB gzip-compressed. Details: pruning.json.")
     return report

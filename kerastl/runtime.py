@@ -36,7 +36,7 @@ import keras  # noqa: E402
 import tensorflow as tf
 
 from . import _backend  # noqa: F401
-from .errors import ConfigError
+from .errors import ConfigError, check_int
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
@@ -523,9 +523,9 @@ def setup_runtime(
         (1, 16, False)
     """
     _check_choice("batch_size_is", batch_size_is, BATCH_SIZE_MEANINGS)
-    _check_positive_int("batch_size", batch_size)
+    check_int("batch_size", batch_size)
     if steps_per_execution is not None:
-        _check_positive_int("steps_per_execution", steps_per_execution)
+        check_int("steps_per_execution", steps_per_execution)
     jit_compile = {"on": True, "off": False}.get(jit_compile, jit_compile)
     if not (isinstance(jit_compile, bool) or jit_compile == "auto"):
         raise ConfigError(f"jit_compile must be True, False or one of {JIT_CHOICES}; received "
@@ -585,7 +585,7 @@ def choose_intra_op_threads(requested: int | str, facts: DeviceFacts, strategy_n
         0
     """
     if requested != "auto":
-        _check_positive_int("intra_op_threads", requested, low=0, hint=" or 'auto'")
+        check_int("intra_op_threads", requested, minimum=0, hint=" or 'auto'")
         return int(requested), ("requested explicitly" if requested else "")
     if facts.gpus or facts.tpu or strategy_name in ("tpu", "mirrored") or not trains_base:
         return 0, ""
@@ -616,11 +616,6 @@ def apply_intra_op_threads(threads: int, reason: str) -> tuple[int, str]:
                          "in this process, so its pool stays at "
                          f"{current or 'every core'}; set it first thing in a new process")
     return threads, f"{threads} ({reason})"
-
-
-def _check_positive_int(name: str, value: Any, low: int = 1, hint: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}{hint}; received {name}={value!r}.")
 
 
 def _per_replica_batch(batch_size: int, batch_size_is: str, replicas: int) -> int:
@@ -687,8 +682,8 @@ def scale_learning_rate(
     _check_choice("rule", rule, LR_SCALING_RULES)
     if not lr > 0:
         raise ConfigError(f"lr must be > 0; received lr={lr!r}.")
-    _check_positive_int("global_batch", global_batch)
-    _check_positive_int("base_batch", base_batch)
+    check_int("global_batch", global_batch)
+    check_int("base_batch", base_batch)
     ratio = global_batch / base_batch
     if rule == "linear":
         return lr * ratio
@@ -717,7 +712,7 @@ def split_logical_cpus(n: int) -> list[str]:
         >>> make_strategy("mirrored", devices=devices).num_replicas_in_sync  # doctest: +SKIP
         2
     """
-    _check_positive_int("n", n)
+    check_int("n", n)
     cpu = tf.config.list_physical_devices("CPU")[0]
     configs = [tf.config.LogicalDeviceConfiguration() for _ in range(n)]
     try:
