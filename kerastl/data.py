@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -28,12 +29,11 @@ import keras  # noqa: E402  (after the backend is pinned)
 import numpy as np
 import PIL
 import tensorflow as tf
-from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from . import _backend  # noqa: F401  (pins the TensorFlow backend)
 from .errors import ConfigError, DataError
-from .images import find_bad_files, open_rgb, scan_folder
+from .images import find_bad_files, open_rgb, scan_folder, square_pixels
 
 BAD_FILE_POLICIES = ("error", "skip")
 AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast", "translate")
@@ -106,13 +106,17 @@ class ImageData:
             2
         """
         indices = np.asarray(indices, dtype=np.int64)
-        return ImageData(
+        subset = ImageData(
             class_names=list(self.class_names),
             labels=self.labels[indices],
             files=[self.files[i] for i in indices] if self.files is not None else None,
             images=self.images[indices] if self.images is not None else None,
             skipped=dict(self.skipped),
         )
+        for size, (store, filled) in self._pixels.items():
+            if filled.all():  # a partly decoded store would be copied whole
+                subset._pixels[size] = (store[indices], filled[indices])
+        return subset
 
     def fingerprint(self, content: bool = False) -> str:
         """SHA-256 that changes when the images, labels, classes or decoder change.
@@ -305,8 +309,7 @@ def _content_sample(path: str, size: int) -> bytes:
 
 
 def _decode_file(path: str, image_size: int) -> np.ndarray:
-    image = open_rgb(path).resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    return square_pixels(open_rgb(path), image_size)
 
 
 def _image_shape(images: np.ndarray) -> tuple[int, int, int]:
@@ -326,6 +329,7 @@ def from_folder(
     *,
     class_names: Sequence[str] | None = None,
     on_bad_file: str = "error",
+    image_size: int | None = None,
 ) -> ImageData:
     """Read a folder with one subfolder per class (``path/cats/*.jpg``, ...).
 
@@ -340,6 +344,9 @@ def from_folder(
             Defaults to the subfolder names, sorted.
         on_bad_file: str. ``"error"`` raises naming every unusable file; ``"skip"``
             leaves them out and records them in ``ImageData.skipped``.
+        image_size: int, optional. The check decodes every file; with a size it
+            keeps them decoded at that size, so training at that size reads no file
+            (uint8, ``size * size * 3`` bytes an image). Defaults to None.
 
     Returns:
         An :class:`ImageData` of file paths and integer labels.
@@ -361,14 +368,21 @@ def from_folder(
     _check_no_empty_class(scan.root, names, [len(scan.class_files[name]) for name in names])
     files = [file for name in names for file in scan.class_files[name]]
     labels = [label for label, name in enumerate(names) for _ in scan.class_files[name]]
-    bad = find_bad_files(files)
+    if image_size is not None:
+        _check_positive(image_size=image_size)
+    pixels = (None if image_size is None
+              else np.zeros((len(files), image_size, image_size, 3), np.uint8))
+    bad = find_bad_files(files, decode_into=pixels)
     if bad and on_bad_file == "error":
         raise DataError(_bad_files_message(scan.root, bad))
     keep = [i for i, file in enumerate(files) if file not in bad]
     files, labels = [files[i] for i in keep], np.asarray([labels[i] for i in keep], np.int64)
     # Skipping may leave a class with nothing in it.
     _check_no_empty_class(scan.root, names, np.bincount(labels, minlength=len(names)))
-    return ImageData(class_names=names, labels=labels, files=files, skipped=bad)
+    data = ImageData(class_names=names, labels=labels, files=files, skipped=bad)
+    if pixels is not None:
+        data._pixels[image_size] = (pixels[keep] if bad else pixels, np.ones(len(files), bool))
+    return data
 
 
 def _resolve_classes(root: str, found: list[str], expected: Sequence[str] | None) -> list[str]:
@@ -625,6 +639,7 @@ def load_splits(
     val_split: float | str | None = "auto",
     seed: int = 0,
     on_bad_file: str = "error",
+    image_size: int | None = None,
 ) -> DataSplits:
     """Load training data and its validation/test data with the same classes.
 
@@ -641,6 +656,8 @@ def load_splits(
             Defaults to ``"auto"``.
         seed: int. Seed of the held-out split. Defaults to 0.
         on_bad_file: str. ``"error"`` or ``"skip"``, see :func:`from_folder`.
+        image_size: int, optional. Keep the images the check decodes at this size,
+            see :func:`from_folder`.
 
     Returns:
         A :class:`DataSplits`; its ``notes`` say what was held out and why.
@@ -650,11 +667,12 @@ def load_splits(
         >>> splits.class_names  # doctest: +SKIP
         ['cats', 'dogs']
     """
-    train = from_folder(train_dir, on_bad_file=on_bad_file)
+    read = functools.partial(from_folder, on_bad_file=on_bad_file, image_size=image_size)
+    train = read(train_dir)
     names = train.class_names
     notes = []
     if val_dir is not None:
-        val = from_folder(val_dir, class_names=names, on_bad_file=on_bad_file)
+        val = read(val_dir, class_names=names)
     else:
         share, why = (auto_val_share(train) if val_split == "auto"
                       else (float(val_split or 0.0), f"--val-split {val_split}"))
@@ -662,7 +680,7 @@ def load_splits(
         train, val = train_val_split(train, share, seed) if share > 0 else (train, None)
     test = None
     if test_dir is not None:
-        test = from_folder(test_dir, class_names=names, on_bad_file=on_bad_file)
+        test = read(test_dir, class_names=names)
     return DataSplits(train=train, val=val, test=test, class_names=list(names), notes=notes)
 
 

@@ -48,6 +48,7 @@ def cache_key(
     augment_pass: int | None = None,
     *,
     augment: Any = None,
+    model_digest: str | None = None,
 ) -> str:
     """Name cached features by everything they depend on.
 
@@ -64,6 +65,8 @@ def cache_key(
         image_size: int. Input side the images are decoded at.
         augment_pass: int, optional. Which augmented pass; None without augmentation.
         augment: optional. The augmentation; its Keras config (or repr) is hashed.
+        model_digest: str, optional. :func:`base_digest` of ``model``, when the
+            caller names several entries of one model (it hashes every weight).
 
     Returns:
         ``"<backbone>-<image size>-<sha256 hex>"``, safe as a file name.
@@ -77,17 +80,10 @@ def cache_key(
     """
     from . import data as data_module
 
-    base, entry = find_backbone(model)
+    _, entry = find_backbone(model)
     parts = [
-        entry.name,
-        _weights_digest(base),
-        _architecture_digest(base),
-        _versions(),
+        model_digest or base_digest(model),
         data_module.DECODE_METHOD,
-        tuple(base.input_shape),
-        tuple(base.output_shape),
-        base.compute_dtype,
-        json.dumps(model.get_layer(PREPROCESS_LAYER).get_config(), sort_keys=True),
         str(data_fingerprint),
         int(image_size),
         augment_pass,
@@ -98,6 +94,38 @@ def cache_key(
         digest.update(repr(part).encode())
         digest.update(b"\0")
     return f"{entry.name.lower()}-{int(image_size)}-{digest.hexdigest()}"
+
+
+def base_digest(model: keras.Model) -> str:
+    """SHA-256 of what a model's features depend on besides the data.
+
+    The backbone name, the base's weight values, its weightless settings (each
+    layer's config), the kerastl, Keras and TensorFlow versions, the base's input
+    and output shapes and compute dtype, and the preprocessing layer's config.
+
+    Example:
+        >>> import kerastl
+        >>> from kerastl.feature_cache import base_digest
+        >>> model = kerastl.build_model("VGG16", 2, input_shape=32, weights=None)
+        >>> len(base_digest(model))
+        64
+    """
+    base, entry = find_backbone(model)
+    parts = [
+        entry.name,
+        _weights_digest(base),
+        _architecture_digest(base),
+        _versions(),
+        tuple(base.input_shape),
+        tuple(base.output_shape),
+        base.compute_dtype,
+        json.dumps(model.get_layer(PREPROCESS_LAYER).get_config(), sort_keys=True),
+    ]
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(repr(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _weights_digest(base: keras.Model) -> str:

@@ -230,6 +230,15 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
     return rgb
 
 
+def square_pixels(rgb: Image.Image, size: int) -> np.ndarray:
+    """An RGB image resized to ``size`` x ``size`` (bilinear) as uint8 pixels.
+
+    Training's resize (:data:`kerastl.data.DECODE_METHOD`), written once for the
+    doctor's check and for training.
+    """
+    return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
 def inspect_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageCheck:
     """Check one file the way training will decode it, and note any conversion.
 
@@ -255,7 +264,7 @@ def inspect_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXE
         return _inspect(os.fspath(path), max_pixels)
 
 
-def _inspect(path: str, max_pixels: int) -> ImageCheck:
+def _inspect(path: str, max_pixels: int, pixels_out: np.ndarray | None = None) -> ImageCheck:
     check = ImageCheck(path=path)
     extension = Path(path).suffix.lower()
     reason = _unreadable_reason(path, extension)
@@ -273,7 +282,10 @@ def _inspect(path: str, max_pixels: int) -> ImageCheck:
                     f"{image.format} data named {extension} (still usable; rename it to {better})"
                 )
             image.load()
-            check.notes += _to_rgb(image)[1]
+            rgb, notes = _to_rgb(image)
+            check.notes += notes
+            if pixels_out is not None:
+                pixels_out[...] = square_pixels(rgb, pixels_out.shape[0])
     except Image.DecompressionBombError:
         return _refuse(
             check,
@@ -325,7 +337,8 @@ def _not_an_image(path: str, extension: str) -> str:
     return f"not an image: the {extension} file holds {what}; delete it or replace it"
 
 
-def find_bad_files(paths: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, str]:
+def find_bad_files(paths: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   decode_into: np.ndarray | None = None) -> dict[str, str]:
     """Pre-flight check: every file training could not decode, with the reason.
 
     Files are decoded in parallel threads (PIL releases the GIL while decoding).
@@ -333,6 +346,9 @@ def find_bad_files(paths: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
     Args:
         paths: sequence of str. Files to check.
         max_pixels: int. See :func:`inspect_image`.
+        decode_into: uint8 array ``(len(paths), size, size, 3)``, optional. Row ``i``
+            receives file ``i`` as training decodes it (:func:`square_pixels`): the
+            check decodes every file anyway, so training need not read it again.
 
     Returns:
         dict. Path -> one-line reason, in the order of ``paths``; empty when all are fine.
@@ -341,14 +357,22 @@ def find_bad_files(paths: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
         >>> find_bad_files(["cats/1.jpg", "cats/notes.txt"])  # doctest: +SKIP
         {'cats/notes.txt': "unsupported file type '.txt': ..."}
     """
-    checks = inspect_all(paths, max_pixels)
+    checks = inspect_all(paths, max_pixels, decode_into=decode_into)
     return {check.path: check.reason for check in checks if not check.ok}
 
 
-def inspect_all(paths: Sequence[str], max_pixels: int = DEFAULT_MAX_PIXELS) -> list[ImageCheck]:
-    """:func:`inspect_image` of every path, in parallel threads, in order."""
+def inspect_all(paths: Sequence[str], max_pixels: int = DEFAULT_MAX_PIXELS, *,
+                decode_into: np.ndarray | None = None) -> list[ImageCheck]:
+    """:func:`inspect_image` of every path, in parallel threads, in order.
+
+    ``decode_into`` as in :func:`find_bad_files`.
+    """
+    def inspect(index: int) -> ImageCheck:
+        row = None if decode_into is None else decode_into[index]
+        return _inspect(os.fspath(paths[index]), max_pixels, row)
+
     # The strict-decoding switches are process-wide, so they wrap the whole pool.
     with _strict_decoding(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda path: _inspect(os.fspath(path), max_pixels), paths))
+        return list(pool.map(inspect, range(len(paths))))
 
 

@@ -116,9 +116,19 @@ def fit(
     state, resume_from = _resume_state(run.resume_point, log)
     writer = tf.summary.create_file_writer(str(inside_output(out, "tensorboard")))
     served: list[PhaseData] = []  # what each phase trained on, in order
-    state = trainer.run(config.phases, lambda p: _remember(served, run.data_for_phase(p)),
-                        state, resume_from, on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
+    data_seconds: list[float] = []
+    epochs_before = len(state.history)  # a resumed run's earlier epochs ran elsewhere
+
+    def data_for_phase(phase: Phase) -> PhaseData:
+        started = time.perf_counter()
+        served.append(run.data_for_phase(phase))
+        data_seconds.append(time.perf_counter() - started)
+        return served[-1]
+
+    state = trainer.run(config.phases, data_for_phase, state, resume_from,
+                        on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
     clock.lap("train")
+    clock.split("train", _train_parts(data_seconds, state.history[epochs_before:]))
     metrics = _final_outputs(out, config, run.runtime, run.model, run.splits, state,
                              run.notes, clock, log,
                              cached=_cached_evaluation(config, run.splits, state, served))
@@ -232,7 +242,7 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
     if splits is None:
         splits = load_splits(config.data, val_dir=config.val_data, test_dir=config.test_data,
                              val_split=config.val_split, seed=config.seed,
-                             on_bad_file=config.on_bad_file)
+                             on_bad_file=config.on_bad_file, image_size=config.image_size)
     clock.lap("load_data")
     log(runtime.describe())
     notes: list[str] = list(splits.notes)
@@ -278,6 +288,7 @@ class Stopwatch:
         self.started = time.perf_counter()
         self.before_fit = _seconds_since_process_start()
         self.laps: dict[str, float] = {}
+        self.parts: dict[str, dict[str, float]] = {}
         self._last = self.started
 
     def lap(self, name: str) -> None:
@@ -287,6 +298,12 @@ class Stopwatch:
 
     def total(self) -> float:
         return time.perf_counter() - self.started
+
+    def split(self, lap: str, parts: dict[str, float]) -> None:
+        """Record what lap ``lap`` was made of; the unnamed rest is ``other``."""
+        parts = {name: round(seconds, 3) for name, seconds in parts.items()}
+        parts["other"] = round(self.laps[lap] - sum(parts.values()), 3)
+        self.parts[lap] = parts
 
     def breakdown(self) -> dict[str, float | None]:
         return {"before_fit": None if self.before_fit is None else round(self.before_fit, 3),
@@ -541,9 +558,21 @@ def _epoch_outputs(out: Path, state: TrainState, writer) -> None:
     writer.flush()
 
 
-def _remember(served: list, data: PhaseData) -> PhaseData:
-    served.append(data)
-    return data
+def _train_parts(data_seconds: list[float], epochs: list[dict]) -> dict[str, float]:
+    """Where the training time went: what ``run.json`` breaks ``train`` into.
+
+    ``phase_data`` builds what each phase trains on (a cached phase's feature
+    extraction); ``first_epochs`` are each phase's first epoch, which traces the
+    step; ``epochs`` the rest.
+    """
+    first, later, seen = 0.0, 0.0, set()
+    for row in epochs:
+        if row["phase"] in seen:
+            later += row.get("seconds", 0.0)
+        else:
+            seen.add(row["phase"])
+            first += row.get("seconds", 0.0)
+    return {"phase_data": sum(data_seconds), "first_epochs": first, "epochs": later}
 
 
 def _cached_evaluation(config: RunConfig, splits, state: TrainState, served: list):
@@ -661,6 +690,7 @@ def _run_facts(config, runtime, model, state, notes, clock, splits) -> dict:
         "runtime": runtime.describe(),
         "seconds": round(clock.total(), 2),
         "seconds_breakdown": clock.breakdown(),
+        "train_breakdown": clock.parts.get("train"),
         "epochs": state.epoch,
         "examples": {"train": len(splits.train), "val": len(splits.val or []),
                      "test": len(splits.test or [])},

@@ -11,6 +11,7 @@ from kerastl.checkpoints import (
     TrainState,
     latest_readable_state,
     list_checkpoints,
+    read_best_weights,
     restore_weights,
     save_checkpoint,
 )
@@ -58,6 +59,33 @@ def test_a_truncated_file_falls_back_to_the_previous_checkpoint(two_checkpoints,
     optimizer.build(model.trainable_variables)
     restore_weights(checkpoint, model, optimizer)  # what a resume does next
     assert int(optimizer.iterations) == 1
+
+
+# ------------------------------------------------------------------ best weights
+def test_best_weights_round_trip_and_a_shared_array_is_written_once(tmp_path):
+    model = _tiny_model()
+    frozen = np.arange(1000, dtype=np.float32)  # e.g. a frozen base, shared by snapshots
+    run_best, phase_best = [frozen, np.ones(3, np.float32)], [frozen, np.zeros(3, np.float32)]
+    path = save_checkpoint(tmp_path / "shared", model, None, TrainState(epoch=3),
+                           best={"best": run_best, "phase_best": phase_best})
+    single = save_checkpoint(tmp_path / "single", model, None, TrainState(epoch=3),
+                             best={"best": run_best})
+    saved = read_best_weights(path)
+    assert sorted(saved) == ["best", "phase_best"]
+    for key, expected in (("best", run_best), ("phase_best", phase_best)):
+        for got, want in zip(saved[key], expected, strict=True):
+            np.testing.assert_array_equal(got, want)
+    extra = (path / "best.npz").stat().st_size - (single / "best.npz").stat().st_size
+    assert extra < frozen.nbytes  # the second list added its own array, not the frozen one
+
+
+def test_best_weights_of_the_earlier_format_still_read(tmp_path):
+    with open(tmp_path / "best.npz", "wb") as handle:  # one entry per array, by key
+        np.savez(handle, **{"best/0000": np.ones(2), "best/0001": np.zeros(3),
+                            "phase_best/0000": np.full(2, 5.0)})
+    saved = read_best_weights(tmp_path)
+    assert [w.shape for w in saved["best"]] == [(2,), (3,)]
+    np.testing.assert_array_equal(saved["phase_best"][0], [5.0, 5.0])
 
 
 # ------------------------------------------------------------------ precision change

@@ -81,6 +81,28 @@ def test_bad_files_are_skipped_and_recorded(folder):
     assert images.shape == (5, 16, 16, 3)
 
 
+def _pixels(data: ImageData, size: int) -> np.ndarray:
+    return np.concatenate([x.numpy() for x, _ in data.batches(size, 2)])
+
+
+@pytest.mark.parametrize("bad_files", [False, True])
+def test_the_check_keeps_images_decoded_so_training_reads_no_file_again(folder, bad_files):
+    # The doctor's check decodes every file; with image_size it keeps them, and the
+    # splits carry them: training at that size decodes nothing a second time.
+    if bad_files:
+        make_bad_files(folder / "a")  # skipped files must not shift the kept pixels
+    for i in range(3, 6):
+        save_rgb(folder / "b" / f"{i}.png", seed=20 + i)
+    plain = from_folder(folder, on_bad_file="skip")
+    decoded = dict(zip(plain.files, _pixels(plain, 16), strict=True))
+    splits = load_splits(folder, val_split=0.4, seed=0, on_bad_file="skip", image_size=16)
+    for path in list(folder.rglob("*")):
+        if path.is_file():
+            path.unlink()  # nothing left to read
+    for part in (splits.train, splits.val):
+        np.testing.assert_array_equal(_pixels(part, 16), [decoded[f] for f in part.files])
+
+
 def test_empty_class_folder_is_an_error_naming_it(folder):
     (folder / "c").mkdir()
     with pytest.raises(DataError, match=str(folder / "c")):

@@ -58,6 +58,12 @@ def test_bn_policy_train_with_the_feature_cache_trains_both_phases(tmp_path):
                  splits=_digits_splits())
     assert [row["phase"] for row in result.history] == ["head", "finetune"]
     assert any("cached base features" in note for note in result.notes)
+    # run.json says where the training time went, in parts that add up to it.
+    facts = json.loads((result.output_dir / "run.json").read_text())
+    parts = facts["train_breakdown"]
+    assert set(parts) == {"phase_data", "first_epochs", "epochs", "other"}
+    assert parts["phase_data"] > 0 and parts["first_epochs"] > 0  # extraction, tracing
+    assert sum(parts.values()) == pytest.approx(facts["seconds_breakdown"]["train"], abs=0.01)
 
 
 def test_dropout_inside_the_base_falls_back_to_image_batches_and_says_why(tmp_path):
@@ -187,6 +193,9 @@ def test_a_phase_ends_on_its_best_weights_and_its_checkpoint_says_it_is_finished
         fit(crashed, splits=splits, callbacks=[_CrashAfter(4)])  # first epoch of "second"
     checkpoint, state = latest_readable_state(tmp_path / "crashed" / "checkpoints")
     assert (state.phase_index, state.phase_epoch, state.epoch) == (1, 0, 3)
+    # The phase ended on epoch 1's weights: the checkpoint's own weights are the best
+    # ones, so it carries no second copy of them.
+    assert not (checkpoint / "best.npz").exists()
     first = [row for row in straight.history if row["phase"] == "first"]
     assert state.best["epoch"] == 1 and first[0]["val_accuracy"] > first[-1]["val_accuracy"]
     resumed = fit(kerastl.RunConfig(output=crashed.output, resume=True, verbose=0),
