@@ -181,6 +181,11 @@ class RunConfig:
                                    "trains, each block learns at F times the rate of the "
                                    "block above it (1: one rate)", group="optimisation",
                                    metavar="F")
+    anchor_decay: float = option(0.0, "L2-SP: while the base trains from pretrained "
+                                 "weights, decay toward the weights the phase started "
+                                 "from instead of toward zero, at lr * F (replaces "
+                                 "--weight-decay there; 0: off)", group="optimisation",
+                                 metavar="F")
     prune: float | None = option(None, "magnitude pruning: after training, one more phase "
                                  "as long as the last one that trains the base prunes it "
                                  "to this share of zero weights (polynomial schedule; "
@@ -433,6 +438,7 @@ def _validate(config: RunConfig) -> None:
     _number("weight_decay", config.weight_decay, low=0.0)
     _number("momentum", config.momentum, low=0.0, high=1.0, high_open=True)
     _number("block_lr_decay", config.block_lr_decay, low=0.0, high=1.0, low_open=True)
+    _number("anchor_decay", config.anchor_decay, low=0.0)
     _number("checkpoint_interval", config.checkpoint_interval, low=0.0)
     if config.prune is not None:
         _number("prune", config.prune, low=0.0, high=1.0, low_open=True, high_open=True)

@@ -69,6 +69,7 @@ def make_optimizer(
     weight_decay: float = 0.0,
     momentum: float = 0.9,
     lr_multipliers: Mapping[str, float] | None = None,
+    anchor_decay: float = 0.0,
 ) -> keras.optimizers.Optimizer:
     """Adam, AdamW (decoupled weight decay) or SGD with momentum.
 
@@ -80,21 +81,37 @@ def make_optimizer(
         lr_multipliers: mapping of variable path to factor, optional. Variables
             listed update at ``learning_rate * factor`` (see :func:`block_lr_multipliers`);
             others at ``learning_rate``.
+        anchor_decay: float. Decoupled decay toward the values the variables have
+            when the optimizer is built (L2-SP): after each update
+            ``w -= lr * anchor_decay * (w - w_built)``. It replaces ``weight_decay``
+            (decay toward zero). Defaults to 0 (off).
 
     Returns:
         A Keras optimizer (not built).
+
+    Example:
+        >>> opt = make_optimizer("adamw", 1e-3, anchor_decay=3.0)
+        >>> opt.anchor_decay, float(opt.weight_decay or 0.0)
+        (3.0, 0.0)
     """
     classes = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
                "sgd": keras.optimizers.SGD}
     if name not in classes:
         raise ConfigError(f"optimizer must be one of {OPTIMIZERS}; received optimizer={name!r}.")
+    if anchor_decay < 0:
+        raise ConfigError(f"anchor_decay must be >= 0; received {anchor_decay!r}.")
+    if anchor_decay:
+        weight_decay = 0.0
     kwargs = {"adam": {}, "adamw": {"weight_decay": weight_decay},
               "sgd": {"momentum": momentum, "nesterov": True,
                       "weight_decay": weight_decay or None}}[name]
-    if not lr_multipliers:
-        return classes[name](learning_rate, **kwargs)
-    optimizer = _with_multipliers(classes[name])(learning_rate, **kwargs)
-    optimizer.lr_multipliers = dict(lr_multipliers)
+    mixins = ((_PerVariableRates,) if lr_multipliers else ()) + \
+        ((_Anchored,) if anchor_decay else ())
+    optimizer = _with_mixins(classes[name], mixins)(learning_rate, **kwargs)
+    if lr_multipliers:
+        optimizer.lr_multipliers = dict(lr_multipliers)
+    if anchor_decay:
+        optimizer.anchor_decay = float(anchor_decay)
     return optimizer
 
 
@@ -119,13 +136,44 @@ class _PerVariableRates:
         return super().update_step(gradient, variable, learning_rate)
 
 
-_SCALED_CLASSES: dict[type, type] = {}
+class _Anchored:
+    """Mixin: L2-SP, decay toward the weights the optimizer was built on.
+
+    Why (Li, Grandvalet and Davoine, 2018, "Explicit inductive bias for transfer
+    learning"): decay toward zero pulls a pretrained base away from what it learned,
+    and on a few labelled images nothing else holds it near. The anchors are
+    optimizer variables, so a checkpoint keeps them and a resumed phase decays
+    toward the same weights. After :class:`_PerVariableRates` in the MRO, it sees
+    each variable's scaled rate.
+    """
+
+    anchor_decay: float = 0.0
+
+    def build(self, variables):
+        super().build(variables)
+        self._anchors = {}
+        for variable in variables:
+            anchor = self.add_variable_from_reference(variable, "anchor")
+            anchor.assign(variable)
+            self._anchors[self._var_key(variable)] = anchor
+
+    def update_step(self, gradient, variable, learning_rate):
+        super().update_step(gradient, variable, learning_rate)
+        anchor = self._anchors[self._var_key(variable)]
+        rate = keras.ops.cast(learning_rate, variable.dtype) * self.anchor_decay
+        self.assign_sub(variable, (variable - anchor) * rate)
 
 
-def _with_multipliers(cls: type) -> type:
-    if cls not in _SCALED_CLASSES:
-        _SCALED_CLASSES[cls] = type(cls.__name__, (_PerVariableRates, cls), {})
-    return _SCALED_CLASSES[cls]
+_MIXED_CLASSES: dict[tuple[type, tuple[type, ...]], type] = {}
+
+
+def _with_mixins(cls: type, mixins: tuple[type, ...]) -> type:
+    if not mixins:
+        return cls
+    key = (cls, mixins)
+    if key not in _MIXED_CLASSES:
+        _MIXED_CLASSES[key] = type(cls.__name__, (*mixins, cls), {})
+    return _MIXED_CLASSES[key]
 
 
 def block_lr_multipliers(model: keras.Model, decay: float) -> dict[str, float]:

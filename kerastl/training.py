@@ -363,6 +363,9 @@ class Trainer:
         block_lr_decay: float. In phases that train the base from pretrained weights,
             each block below the top learns at this factor of the one above it
             (1.0: one learning rate for every layer).
+        anchor_decay: float. In those phases, decay toward the weights the phase
+            starts from instead of toward zero (L2-SP; see
+            :func:`kerastl.optimizers.make_optimizer`). 0.0: off.
         callbacks: sequence of keras callbacks. Receive the usual epoch hooks.
         checkpoint_dir: path, optional. Where epoch checkpoints go (chief only).
         checkpoint_interval: float. Seconds between checkpoints within a phase (the
@@ -400,6 +403,7 @@ class Trainer:
         early_stopping: int | None = None,
         keep: str = "best",
         block_lr_decay: float = 1.0,
+        anchor_decay: float = 0.0,
         callbacks: Sequence[keras.callbacks.Callback] = (),
         checkpoint_dir: str | Path | None = None,
         checkpoint_interval: float = 0.0,
@@ -432,6 +436,7 @@ class Trainer:
         self.early_stopping = early_stopping
         self.keep = keep
         self.block_lr_decay = float(block_lr_decay)
+        self.anchor_decay = float(anchor_decay)
         self.callbacks = list(callbacks)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.checkpoint_interval = float(checkpoint_interval)
@@ -534,14 +539,16 @@ class Trainer:
         total = phase.epochs * data.steps_per_epoch
         warmup = int(self.warmup_fraction * total)
         multipliers = None
-        if phase.mode in ("finetune", "full") and self.block_lr_decay < 1.0:
+        trains_base = phase.mode in ("finetune", "full")
+        if trains_base and self.block_lr_decay < 1.0:
             multipliers = block_lr_multipliers(self.model, self.block_lr_decay)
         lr = phase.lr if isinstance(phase.lr, (int, float)) else 1e-3  # "auto": found next
         with self.strategy.scope():
             schedule = make_schedule(schedule_kind, lr, total, warmup)
             optimizer = make_optimizer(self.optimizer_name, schedule,
                                        weight_decay=self.weight_decay, momentum=self.momentum,
-                                       lr_multipliers=multipliers)
+                                       lr_multipliers=multipliers,
+                                       anchor_decay=self.anchor_decay if trains_base else 0.0)
             if self.wrap_optimizer is not None:
                 optimizer = self.wrap_optimizer(optimizer)
             optimizer.build(data.model.trainable_variables)

@@ -68,3 +68,60 @@ def test_decay_outside_zero_one_is_refused():
         block_lr_multipliers(_vgg(), 1.5)
     with pytest.raises(kerastl.ConfigError, match="block_lr_decay"):
         kerastl.RunConfig(block_lr_decay=0).resolve()
+
+
+# ------------------------------------------------------------------ L2-SP
+def _drifted(optimizer, start: float = 1.0, drift: float = 3.0) -> keras.Variable:
+    """A variable the optimizer was built on at ``start``, then moved to ``drift``."""
+    variable = keras.Variable(np.full(3, start, np.float32))
+    optimizer.build([variable])
+    variable.assign(np.full(3, drift, np.float32))
+    return variable
+
+
+def test_anchor_decay_pulls_toward_the_built_weights_not_toward_zero():
+    anchored = make_optimizer("sgd", 0.1, momentum=0.0, weight_decay=0.5, anchor_decay=2.0)
+    variable = _drifted(anchored)
+    anchored.apply_gradients([(tf.zeros(3), variable)])
+    # w - lr * F * (w - w_built) = 3 - 0.1 * 2 * (3 - 1); no decay toward zero.
+    np.testing.assert_allclose(np.asarray(variable), 2.6, rtol=1e-6)
+    plain = make_optimizer("sgd", 0.1, momentum=0.0, weight_decay=0.5)
+    variable = _drifted(plain)
+    plain.apply_gradients([(tf.zeros(3), variable)])
+    np.testing.assert_allclose(np.asarray(variable), 3 - 0.1 * 0.5 * 3, rtol=1e-6)
+
+
+def test_anchor_decay_uses_each_variables_discriminative_rate():
+    variable = keras.Variable(np.full(3, 1.0, np.float32))
+    optimizer = make_optimizer("sgd", 0.1, momentum=0.0, anchor_decay=2.0,
+                               lr_multipliers={variable.path: 0.5})
+    optimizer.build([variable])
+    variable.assign(np.full(3, 3.0, np.float32))
+    optimizer.apply_gradients([(tf.zeros(3), variable)])
+    np.testing.assert_allclose(np.asarray(variable), 3 - 0.05 * 2 * 2, rtol=1e-6)
+
+
+def test_anchors_are_checkpointed_so_a_resumed_phase_decays_toward_the_same_weights(tmp_path):
+    from kerastl.checkpoints import TrainState, restore_weights, save_checkpoint
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(inputs))
+    first = make_optimizer("adamw", 1e-2, anchor_decay=3.0)
+    first.build(model.trainable_variables)
+    built = [np.asarray(v).copy() for v in model.trainable_variables]
+    for variable in model.trainable_variables:
+        variable.assign(variable + 1.0)  # training moved the weights
+    path = save_checkpoint(tmp_path, model, first, TrainState(epoch=1, phase_epoch=1))
+    again = make_optimizer("adamw", 1e-2, anchor_decay=3.0)
+    again.build(model.trainable_variables)  # a resumed process builds on the moved weights
+    restore_weights(path, model, again)
+    anchors = [np.asarray(again._anchors[again._var_key(v)]) for v in model.trainable_variables]
+    for anchor, expected in zip(anchors, built, strict=True):
+        np.testing.assert_array_equal(anchor, expected)
+
+
+def test_negative_anchor_decay_is_refused():
+    with pytest.raises(kerastl.ConfigError, match="anchor_decay"):
+        make_optimizer("adamw", 1e-3, anchor_decay=-1.0)
+    with pytest.raises(kerastl.ConfigError, match="anchor_decay"):
+        kerastl.RunConfig(anchor_decay=-0.5).resolve()

@@ -213,3 +213,37 @@ def test_without_held_out_data_the_run_keeps_its_last_epoch_and_says_so(tmp_path
     assert result.metrics["evaluated_on"].startswith("training")
     assert any("last epoch" in note for note in result.notes)
     assert "val_accuracy" not in result.history[-1]
+
+
+# ------------------------------------------------------------------ L2-SP
+class _BaseAtStart(keras.callbacks.Callback):
+    """The base's weights when training begins (the pretrained ones)."""
+
+    weights = None
+
+    def on_train_begin(self, logs=None):
+        from kerastl.freezing import find_backbone
+
+        if self.weights is None:
+            self.weights = [w.numpy() for w in find_backbone(self.model)[0].weights]
+
+
+@pytest.mark.parametrize("anchor_decay", [0.0, 100.0])
+def test_anchor_decay_holds_a_fine_tuned_base_at_its_pretrained_weights(tmp_path, anchor_decay):
+    # lr * F = 1: each step returns the unfrozen blocks to where the phase started;
+    # the head phase before it (base frozen) trains as usual.
+    from kerastl.freezing import find_backbone
+
+    start = _BaseAtStart()
+    result = fit(_config(tmp_path, f"a{anchor_decay:g}", **_source(), mode="finetune",
+                         epochs=2, head_epochs=1, unfreeze_blocks=1, optimizer="sgd",
+                         schedule="constant", lr=0.1, finetune_lr_factor=0.1,
+                         anchor_decay=anchor_decay),
+                 splits=_digits_splits(), callbacks=[start])
+    end = [w.numpy() for w in find_backbone(result.model)[0].weights]
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(start.weights, end, strict=True))
+    if anchor_decay:
+        assert moved < 1e-5
+    else:
+        assert moved > 1e-4  # the control: without it the top block does move
+    assert result.config.anchor_decay == anchor_decay
