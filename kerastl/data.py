@@ -346,7 +346,8 @@ def from_folder(
             leaves them out and records them in ``ImageData.skipped``.
         image_size: int, optional. The check decodes every file; with a size it
             keeps them decoded at that size, so training at that size reads no file
-            (uint8, ``size * size * 3`` bytes an image). Defaults to None.
+            (uint8, ``size * size * 3`` bytes an image, up to
+            :data:`KEEP_DECODED_BYTES` in all). Defaults to None.
 
     Returns:
         An :class:`ImageData` of file paths and integer labels.
@@ -368,10 +369,7 @@ def from_folder(
     _check_no_empty_class(scan.root, names, [len(scan.class_files[name]) for name in names])
     files = [file for name in names for file in scan.class_files[name]]
     labels = [label for label, name in enumerate(names) for _ in scan.class_files[name]]
-    if image_size is not None:
-        _check_positive(image_size=image_size)
-    pixels = (None if image_size is None
-              else np.zeros((len(files), image_size, image_size, 3), np.uint8))
+    pixels = _kept_pixels_store(len(files), image_size)
     bad = find_bad_files(files, decode_into=pixels)
     if bad and on_bad_file == "error":
         raise DataError(_bad_files_message(scan.root, bad))
@@ -381,8 +379,25 @@ def from_folder(
     _check_no_empty_class(scan.root, names, np.bincount(labels, minlength=len(names)))
     data = ImageData(class_names=names, labels=labels, files=files, skipped=bad)
     if pixels is not None:
-        data._pixels[image_size] = (pixels[keep] if bad else pixels, np.ones(len(files), bool))
+        for row, kept in enumerate(keep):  # in place: rows only move up
+            pixels[row] = pixels[kept]
+        data._pixels[image_size] = (pixels[:len(keep)], np.ones(len(keep), bool))
     return data
+
+
+# Largest set of images from_folder keeps decoded while checking them (uint8 pixels).
+# Splitting a folder copies its pixels into the parts once, so a set this size may
+# briefly take twice this memory; larger sets are decoded during the first epoch.
+KEEP_DECODED_BYTES = 2 * 1024**3
+
+
+def _kept_pixels_store(count: int, image_size: int | None) -> np.ndarray | None:
+    if image_size is None:
+        return None
+    _check_positive(image_size=image_size)
+    if count * image_size * image_size * 3 > KEEP_DECODED_BYTES:
+        return None
+    return np.zeros((count, image_size, image_size, 3), np.uint8)
 
 
 def _resolve_classes(root: str, found: list[str], expected: Sequence[str] | None) -> list[str]:

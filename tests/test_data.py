@@ -103,6 +103,15 @@ def test_the_check_keeps_images_decoded_so_training_reads_no_file_again(folder, 
         np.testing.assert_array_equal(_pixels(part, 16), [decoded[f] for f in part.files])
 
 
+def test_sets_over_the_memory_budget_are_decoded_during_training_instead(folder, monkeypatch):
+    import kerastl.data
+
+    monkeypatch.setattr(kerastl.data, "KEEP_DECODED_BYTES", 5 * 16 * 16 * 3 - 1)
+    data = from_folder(folder, image_size=16)  # 5 images: one byte over
+    assert not data._pixels
+    np.testing.assert_array_equal(_pixels(data, 16), _pixels(from_folder(folder), 16))
+
+
 def test_empty_class_folder_is_an_error_naming_it(folder):
     (folder / "c").mkdir()
     with pytest.raises(DataError, match=str(folder / "c")):
