@@ -31,7 +31,9 @@ KEEP = 2
 _PREFIX = "epoch-"
 MODEL_WEIGHTS_FILE = "model.weights.h5"
 BEST_WEIGHTS_FILE = "best.npz"
-_ARRAY, _INDEX = "array/", "index/"  # best.npz: distinct arrays, and each list's indices
+# best.npz entries: the distinct arrays, and each weight list as indices into them.
+_ARRAY = "array/"
+_INDEX = "index/"
 
 
 @dataclass
