@@ -199,8 +199,12 @@ def restore_weights(checkpoint: Path, model: keras.Model, optimizer: Any) -> Non
         states = [seeds[key] for key in sorted(seeds)]
         for variable, value in zip(_seed_states(model), states, strict=True):
             variable.assign(value)
-    if optimizer is None:
-        return
+    if optimizer is not None:
+        restore_optimizer(checkpoint, optimizer)
+
+
+def restore_optimizer(checkpoint: Path, optimizer: Any) -> None:
+    """Load a checkpoint's optimizer variables, matched by name as in :func:`restore_weights`."""
     saved = _read_npz(checkpoint / "optimizer.npz")
     names = saved.pop(_NAMES, None)
     values = [saved[key] for key in sorted(saved)]

@@ -381,10 +381,9 @@ def from_folder(
     # Skipping may leave a class with nothing in it.
     _check_no_empty_class(scan.root, names, np.bincount(labels, minlength=len(names)))
     data = ImageData(class_names=names, labels=labels, files=files, skipped=bad)
-    if pixels is not None:
-        for row, kept in enumerate(keep):  # in place: rows only move up
-            pixels[row] = pixels[kept]
-        data._pixels[image_size] = (pixels[:len(keep)], np.ones(len(keep), bool), None)
+    if pixels is not None:  # a skipped file's row is simply never read
+        data._pixels[image_size] = (pixels, np.ones(len(pixels), bool),
+                                    np.asarray(keep, np.int64) if bad else None)
     return data
 
 

@@ -89,11 +89,7 @@ def cache_key(
         augment_pass,
         _augment_description(augment),
     ]
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(repr(part).encode())
-        digest.update(b"\0")
-    return f"{entry.name.lower()}-{int(image_size)}-{digest.hexdigest()}"
+    return f"{entry.name.lower()}-{int(image_size)}-{_sha256_of(parts)}"
 
 
 def base_digest(model: keras.Model) -> str:
@@ -121,6 +117,11 @@ def base_digest(model: keras.Model) -> str:
         base.compute_dtype,
         json.dumps(model.get_layer(PREPROCESS_LAYER).get_config(), sort_keys=True),
     ]
+    return _sha256_of(parts)
+
+
+def _sha256_of(parts: list[Any]) -> str:
+    """SHA-256 hex of each part's ``repr``, NUL-separated."""
     digest = hashlib.sha256()
     for part in parts:
         digest.update(repr(part).encode())

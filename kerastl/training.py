@@ -34,6 +34,7 @@ from .checkpoints import (
     MODEL_WEIGHTS_FILE,
     TrainState,
     read_best_weights,
+    restore_optimizer,
     restore_weights,
     save_checkpoint,
 )
@@ -575,7 +576,7 @@ class Trainer:
             # Mid-phase, the optimizer's state too. A checkpoint taken at a phase
             # boundary holds the previous phase's optimizer: this one starts fresh.
             if state.phase_epoch > 0:
-                restore_weights(resume_from, self.model, self.optimizer)
+                restore_optimizer(resume_from, self.optimizer)
             self._reset_constant_lr(phase)
         for hook in self.step_hooks:
             hook.on_phase_begin(self, phase, index, state)
