@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from .blend import BLEND_CHOICES
 from .data import AUGMENTATIONS, BAD_FILE_POLICIES
 from .errors import ConfigError, check_int
 from .features import FEATURE_CACHE_MODES
@@ -126,6 +127,11 @@ class RunConfig:
                             group="model", choices=HEAD_NORMS)
     task: str = option("multiclass", "one class per image, two classes with one sigmoid, or "
                        "several labels per image", group="model", choices=TASKS)
+    pixel_blend: str = option("auto", "add a logistic regression on the pooled input "
+                              "pixels to the trained network's logits (one Keras model); "
+                              "with validation data its strength and weight are chosen on "
+                              "it, weight 0 included (auto: with --mode auto, without "
+                              "--prune)", group="model", choices=BLEND_CHOICES)
     # regime
     # Defaults chosen on the transfer suite's validation images (benchmarks/
     # transfer_suite.py, ten tasks), never on test images: see recipes.py.

@@ -88,7 +88,7 @@ def fit_probe(head: keras.Model, features: np.ndarray, labels: np.ndarray, *, ta
     with single_threaded_blas():
         fitted = [_fit_logistic(standardised, y, weights, seed) for y in columns]
     dense = head.get_layer(PREDICTIONS_LAYER)
-    kernel, bias = _kernel_and_bias(fitted, task, len(mean), int(dense.units))
+    kernel, bias = logistic_kernel_and_bias(fitted, task, len(mean), int(dense.units))
     scale = _logit_scale(standardised @ kernel + bias, labels, task, label_smoothing)
     kernel, bias = kernel * scale, bias * scale
     # Fold the standardisation in: w.(x - m)/s + b = (w/s).x + (b - (w/s).m).
@@ -183,8 +183,15 @@ def _fit_logistic(x: np.ndarray, y: np.ndarray, class_weight, seed: int) -> dict
             "train_accuracy": float(final.score(x, y))}
 
 
-def _kernel_and_bias(fitted: list[dict], task: str, width: int,
-                     outputs: int) -> tuple[np.ndarray, np.ndarray]:
+def logistic_kernel_and_bias(fitted: list[dict], task: str, width: int,
+                             outputs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel ``(width, outputs)`` and bias of scikit-learn logistic regressions.
+
+    ``fitted`` holds one ``{"model": LogisticRegression}`` per output column for
+    ``multilabel`` and one in all for ``multiclass``/``binary``, as this module and
+    :mod:`kerastl.blend` fit them; the result is what a Dense ``predictions`` layer
+    of that task computes before its activation.
+    """
     if task == "multilabel":
         columns = [_binary_weights(f["model"], width) for f in fitted]
         return np.stack([c[0] for c in columns], axis=1), np.array([c[1] for c in columns])

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf  # noqa: E402
 
 from . import _backend  # noqa: F401
+from .blend import blend_applies, blended_model, choose_blend
 from .checkpoints import TrainState, latest_readable_state, list_checkpoints
 from .config import RESUME_OVERRIDES, RunConfig, load_yaml
 from .data import DataSplits
@@ -40,7 +41,13 @@ from .outputs import (
 )
 from .pruning import pruning_hooks, write_pruning_report
 from .recipes import Phase, plan_phases
-from .training import PhaseData, Trainer, class_weights_for, evaluation_losses, predict
+from .training import (
+    PhaseData,
+    Trainer,
+    class_weights_for,
+    evaluation_losses,
+    predict,
+)
 
 OUTPUT_FILES = ("model.keras", "backbone.weights.h5", "labels.json", "config.yaml",
                 "history.csv", "metrics.json", "classification_report.txt",
@@ -129,13 +136,53 @@ def fit(
                         on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
     clock.lap("train")
     clock.split("train", _train_parts(data_seconds, state.history[epochs_before:]))
-    metrics = _final_outputs(out, config, run.runtime, run.model, run.splits, state,
-                             run.notes, clock, log,
-                             cached=_cached_evaluation(config, run.splits, state, served))
+    model, blend = _pixel_blend(config, run.runtime, run.model, run.splits, log)
+    if blend is not None:
+        clock.lap("pixel_blend")
+    cached = None if model is not run.model else _cached_evaluation(config, run.splits,
+                                                                   state, served)
+    metrics = _final_outputs(out, config, run.runtime, model, run.splits, state,
+                             run.notes, clock, log, cached=cached, blend=blend)
     if prune_hooks and run.runtime.is_chief:
-        write_pruning_report(out, prune_hooks[0], run.model, log)
-    return RunResult(out, run.model, state.history, metrics, run.splits.class_names, config,
+        write_pruning_report(out, prune_hooks[0], model, log)
+    return RunResult(out, model, state.history, metrics, run.splits.class_names, config,
                      clock.total(), run.notes)
+
+
+def _pixel_blend(config: RunConfig, runtime, model, splits, log):
+    """``--pixel-blend``: the network plus a logistic regression on its input pixels.
+
+    Returns ``(model the run ends with, facts or None)``. With validation data the
+    pixel model's C and weight are chosen on it (weight 0: the network alone);
+    without, they are the defaults chosen on the transfer suite (:mod:`kerastl.blend`).
+    """
+    wanted = config.pixel_blend == "on" or (
+        config.pixel_blend == "auto" and config.mode == "auto" and config.prune is None)
+    if not wanted:
+        return model, None
+    ok, why = blend_applies(model)
+    if not ok:
+        if config.pixel_blend == "on":
+            raise ConfigError(f"--pixel-blend on does not apply to this model: {why}.")
+        log(f"Note: no pixel blend: {why}")
+        return model, None
+    pixels, weight, facts = choose_blend(
+        model, splits.train, splits.val, image_size=config.image_size, task=config.task,
+        batch_size=runtime.global_batch, seed=config.seed)
+    facts["kept"] = weight > 0
+    shape = "x".join(map(str, facts["pixels"]))
+    if weight == 0:
+        log(f"Pixel blend not kept: no weight of the {shape} pixels validates better "
+            f"than the network alone ({facts['val_accuracy_network']:.4f})")
+        return model, facts
+    checked = (f"C {facts['C']:g}, weight {weight:g} chosen on validation: val_accuracy "
+               f"{facts['val_accuracy_network']:.4f} -> {facts['val_accuracy']:.4f}"
+               if splits.val is not None else
+               f"C {facts['C']:g}, weight {weight:g}: no validation data to choose them on")
+    log(f"Pixel blend: a logistic regression on the {shape} pooled pixels is added to "
+        f"the network's logits ({checked})")
+    with runtime.strategy.scope():
+        return blended_model(model, pixels, weight), facts
 
 
 def lr_find(
@@ -595,7 +642,7 @@ def _cached_evaluation(config: RunConfig, splits, state: TrainState, served: lis
 
 
 def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log,
-                   cached=None) -> dict:
+                   cached=None, blend=None) -> dict:
     from .reports import plot_curves, summary_text, write_evaluation, write_history_csv
     from .weights import RUN_WEIGHTS_FILE, save_base_weights
 
@@ -629,7 +676,7 @@ def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log
     clock.lap("save_outputs")
     seconds = clock.total()
     atomic_write_json(out / "run.json", _run_facts(config, runtime, model, state, notes,
-                                                   clock, splits))
+                                                   clock, splits, blend))
     best = state.best or {}
     for note in _probe_notes(config, state):
         notes.append(note)
@@ -678,7 +725,7 @@ def _probe_notes(config: RunConfig, state: TrainState) -> list[str]:
     return [f"linear probe val_accuracy {probe:.4f}; the run keeps {kept!r} at {final:.4f}"]
 
 
-def _run_facts(config, runtime, model, state, notes, clock, splits) -> dict:
+def _run_facts(config, runtime, model, state, notes, clock, splits, blend=None) -> dict:
     from . import __version__
 
     return {
@@ -698,6 +745,7 @@ def _run_facts(config, runtime, model, state, notes, clock, splits) -> dict:
         "trainable_params": count_params(model.trainable_weights),
         "total_params": count_params(model.weights),
         "best_epoch": state.best,
+        "pixel_blend": blend,
         "found_learning_rates": state.lrs,
         "notes": notes,
     }

@@ -58,6 +58,31 @@ def run_dir(tmp_path_factory) -> Path:
     return result.output_dir
 
 
+@pytest.fixture(scope="module")
+def blended_run_dir(tmp_path_factory) -> Path:
+    """A finished float32 run at 32x32 that ends with the pixel blend."""
+    root = tmp_path_factory.mktemp("blended")
+    source = source_backbone()
+    result = kerastl.fit(kerastl.RunConfig(
+        **_small_folders(root / "data"), backbone=source["backbone"],
+        backbone_kwargs=source["backbone_kwargs"], weights=source["weights"],
+        image_size=32, epochs=2, batch_size=16, augment=[], precision="float32",
+        pixel_blend="on", output=str(root / "run"), verbose=0,
+    ))
+    assert "pixel_logits" in [layer.name for layer in result.model.layers]
+    return result.output_dir
+
+
+@pytest.mark.parametrize("format,quantize", [("savedmodel", "none"), ("litert", "int8"),
+                                             ("onnx", "none")])
+def test_a_blended_run_exports_and_agrees_with_keras(blended_run_dir, format, quantize):
+    # int8 quantizes each tensor with one scale: the pixels ([0, 255]) must not share
+    # a tensor with the network's features (a concatenated blend agreed on 42 %).
+    _needs(format)
+    report = kerastl.export(blended_run_dir, format, quantize, calibration_images=24, **FAST)
+    assert report.agreement >= (0.9 if quantize == "int8" else 1.0)
+
+
 def test_pruned_run_writes_its_sparsity_and_a_plain_keras_model(run_dir):
     report = json.loads((run_dir / "pruning.json").read_text())
     assert report["sparsity"] == pytest.approx(0.5, abs=0.01)

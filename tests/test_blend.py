@@ -1,0 +1,183 @@
+"""The pixel blend: a logistic regression on the pixels joined to the network's logits."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+
+import kerastl
+from kerastl.blend import (
+    PIXEL_C,
+    PIXEL_WEIGHT,
+    blend_applies,
+    blend_pixels,
+    blended_model,
+    choose_weight,
+    fit_pixel_model,
+)
+from kerastl.run import fit
+
+from .conftest import source_backbone
+
+
+def _digits(n: int, start: int = 0, classes: int = 3) -> kerastl.ImageData:
+    digits = load_digits()
+    keep = digits.target < classes
+    images = (digits.images[keep] * 16).astype("uint8")[start:start + n]
+    return kerastl.from_arrays(images, digits.target[keep][start:start + n],
+                               class_names=[str(i) for i in range(classes)])
+
+
+def _network(classes: int = 3, size: int = 32, task: str = "multiclass") -> keras.Model:
+    return kerastl.build_model("MobileNetV2", classes, input_shape=size, weights=None,
+                               head="avg", dense_units=(), task=task,
+                               backbone_kwargs={"alpha": 0.35})
+
+
+def _pooled_pixels(data: kerastl.ImageData, size: int, pool: int) -> np.ndarray:
+    """The pixels the blend fits on, computed with NumPy from the model's input."""
+    images = np.concatenate([np.asarray(x) for x, _ in data.batches(size, 64)])
+    n, side = len(images), size // pool
+    pooled = images.reshape(n, side, pool, side, pool, 3).mean(axis=(2, 4))
+    return pooled.reshape(n, -1) / 255.0
+
+
+def _probabilities(model, data, size):
+    return np.concatenate([np.asarray(model(x, training=False)) for x, _ in
+                           data.batches(size, 64)])
+
+
+@pytest.mark.parametrize("size,pool", [(32, 1), (64, 2)])
+def test_blend_of_a_silent_network_predicts_what_scikit_learn_predicts(size, pool):
+    # A network whose predictions layer outputs zero logits: the blended model must
+    # then give exactly the probabilities of the pixel logistic regression.
+    network = _network(size=size)
+    dense = network.get_layer("predictions")
+    dense.set_weights([np.zeros_like(w) for w in dense.get_weights()])
+    train, test = _digits(60), _digits(30, start=60)
+    blended, facts = blend_pixels(network, train, image_size=size, task="multiclass",
+                                  weight=1.0)
+    assert facts["pool"] == pool and facts["pixels"] == [32, 32, 3]
+    reference = LogisticRegression(C=facts["C"], max_iter=2000).fit(
+        _pooled_pixels(train, size, pool), train.labels)
+    expected = reference.predict_proba(_pooled_pixels(test, size, pool))
+    # lbfgs stops within its tolerance: the two fits differ by float round-off only.
+    np.testing.assert_allclose(_probabilities(blended, test, size), expected, atol=5e-3)
+
+
+def test_blend_with_weight_zero_is_the_network():
+    network = _network()
+    data = _digits(30)
+    blended, _ = blend_pixels(network, data, image_size=32, task="multiclass", weight=0.0)
+    np.testing.assert_allclose(_probabilities(blended, data, 32),
+                               _probabilities(network, data, 32), atol=1e-5)
+    # The network's layers are shared, up to the features its predictions layer reads.
+    assert blended.get_layer("backbone") is network.get_layer("backbone")
+    assert blended.get_layer("head_avg") is network.get_layer("head_avg")
+
+
+def test_blended_model_loads_with_plain_keras_in_safe_mode(tmp_path):
+    network = _network()
+    data = _digits(30)
+    blended, _ = blend_pixels(network, data, image_size=32, task="multiclass")
+    path = tmp_path / "blended.keras"
+    blended.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_allclose(_probabilities(loaded, data, 32),
+                               _probabilities(blended, data, 32), atol=1e-6)
+    ok, why = blend_applies(loaded)
+    assert not ok and "already blended" in why
+
+
+@pytest.mark.parametrize("task,classes", [("binary", 1), ("multilabel", 3)])
+def test_blend_for_sigmoid_outputs_follows_the_pixels(task, classes):
+    network = _network(classes, task=task)
+    dense = network.get_layer("predictions")
+    dense.set_weights([np.zeros_like(w) for w in dense.get_weights()])
+    base = _digits(90, classes=3)
+    if task == "binary":
+        labels = (base.labels == 0).astype("int64")
+    else:  # the first label varies; the second never does (a constant logit)
+        labels = np.stack([base.labels == 0, np.zeros(len(base), bool),
+                           base.labels == 2], axis=1).astype("float32")
+    data = kerastl.from_arrays(np.asarray(base.images), labels)
+    blended, _ = blend_pixels(network, data, image_size=32, task=task)
+    predicted = _probabilities(blended, data, 32) >= 0.5
+    truth = labels.reshape(predicted.shape) > 0.5
+    assert blended.output.shape == network.output.shape
+    assert np.mean(predicted == truth) >= 0.95  # training pixels: nearly separable
+
+
+def test_a_model_that_does_not_end_in_a_dense_predictions_layer_is_refused():
+    network = _network()
+    wrapped = keras.Model(network.inputs, keras.layers.Activation("linear")(network.output))
+    with pytest.raises(kerastl.KerastlError, match="is not the model's output Dense"):
+        blend_pixels(wrapped, _digits(10), image_size=32, task="multiclass")
+
+
+# ---------------------------------------------------------------- in a run
+def _run(tmp_path, name, splits, **values):
+    source = source_backbone()
+    config = kerastl.RunConfig(**{
+        "image_size": 32, "batch_size": 16, "augment": [], "verbose": 0, "seed": 1,
+        "output": str(tmp_path / name), "precision": "float32", "epochs": 2,
+        "backbone": source["backbone"], "backbone_kwargs": source["backbone_kwargs"],
+        "weights": source["weights"], **values})
+    return fit(config, splits=splits)
+
+
+def _splits(val: bool) -> kerastl.DataSplits:
+    names = ["0", "1", "2"]
+    return kerastl.DataSplits(train=_digits(45), val=_digits(30, start=45) if val else None,
+                              test=None, class_names=names)
+
+
+def test_default_run_without_validation_ends_blended_and_records_it(tmp_path):
+    result = _run(tmp_path, "auto", _splits(val=False))
+    facts = json.loads((result.output_dir / "run.json").read_text())["pixel_blend"]
+    assert facts["kept"] is True and facts["fit_images"] == 45
+    assert (facts["C"], facts["weight"]) == (PIXEL_C, PIXEL_WEIGHT)
+    saved = kerastl.load_model(result.output_dir / "model.keras", compile=False)
+    assert "pixels_flat" in [layer.name for layer in saved.layers]
+    assert saved.get_layer("pixel_logits").kernel.shape == (32 * 32 * 3, 3)
+
+
+def test_with_validation_the_run_keeps_the_blend_that_validates_best(tmp_path):
+    splits = _splits(val=True)
+    result = _run(tmp_path, "val", splits)
+    facts = json.loads((result.output_dir / "run.json").read_text())["pixel_blend"]
+    scores = facts["val_accuracy_by_C_weight"]
+    assert facts["chosen_on"] == "validation" and set(scores) == {"0.1", "1.0", "10.0"}
+    best = max(v for by_weight in scores.values() for v in by_weight.values())
+    assert facts["val_accuracy"] == best == scores[str(facts["C"])][str(facts["weight"])]
+    assert facts["kept"] is (facts["weight"] > 0)
+    names = [layer.name for layer in result.model.layers]
+    assert ("pixels_flat" in names) is facts["kept"]
+    # The score the choice was made on is what the model the run ends with gets.
+    probabilities = _probabilities(result.model, splits.val, 32)
+    assert np.mean(probabilities.argmax(1) == splits.val.labels) == pytest.approx(
+        best, abs=1e-3)
+
+
+def test_choose_weight_scores_what_the_blended_model_predicts():
+    network, train, held_out = _network(), _digits(45), _digits(45, start=45)
+    pixels = fit_pixel_model(network, train, image_size=32, task="multiclass")
+    logits = pixels.logits(held_out.batches(32, 64))
+    _, scores = choose_weight("multiclass", _probabilities(network, held_out, 32), logits,
+                              held_out.labels, weights=(0.0, 0.5, 4.0))
+    for weight, score in scores.items():
+        blended = blended_model(network, pixels, weight)
+        accuracy = np.mean(_probabilities(blended, held_out, 32).argmax(1) == held_out.labels)
+        assert accuracy == pytest.approx(score, abs=1e-3)
+
+
+@pytest.mark.parametrize("values", [{"pixel_blend": "off"}, {"mode": "frozen"}])
+def test_no_blend_when_turned_off_or_a_regime_is_asked_for(tmp_path, values):
+    result = _run(tmp_path, "off", _splits(val=False), **values)
+    assert json.loads((result.output_dir / "run.json").read_text())["pixel_blend"] is None
+    assert "pixels_flat" not in [layer.name for layer in result.model.layers]
