@@ -187,8 +187,12 @@ QUICKSTART = [
         lower learning rate. With validation data the run keeps its best validated epoch,
         the probe included. `epochs="auto"` sizes the budget in optimizer steps (at least
         300). BatchNorm layers of the base stay in inference mode throughout (notebook 03
-        measures why). These defaults were chosen on the validation images of ten transfer
-        tasks (`benchmarks/transfer_suite.py`).
+        measures why). The run then adds a logistic regression on the pooled input pixels
+        to the network's logits (`pixel_blend`: small targets the source never saw are
+        where a fine-tuned network can fall below a linear model on pixels); with
+        validation data its strength and weight are chosen there, weight 0 included. These
+        defaults were chosen on the validation images of ten transfer tasks
+        (`benchmarks/transfer_suite.py`).
     '''),
     code('''
         config = kerastl.RunConfig(
