@@ -130,8 +130,10 @@ class RunConfig:
     pixel_blend: str = option("auto", "add a logistic regression on the pooled input "
                               "pixels to the trained network's logits (one Keras model); "
                               "with validation data its strength and weight are chosen on "
-                              "it, weight 0 included (auto: with --mode auto, without "
-                              "--prune)", group="model", choices=BLEND_CHOICES)
+                              "it, weight 0 included; without, it is left out where the "
+                              "linear probe cross-validates better than pixels (auto: on "
+                              "with --mode auto and no --phases or --prune)",
+                              group="model", choices=BLEND_CHOICES)
     # regime
     # Defaults chosen on the transfer suite's validation images (benchmarks/
     # transfer_suite.py, ten tasks), never on test images: see recipes.py.
@@ -418,6 +420,10 @@ def _validate(config: RunConfig) -> None:
         if bad:
             raise ConfigError(f"{spec.name} must be one of {list(choices)}; received "
                               f"{spec.name}={value!r}.")
+    if config.pixel_blend == "on" and config.sklearn_head:
+        raise ConfigError(f"pixel_blend='on' blends a Keras network's logits; a scikit-learn "
+                          f"head (head={config.head!r}) has none. Use --head avg or "
+                          "--pixel-blend off.")
     check_int("batch_size", config.batch_size)
     check_int("image_size", config.image_size)
     check_int("seed", config.seed, minimum=0)

@@ -136,7 +136,8 @@ def fit(
                         on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
     clock.lap("train")
     clock.split("train", _train_parts(data_seconds, state.history[epochs_before:]))
-    model, blend = _pixel_blend(config, run.runtime, run.model, run.splits, log)
+    model, blend = _pixel_blend(config, run.runtime, run.model, run.splits, run.notes, log,
+                                getattr(trainer, "probe_facts", {}).get("cv_accuracy"))
     if blend is not None:
         clock.lap("pixel_blend")
     cached = None if model is not run.model else _cached_evaluation(config, run.splits,
@@ -149,36 +150,45 @@ def fit(
                      clock.total(), run.notes)
 
 
-def _pixel_blend(config: RunConfig, runtime, model, splits, log):
+def _pixel_blend(config: RunConfig, runtime, model, splits, notes: list[str], log,
+                 probe_cv_accuracy: float | None = None):
     """``--pixel-blend``: the network plus a logistic regression on its input pixels.
 
     Returns ``(model the run ends with, facts or None)``. With validation data the
     pixel model's C and weight are chosen on it (weight 0: the network alone);
-    without, they are the defaults chosen on the transfer suite (:mod:`kerastl.blend`).
+    without, they are the defaults chosen on the transfer suite (:mod:`kerastl.blend`),
+    unless the run's linear probe cross-validated better than the pixel model.
     """
-    wanted = config.pixel_blend == "on" or (
-        config.pixel_blend == "auto" and config.mode == "auto" and config.prune is None)
-    if not wanted:
+    if config.pixel_blend != "on":  # "auto" was resolved by _prepare
         return model, None
     ok, why = blend_applies(model)
     if not ok:
         if config.pixel_blend == "on":
             raise ConfigError(f"--pixel-blend on does not apply to this model: {why}.")
+        notes.append(f"no pixel blend: {why}")
         log(f"Note: no pixel blend: {why}")
         return model, None
     pixels, weight, facts = choose_blend(
         model, splits.train, splits.val, image_size=config.image_size, task=config.task,
-        batch_size=runtime.global_batch, seed=config.seed)
+        batch_size=runtime.global_batch, seed=config.seed,
+        probe_cv_accuracy=probe_cv_accuracy)
     facts["kept"] = weight > 0
     shape = "x".join(map(str, facts["pixels"]))
     if weight == 0:
-        log(f"Pixel blend not kept: no weight of the {shape} pixels validates better "
-            f"than the network alone ({facts['val_accuracy_network']:.4f})")
+        why = (f"no weight of the {shape} pixels validates better than the network alone "
+               f"({facts['val_accuracy_network']:.4f})" if splits.val is not None else
+               f"the linear probe cross-validated better ({facts['probe_cv_accuracy']:.4f}) "
+               f"than a linear model on the {shape} pixels "
+               f"({facts['pixel_cv_accuracy']:.4f})")
+        notes.append(f"pixel blend left out: {why}")
+        log(f"Pixel blend left out: {why}")
         return model, facts
     checked = (f"C {facts['C']:g}, weight {weight:g} chosen on validation: val_accuracy "
                f"{facts['val_accuracy_network']:.4f} -> {facts['val_accuracy']:.4f}"
                if splits.val is not None else
                f"C {facts['C']:g}, weight {weight:g}: no validation data to choose them on")
+    notes.append(f"pixel blend: a logistic regression on the {shape} pooled pixels added "
+                 f"to the network's logits ({checked})")
     log(f"Pixel blend: a logistic regression on the {shape} pooled pixels is added to "
         f"the network's logits ({checked})")
     with runtime.strategy.scope():
@@ -306,6 +316,11 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
         notes.append("no validation data: the run keeps the weights of its last epoch")
     for note in notes:
         log(f"Plan: {note}.")
+    if config.pixel_blend == "auto":  # resolved once, so a resumed run keeps the choice
+        # The default recipe only: explicit regimes and phases compare networks.
+        config.pixel_blend = "on" if (config.mode == "auto" and config.phases is None
+                                      and config.prune is None
+                                      and not config.sklearn_head) else "off"
     if not config.sklearn_head:
         plan = plan_phases(config, _steps_per_epoch(len(splits.train), runtime))
         config.phases = plan.phases

@@ -678,6 +678,7 @@ class Trainer:
         facts = fit_probe(data.model, features, labels, task=self.task,
                           class_weight=self.class_weight, seed=self.seed,
                           label_smoothing=self.label_smoothing)
+        self.probe_facts = facts  # read by the pixel blend at the end of the run
         train = self.evaluate(data.train(epoch))
         logs = {key[len("val_"):]: value for key, value in train.items()}
         if data.val is not None:

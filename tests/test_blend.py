@@ -14,15 +14,17 @@ import kerastl
 from kerastl.blend import (
     PIXEL_C,
     PIXEL_WEIGHT,
+    _logits_model,
     blend_applies,
     blend_pixels,
     blended_model,
+    choose_blend,
     choose_weight,
     fit_pixel_model,
 )
 from kerastl.run import fit
 
-from .conftest import source_backbone
+from .conftest import source_backbone, source_model
 
 
 def _digits(n: int, start: int = 0, classes: int = 3) -> kerastl.ImageData:
@@ -107,10 +109,14 @@ def test_blend_for_sigmoid_outputs_follows_the_pixels(task, classes):
                            base.labels == 2], axis=1).astype("float32")
     data = kerastl.from_arrays(np.asarray(base.images), labels)
     blended, _ = blend_pixels(network, data, image_size=32, task=task)
-    predicted = _probabilities(blended, data, 32) >= 0.5
-    truth = labels.reshape(predicted.shape) > 0.5
+    probabilities = _probabilities(blended, data, 32)
+    truth = labels.reshape(probabilities.shape) > 0.5
+    varies = truth.any(axis=0) & ~truth.all(axis=0)
     assert blended.output.shape == network.output.shape
-    assert np.mean(predicted == truth) >= 0.95  # training pixels: nearly separable
+    # training pixels: nearly separable, for every label that varies
+    assert np.mean((probabilities >= 0.5)[:, varies] == truth[:, varies]) >= 0.95
+    # a label that never varies gets no pixel logit: the (silent) network's 0.5 stays
+    np.testing.assert_allclose(probabilities[:, ~varies], 0.5, atol=1e-6)
 
 
 def test_a_model_that_does_not_end_in_a_dense_predictions_layer_is_refused():
@@ -118,6 +124,29 @@ def test_a_model_that_does_not_end_in_a_dense_predictions_layer_is_refused():
     wrapped = keras.Model(network.inputs, keras.layers.Activation("linear")(network.output))
     with pytest.raises(kerastl.KerastlError, match="is not the model's output Dense"):
         blend_pixels(wrapped, _digits(10), image_size=32, task="multiclass")
+
+
+def test_a_class_the_training_images_lack_gets_a_neutral_pixel_logit():
+    # The network may know a class the pixel model never saw: the blend must not veto it
+    # (a fixed -30 logit times the weight would).
+    network = _network(classes=4)
+    pixels = fit_pixel_model(network, _digits(60, classes=3), image_size=32,
+                             task="multiclass")
+    assert not pixels.kernel[:, 3].any()
+    assert pixels.bias[3] == pytest.approx(pixels.bias[:3].mean())
+
+
+@pytest.mark.parametrize("probe_cv,kept", [(1.0, False), (0.0, True)])
+def test_without_validation_a_probe_better_than_pixels_leaves_the_blend_out(probe_cv, kept):
+    _, weight, facts = choose_blend(_network(), _digits(45), image_size=32,
+                                    task="multiclass", probe_cv_accuracy=probe_cv)
+    assert (weight > 0) is kept and facts["probe_cv_accuracy"] == probe_cv
+    assert 0.0 < facts["pixel_cv_accuracy"] <= 1.0
+
+
+def test_pixel_blend_on_with_a_scikit_learn_head_names_the_fix():
+    with pytest.raises(kerastl.KerastlError, match="--pixel-blend off"):
+        kerastl.RunConfig(head="sklearn-logreg", pixel_blend="on", data="x").resolve()
 
 
 # ---------------------------------------------------------------- in a run
@@ -137,14 +166,25 @@ def _splits(val: bool) -> kerastl.DataSplits:
                               test=None, class_names=names)
 
 
-def test_default_run_without_validation_ends_blended_and_records_it(tmp_path):
-    result = _run(tmp_path, "auto", _splits(val=False))
+def test_without_validation_a_run_ends_blended_with_the_defaults(tmp_path):
+    result = _run(tmp_path, "on", _splits(val=False), mode="full", pixel_blend="on")
     facts = json.loads((result.output_dir / "run.json").read_text())["pixel_blend"]
     assert facts["kept"] is True and facts["fit_images"] == 45
     assert (facts["C"], facts["weight"]) == (PIXEL_C, PIXEL_WEIGHT)
+    assert any(note.startswith("pixel blend:") for note in result.notes)
     saved = kerastl.load_model(result.output_dir / "model.keras", compile=False)
     assert "pixels_flat" in [layer.name for layer in saved.layers]
     assert saved.get_layer("pixel_logits").kernel.shape == (32 * 32 * 3, 3)
+    assert not saved.get_layer("pixel_logits").trainable
+
+
+def test_the_default_run_blends_unless_its_probe_beats_pixels_in_cross_validation(tmp_path):
+    result = _run(tmp_path, "auto", _splits(val=False))
+    facts = json.loads((result.output_dir / "run.json").read_text())["pixel_blend"]
+    assert "pixel_blend: 'on'" in (result.output_dir / "config.yaml").read_text()
+    probe_better = facts["probe_cv_accuracy"] > facts["pixel_cv_accuracy"]
+    assert facts["kept"] is not probe_better
+    assert ("pixels_flat" in [layer.name for layer in result.model.layers]) is facts["kept"]
 
 
 def test_with_validation_the_run_keeps_the_blend_that_validates_best(tmp_path):
@@ -165,19 +205,30 @@ def test_with_validation_the_run_keeps_the_blend_that_validates_best(tmp_path):
 
 
 def test_choose_weight_scores_what_the_blended_model_predicts():
-    network, train, held_out = _network(), _digits(45), _digits(45, start=45)
+    # Pretrained features and a random head: logits far from ties (a random-init base
+    # gives features near 1e-12, whose arg-max is float32 round-off).
+    network, train, held_out = source_model(3), _digits(45), _digits(45, start=45)
+    dense = network.get_layer("predictions")
+    kernel, bias = dense.get_weights()
+    dense.set_weights([np.random.default_rng(0).normal(size=kernel.shape)
+                       .astype("float32"), bias])
     pixels = fit_pixel_model(network, train, image_size=32, task="multiclass")
     logits = pixels.logits(held_out.batches(32, 64))
-    _, scores = choose_weight("multiclass", _probabilities(network, held_out, 32), logits,
-                              held_out.labels, weights=(0.0, 0.5, 4.0))
+    network_logits = np.asarray(_logits_model(network).predict(
+        np.concatenate([np.asarray(x) for x, _ in held_out.batches(32, 64)]), verbose=0))
+    _, scores = choose_weight("multiclass", network_logits, logits, held_out.labels,
+                              weights=(0.0, 0.5, 4.0))
     for weight, score in scores.items():
         blended = blended_model(network, pixels, weight)
         accuracy = np.mean(_probabilities(blended, held_out, 32).argmax(1) == held_out.labels)
         assert accuracy == pytest.approx(score, abs=1e-3)
 
 
-@pytest.mark.parametrize("values", [{"pixel_blend": "off"}, {"mode": "frozen"}])
-def test_no_blend_when_turned_off_or_a_regime_is_asked_for(tmp_path, values):
+@pytest.mark.parametrize("values", [{"pixel_blend": "off"}, {"mode": "frozen"},
+                                    {"phases": [kerastl.Phase("head", 1, mode="frozen")]}])
+def test_no_blend_when_turned_off_or_a_regime_or_phases_are_asked_for(tmp_path, values):
     result = _run(tmp_path, "off", _splits(val=False), **values)
     assert json.loads((result.output_dir / "run.json").read_text())["pixel_blend"] is None
     assert "pixels_flat" not in [layer.name for layer in result.model.layers]
+    # Resolved once and saved: a resumed run makes the same choice.
+    assert "pixel_blend: 'off'" in (result.output_dir / "config.yaml").read_text()
