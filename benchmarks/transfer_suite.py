@@ -30,10 +30,13 @@ classes' official training images) and cached under ``<root>/sources/`` (git-ign
 images of their own classes, as trained here (wall seconds on 2 shared, busy cores)::
 
     S_a  30,000 images, 7 epochs, AdamW 3e-3 (scripts/pretrain_source.py)  0.944
-    S_b  15,000 images, 5 epochs, kerastl's defaults                      0.949   725 s
-    S_c  10,000 images, 12 epochs, AdamW 6e-3, no label smoothing          0.775  2115 s
-    S_d   4,000 images, 5 epochs, kerastl's defaults                      0.689   674 s
-    S_e   7,500 images, 6 epochs, AdamW 3e-3, no label smoothing          0.942  1410 s
+    S_b  15,000 images, 5 epochs, kerastl's defaults                      0.959   265 s
+    S_c  10,000 images, 12 epochs, AdamW 6e-3, no label smoothing          0.776   447 s
+    S_d   4,000 images, 5 epochs, kerastl's defaults                      0.707   216 s
+    S_e   7,500 images, 6 epochs, AdamW 3e-3, no label smoothing          0.942   193 s
+
+(retrained 2026-12-02 on a less busy machine; the earlier training took 0.949 / 0.775 /
+0.689 / 0.942 in 725-2115 s: the same recipes, not bit-identical weights.)
 
 S_b is weak by its recipe, not by its own accuracy (P2's source classes are easy): its
 32x32 features transfer badly (a logistic regression on them stays far below pixels).
