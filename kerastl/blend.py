@@ -45,7 +45,7 @@ from . import _backend  # noqa: F401
 from ._backend import single_threaded_blas
 from .errors import ConfigError
 from .model import find_backbone
-from .probe import MIN_PER_CLASS_FOR_CV, PREDICTIONS_LAYER, logistic_kernel_and_bias
+from .probe import PREDICTIONS_LAYER, logistic_kernel_and_bias, stratified_folds
 from .runtime import JIT_CHOICES
 from .training import correct_count, predict
 
@@ -66,8 +66,7 @@ PIXEL_WEIGHT = 4.0
 # With held-out images, C and the weight are chosen on them among these instead (the
 # defaults first, then the network alone, so ties keep the defaults, then the simpler).
 C_GRID = (PIXEL_C, 1.0, 10.0)
-WEIGHT_GRID = (PIXEL_WEIGHT, 0.0) + tuple(w for w in (0.5, 1.0, 2.0, 8.0, 16.0)
-                                       if w != PIXEL_WEIGHT)
+WEIGHT_GRID = (PIXEL_WEIGHT, 0.0, 0.5, 1.0, 2.0, 8.0, 16.0)
 # The pixel model is fitted on at most this many training images (a seeded draw):
 # beyond it, fitting time grows and the network is far ahead of pixels anyway.
 MAX_FIT_IMAGES = 5000
@@ -81,7 +80,7 @@ def blend_applies(model: keras.Model) -> tuple[bool, str]:
         layer = model.get_layer(PREDICTIONS_LAYER)
     except ValueError:
         return False, f"the model has no {PREDICTIONS_LAYER!r} layer"
-    if any(layer.name in PIXEL_LAYERS for layer in model.layers):
+    if any(other.name in PIXEL_LAYERS for other in model.layers):
         return False, "the model is already blended with pixels"
     if not isinstance(layer, keras.layers.Dense) or model.outputs[0] is not layer.output:
         return False, f"{PREDICTIONS_LAYER!r} is not the model's output Dense layer"
@@ -166,22 +165,16 @@ class _PixelFit:
 
     def cv_accuracy(self, C: float) -> float | None:
         """Cross-validated accuracy of the pixel model (multiclass and binary)."""
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold, cross_val_score
+        from sklearn.model_selection import cross_val_score
 
-        if self.task == "multilabel":
-            return None
         y = self.labels.reshape(-1).astype(np.int64)
-        counts = np.bincount(y)[np.bincount(y) > 0]
-        if len(counts) < 2 or counts.min() < MIN_PER_CLASS_FOR_CV:
+        folds = None if self.task == "multilabel" else stratified_folds(y, self.seed)
+        if folds is None:
             return None
-        folds = StratifiedKFold(n_splits=int(min(5, counts.min())), shuffle=True,
-                                random_state=self.seed)
         with single_threaded_blas(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return float(np.mean(cross_val_score(
-                LogisticRegression(C=C, max_iter=2000, random_state=self.seed),
-                self.features, y, cv=folds)))
+            return float(np.mean(cross_val_score(_logistic(C, self.seed), self.features, y,
+                                                 cv=folds)))
 
 
 def _seen(fitted: list[dict], task: str, units: int) -> np.ndarray:
@@ -207,12 +200,11 @@ def blended_model(model: keras.Model, pixels: PixelModel, weight: float) -> kera
     if weight < 0:
         raise ConfigError(f"The pixel weight must be >= 0; received {weight!r}.")
     dense = model.get_layer(PREDICTIONS_LAYER)
-    units = int(dense.units)
-    network = _dense(f"network_{LOGITS}", units, *dense.get_weights())
-    pixel = _dense(f"pixel_{LOGITS}", units, weight * pixels.kernel, weight * pixels.bias)
+    pixel = _dense(f"pixel_{LOGITS}", int(dense.units), weight * pixels.kernel,
+                   weight * pixels.bias)
     pixel.trainable = False  # fitted by scikit-learn, not by gradient steps
     logits = keras.layers.Add(dtype="float32", name=f"blend_{LOGITS}")(
-        [network(dense.input), pixel(pixels.reader.output)])
+        [_network_logits(model), pixel(pixels.reader.output)])
     outputs = keras.layers.Activation(dense.activation, dtype="float32",
                                       name=PREDICTIONS_LAYER)(logits)
     blended = keras.Model(model.inputs[0], outputs, name=model.name)  # one tensor in, as built
@@ -308,11 +300,16 @@ def choose_blend(model: keras.Model, train, val=None, *, image_size: int, task: 
                                 str(C_GRID[0])][str(0.0)], "val_accuracy_by_C_weight": scores}
 
 
-def _logits_model(model: keras.Model) -> keras.Model:
-    """The network up to its logits: its ``predictions`` layer without the activation."""
+def _network_logits(model: keras.Model):
+    """The network's logits: a copy of its ``predictions`` layer without the activation,
+    called on what ``predictions`` reads."""
     dense = model.get_layer(PREDICTIONS_LAYER)
-    logits = _dense(f"network_{LOGITS}", int(dense.units), *dense.get_weights())
-    return keras.Model(model.inputs[0], logits(dense.input), name=f"{model.name}_logits")
+    return _dense(f"network_{LOGITS}", int(dense.units), *dense.get_weights())(dense.input)
+
+
+def _logits_model(model: keras.Model) -> keras.Model:
+    """The network up to its logits."""
+    return keras.Model(model.inputs[0], _network_logits(model), name=f"{model.name}_logits")
 
 
 def _activation(task: str, logits: np.ndarray) -> np.ndarray:
@@ -356,8 +353,6 @@ def _fit_pixel_model(x: np.ndarray, labels: np.ndarray, task: str, C: float,
     """One scikit-learn fit per output column, as :mod:`kerastl.probe` writes them."""
     from types import SimpleNamespace
 
-    from sklearn.linear_model import LogisticRegression
-
     fitted = []
     with single_threaded_blas(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lbfgs convergence warnings on separable data
@@ -365,6 +360,11 @@ def _fit_pixel_model(x: np.ndarray, labels: np.ndarray, task: str, C: float,
             if len(np.unique(y)) == 1:  # a label that never varies: a constant logit
                 fitted.append({"model": SimpleNamespace(classes_=np.unique(y))})
                 continue
-            classifier = LogisticRegression(C=C, max_iter=2000, random_state=seed)
-            fitted.append({"model": classifier.fit(x, y)})
+            fitted.append({"model": _logistic(C, seed).fit(x, y)})
     return fitted
+
+
+def _logistic(C: float, seed: int):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=C, max_iter=2000, random_state=seed)

@@ -155,17 +155,27 @@ def _predictions_inputs(head: keras.Model, features: np.ndarray) -> np.ndarray:
     return np.concatenate(outputs)
 
 
+def stratified_folds(y: np.ndarray, seed: int):
+    """Up to 5 shuffled stratified folds of class ids ``y``, or None when a class has
+    fewer than ``MIN_PER_CLASS_FOR_CV`` images (or only one class is present)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(np.asarray(y, np.int64))
+    counts = counts[counts > 0]
+    if len(counts) < 2 or counts.min() < MIN_PER_CLASS_FOR_CV:
+        return None
+    return StratifiedKFold(n_splits=int(min(5, counts.min())), shuffle=True,
+                           random_state=seed)
+
+
 def _fit_logistic(x: np.ndarray, y: np.ndarray, class_weight, seed: int) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.model_selection import cross_val_score
 
     y = y.astype(np.int64)
-    counts = np.bincount(y)
-    counts = counts[counts > 0]
     best_c, best_score = FALLBACK_C, None
-    if len(counts) > 1 and counts.min() >= MIN_PER_CLASS_FOR_CV:
-        folds = StratifiedKFold(n_splits=int(min(5, counts.min())), shuffle=True,
-                                random_state=seed)
+    folds = stratified_folds(y, seed)
+    if folds is not None:
         for c in C_GRID:
             model = LogisticRegression(C=c, max_iter=2000, class_weight=class_weight,
                                        random_state=seed)

@@ -41,13 +41,7 @@ from .outputs import (
 )
 from .pruning import pruning_hooks, write_pruning_report
 from .recipes import Phase, plan_phases
-from .training import (
-    PhaseData,
-    Trainer,
-    class_weights_for,
-    evaluation_losses,
-    predict,
-)
+from .training import PhaseData, Trainer, class_weights_for, evaluation_losses, predict
 
 OUTPUT_FILES = ("model.keras", "backbone.weights.h5", "labels.json", "config.yaml",
                 "history.csv", "metrics.json", "classification_report.txt",
@@ -137,7 +131,7 @@ def fit(
     clock.lap("train")
     clock.split("train", _train_parts(data_seconds, state.history[epochs_before:]))
     model, blend = _pixel_blend(config, run.runtime, run.model, run.splits, run.notes, log,
-                                getattr(trainer, "probe_facts", {}).get("cv_accuracy"))
+                                trainer.probe_facts.get("cv_accuracy"))
     if blend is not None:
         clock.lap("pixel_blend")
     cached = None if model is not run.model else _cached_evaluation(config, run.splits,
@@ -162,9 +156,7 @@ def _pixel_blend(config: RunConfig, runtime, model, splits, notes: list[str], lo
     if config.pixel_blend != "on":  # "auto" was resolved by _prepare
         return model, None
     ok, why = blend_applies(model)
-    if not ok:
-        if config.pixel_blend == "on":
-            raise ConfigError(f"--pixel-blend on does not apply to this model: {why}.")
+    if not ok:  # said, not raised: the trained network is still written
         notes.append(f"no pixel blend: {why}")
         log(f"Note: no pixel blend: {why}")
         return model, None

@@ -421,6 +421,7 @@ class Trainer:
         if keep not in KEEP_WEIGHTS:
             raise ConfigError(f"keep must be one of {KEEP_WEIGHTS}; received keep={keep!r}.")
         self.model, self.strategy, self.task = model, strategy, task
+        self.probe_facts: dict = {}  # the last linear probe's facts, for the blend
         self.optimizer_name, self.schedule = optimizer, schedule
         self.weight_decay, self.momentum = weight_decay, momentum
         self.warmup_fraction = warmup_fraction
@@ -678,7 +679,7 @@ class Trainer:
         facts = fit_probe(data.model, features, labels, task=self.task,
                           class_weight=self.class_weight, seed=self.seed,
                           label_smoothing=self.label_smoothing)
-        self.probe_facts = facts  # read by the pixel blend at the end of the run
+        self.probe_facts = facts
         train = self.evaluate(data.train(epoch))
         logs = {key[len("val_"):]: value for key, value in train.items()}
         if data.val is not None:
