@@ -17,9 +17,32 @@ from .model import load_model
 from .training import evaluation_losses, predict
 
 
+def model_file(path: str | os.PathLike) -> Path:
+    """The ``model.keras`` of a run folder, or ``path`` itself when it is a file.
+
+    Raises:
+        DataError: nothing at ``path``, or a folder without ``model.keras``.
+
+    Example:
+        >>> model_file("runs/nope")
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.DataError: model not found: runs/nope
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.keras").is_file():
+            raise DataError(f"no model.keras in the folder {str(path)!r}: pass a finished "
+                            "kerastl run folder or a model.keras file.")
+        return path / "model.keras"
+    if not path.exists():
+        raise DataError(f"model not found: {path}")
+    return path
+
+
 def load_run_labels(model_path: str | os.PathLike) -> dict:
-    """``labels.json`` written next to ``model.keras`` by a kerastl run."""
-    path = Path(model_path).with_name("labels.json")
+    """``labels.json`` written next to ``model.keras`` by a kerastl run (or in its folder)."""
+    path = model_file(model_path).with_name("labels.json")
     if not path.is_file():
         raise DataError(
             f"No labels.json next to {str(model_path)!r}; kerastl writes it with model.keras. "
@@ -39,10 +62,10 @@ def evaluate_folder(model_path, data_dir, *, output=None, batch_size: int = 64) 
     from .reports import classification_metrics, write_evaluation
 
     labels = load_run_labels(model_path)
-    model = load_model(model_path, compile=False)
+    model = load_model(model_file(model_path), compile=False)
     data = from_folder(data_dir, class_names=labels["class_names"])
     size = int(model.input_shape[1])
-    probs, y = predict(model, data.batches(size, batch_size))
+    probs, y = predict(model, data.batches(size, batch_size), label="Evaluating")
     task = labels.get("task", "multiclass")
     # The run's loss definition (label smoothing, class weights), as in its metrics.json.
     losses = evaluation_losses(task, y, probs, **labels.get("loss", {}))
@@ -76,7 +99,7 @@ def predict_paths(model_path, inputs: Sequence[str], *, output=None, batch_size:
 
     labels = load_run_labels(model_path)
     names = labels["class_names"]
-    model = load_model(model_path, compile=False)
+    model = load_model(model_file(model_path), compile=False)
     files = []
     for item in inputs:
         path = Path(item)
