@@ -291,7 +291,9 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
     if splits is None:
         splits = load_splits(config.data, val_dir=config.val_data, test_dir=config.test_data,
                              val_split=config.val_split, seed=config.seed,
-                             on_bad_file=config.on_bad_file, image_size=config.image_size)
+                             on_bad_file=config.on_bad_file, image_size=config.image_size,
+                             check_files=config.check_files,
+                             decoded_memory=config.decoded_memory)
     clock.lap("load_data")
     log(runtime.describe())
     notes: list[str] = list(splits.notes)
