@@ -38,7 +38,6 @@ from .decoding import (  # noqa: F401  (CHECK_FILES, DECODE_METHOD: re-exported)
     CHECK_FILES,
     DECODE_METHOD,
     check_files,
-    decode_file,
     decoded_memory_budget,
     file_pixels,
 )
@@ -242,7 +241,8 @@ class ImageData:
         if shuffle_seed is not None:
             order = np.random.default_rng(shuffle_seed).permutation(len(self))
         batched = self._elements(order, image_size).batch(batch_size, drop_remainder=drop_remainder)
-        batched = batched.map(lambda images, labels: (tf.cast(images, tf.float32), labels))
+        batched = batched.map(lambda images, labels: (tf.cast(images, tf.float32), labels),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if augment is not None:
             batched = batched.map(
                 lambda images, labels: (augment(images, training=True), labels),
@@ -308,14 +308,14 @@ class ImageData:
             filled[row] = True
             return image
 
-        def decode_and_keep(row, path, pil, label):
-            image = decode_file(path, pil, image_size)
-            kept_image = tf.numpy_function(keep, [row, image], tf.uint8, stateful=True)
-            return tf.ensure_shape(kept_image, (image_size, image_size, 3)), label
+        def kept_image(row, image, label):
+            image = tf.numpy_function(keep, [row, image], tf.uint8, stateful=True)
+            return tf.ensure_shape(image, (image_size, image_size, 3)), label
 
-        paths = np.asarray([self.files[i] for i in order], dtype=object).astype(str)
-        elements = tf.data.Dataset.from_tensor_slices((rows, paths, use_pil, labels))
-        return elements.map(decode_and_keep, num_parallel_calls=tf.data.AUTOTUNE,
+        pixels = file_pixels([self.files[i] for i in order], use_pil, image_size)
+        elements = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(rows), pixels,
+                                       tf.data.Dataset.from_tensor_slices(labels))
+        return elements.map(kept_image, num_parallel_calls=tf.data.AUTOTUNE,
                             deterministic=True)
 
     def _array_loader(self, image_size: int):

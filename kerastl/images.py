@@ -313,7 +313,9 @@ def _inspect(path: str, max_pixels: int, pixels_out: np.ndarray | None = None,
                 check.notes.append(
                     f"{image.format} data named {extension} (still usable; rename it to {better})"
                 )
-            check.decoder = decoder_for(image)
+            # A misnamed file goes to PIL: TensorFlow's branch is chosen by extension.
+            named_right = image.format in _FORMATS_FOR_EXTENSION[extension]
+            check.decoder = decoder_for(image) if named_right else "pil"
             if not decode:
                 return check
             image.load()

@@ -95,11 +95,17 @@ def test_the_full_check_reports_the_doctors_reasons_in_file_order(tmp_path):
 
 def test_the_full_check_fills_the_store_with_training_pixels(tmp_path):
     paths = [str(save_rgb(tmp_path / f"{i}.jpg", seed=i, size=(40, 30))) for i in range(5)]
-    paths.append(str(cmyk_jpeg(tmp_path / "cmyk.jpg")))
+    paths.insert(2, str(truncated_jpeg(tmp_path / "cut.jpg")))  # fails mid-pipeline
+    paths.insert(4, str(cmyk_jpeg(tmp_path / "cmyk.jpg")))  # the PIL branch
+    paths.append(str(save_rgb(tmp_path / "last.png", seed=9)))  # decode_image's branch
     store = np.zeros((len(paths), 12, 12, 3), np.uint8)
-    _, use_pil = check_files(paths, "full", image_size=12, store=store)
-    expected = np.stack([x.numpy() for x in file_pixels(paths, use_pil, 12)])
-    np.testing.assert_array_equal(store, expected)
+    bad, use_pil = check_files(paths, "full", image_size=12, store=store)
+    assert list(bad) == [paths[2]] and use_pil.tolist() == [0, 0, 0, 0, 1, 0, 0, 0]
+    good = [i for i in range(len(paths)) if i != 2]
+    expected = np.stack([x.numpy() for x in file_pixels([paths[i] for i in good],
+                                                        use_pil[good], 12)])
+    np.testing.assert_array_equal(store[good], expected)  # every row where it belongs
+    assert not store[2].any()
 
 
 def test_no_store_is_allocated_past_the_budget(tmp_path):
