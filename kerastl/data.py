@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -743,8 +742,11 @@ def load_splits(
 ) -> DataSplits:
     """Load training data and its validation/test data with the same classes.
 
+    Each of them is a folder of class subfolders or a ``.csv`` of ``path,label`` rows
+    (see :func:`kerastl.tables.from_csv`).
+
     Args:
-        train_dir: str or path. Training folder, one subfolder per class.
+        train_dir: str or path. Training folder, one subfolder per class, or a CSV.
         val_dir: str or path, optional. Validation folder with the same classes.
             Without it, ``val_split`` of the training images are held out
             (stratified, seeded).
@@ -771,8 +773,14 @@ def load_splits(
         >>> splits.class_names  # doctest: +SKIP
         ['cats', 'dogs']
     """
-    read = functools.partial(from_folder, on_bad_file=on_bad_file, image_size=image_size,
-                             check_files=check_files, decoded_memory=decoded_memory)
+    from .tables import from_csv, is_table
+
+    def read(path, class_names=None):
+        reader = from_csv if is_table(path) else from_folder
+        return reader(path, class_names=class_names, on_bad_file=on_bad_file,
+                      image_size=image_size, check_files=check_files,
+                      decoded_memory=decoded_memory)
+
     train = read(train_dir)
     names = train.class_names
     notes = []
