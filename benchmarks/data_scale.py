@@ -15,7 +15,8 @@ temporary directory (never committed), with a second folder of the first 15,000
   ``decoded_memory=0`` (it streams). Goal: the 60,000-image run's peak RSS at most
   300 MB over the 15,000-image run's.
 * ``stream``: the first epoch of each reader over the 60,000 images, through the same
-  frozen feature extractor (:func:`kerastl.features.run_extractor`): kerastl's
+  frozen base (:func:`kerastl.features.feature_extractor`, features dropped per
+  batch): kerastl's
   ``from_folder(...).batches`` (decoded in ``tf.data`` on every core; its full
   pre-check timed apart) against ``keras.utils.image_dataset_from_directory``
   streaming the same folder. Goals: kerastl's images/s at least Keras's; kerastl's
@@ -125,35 +126,49 @@ def run_child(data: str, decoded_memory: str) -> dict:
 
 
 def stream_child(reader: str, data: str) -> dict:
-    """One first epoch of ``reader`` through the frozen extractor, after a warm-up."""
+    """One first epoch of ``reader`` through the frozen base, after a warm-up.
+
+    The features are dropped batch by batch (``run_extractor`` would hold all of
+    them: 80 KB an image here), so the peak RSS is the reader's and the model's.
+    """
     import keras
+    import tensorflow as tf
 
     import kerastl
-    from kerastl.features import feature_extractor, run_extractor
+    from kerastl.features import feature_extractor
 
     model = kerastl.build_model(BACKBONE, 10, input_shape=SIZE, weights=None,
                                 backbone_kwargs=BACKBONE_KWARGS)
     extractor = feature_extractor(model)
+    forward = tf.function(lambda images: tf.reduce_sum(extractor(images, training=False)))
+
+    def epoch_of(batches) -> int:
+        count = 0
+        for images, _ in batches:
+            forward(images).numpy()
+            count += int(images.shape[0])
+        return count
+
     facts: dict = {}
     if reader == "kerastl":
         clock = CpuClock()
         images = kerastl.from_folder(data, decoded_memory=0)
         facts["check"] = clock.stop()
-        run_extractor(extractor, images.subset(range(4 * BATCH)), batch_size=BATCH)  # warm-up
+        epoch_of(images.subset(range(4 * BATCH)).batches(SIZE, BATCH))  # warm-up
         clock = CpuClock()
-        features, _ = run_extractor(extractor, images, batch_size=BATCH)
+        count = epoch_of(images.batches(SIZE, BATCH))
     else:
         def dataset():
             return keras.utils.image_dataset_from_directory(
                 data, image_size=(SIZE, SIZE), batch_size=BATCH, shuffle=False,
                 label_mode="int", verbose=False)
 
-        run_extractor(extractor, dataset().take(4))  # warm-up
+        epoch_of(dataset().take(4))  # warm-up
         clock = CpuClock()
-        features, _ = run_extractor(extractor, dataset())
+        count = epoch_of(dataset())
     epoch = clock.stop()
-    return {"reader": reader, "images": len(features), "epoch": epoch,
-            "images_per_second": round(len(features) / epoch["wall_seconds"], 1),
+    return {"reader": reader, "images": count, "epoch": epoch,
+            "images_per_second": round(count / epoch["wall_seconds"], 1),
             "peak_rss_mb": _peak_rss_mb(), **facts}
 
 
