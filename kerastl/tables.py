@@ -28,7 +28,8 @@ import numpy as np
 from .data import ImageData, checked_files
 from .errors import DataError
 
-PATH_COLUMN, LABEL_COLUMN = "path", "label"
+PATH_COLUMN = "path"
+LABEL_COLUMN = "label"
 MULTILABEL_SEPARATOR = ";"
 
 

@@ -146,3 +146,27 @@ def test_auto_budget_is_a_share_of_available_memory(monkeypatch):
 def test_unusable_budget_is_refused_quoting_it():
     with pytest.raises(ConfigError, match="decoded_memory='lots'"):
         decoded_memory_budget("lots")
+
+
+def test_without_a_check_plain_files_give_the_same_pixels(tmp_path):
+    for i in range(2):
+        save_rgb(tmp_path / "a" / f"{i}.jpg", seed=i, quality=90)
+        save_rgb(tmp_path / "b" / f"{i}.png", seed=5 + i)
+    batches = [np.concatenate([x.numpy() for x, _ in from_folder(
+        tmp_path, check_files=mode).batches(24, 4)]) for mode in ("full", "none")]
+    np.testing.assert_array_equal(*batches)
+
+
+@pytest.mark.parametrize("settings, kept", [
+    ({"mode": "frozen"}, "0"),  # cached features: each image is read once
+    ({"mode": "frozen", "augment": ["flip"]}, "auto"),
+    ({"mode": "frozen", "feature_cache": "off"}, "auto"),
+    ({"mode": "finetune"}, "auto"),
+    ({"mode": "frozen", "decoded_memory": "1G"}, "1G"),  # given: never second-guessed
+])
+def test_a_run_keeps_decoded_images_only_where_it_reads_them_again(settings, kept):
+    from kerastl.config import RunConfig
+    from kerastl.run import _decoded_memory
+
+    config = RunConfig(data="data_samples/fashion/train", **settings).resolve()
+    assert _decoded_memory(config) == kept
