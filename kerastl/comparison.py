@@ -116,7 +116,8 @@ def _fraction_config(base: RunConfig, fraction: float, directory: Path) -> RunCo
     if fraction == 1.0:
         return base
     splits = load_splits(base.data, val_dir=base.val_data, val_split=base.val_split,
-                         seed=base.seed, on_bad_file=base.on_bad_file)
+                         seed=base.seed, on_bad_file=base.on_bad_file,
+                         check_files=base.check_files, decoded_memory=base.decoded_memory)
     train, _ = train_val_split(splits.train, 1.0 - fraction, base.seed)
     config = base.replace(data=str(_link_folder(train, directory / "data" / "train")))
     if base.val_data is None and splits.val is not None:

@@ -31,6 +31,7 @@ import yaml
 
 from .blend import BLEND_CHOICES
 from .data import AUGMENTATIONS, BAD_FILE_POLICIES
+from .decoding import CHECK_FILES, decoded_memory_budget
 from .errors import ConfigError, check_int
 from .features import FEATURE_CACHE_MODES
 from .freezing import BN_POLICIES
@@ -82,13 +83,15 @@ class RunConfig:
     """
 
     # data
-    data: str | None = option(None, "training folder of class subfolders (default: the "
-                              "shipped data_samples/fashion)", group="data", metavar="DIR")
-    val_data: str | None = option(None, "validation folder with the same classes (default: "
-                                  "held out from --data, see --val-split)",
-                                  group="data", metavar="DIR")
-    test_data: str | None = option(None, "test folder with the same classes", group="data",
-                                   metavar="DIR")
+    data: str | None = option(None, "training folder of class subfolders, or a .csv of "
+                              "path,label rows (paths relative to it; a;b labels: "
+                              "multi-label) (default: the shipped data_samples/fashion)",
+                              group="data", metavar="DIR|CSV")
+    val_data: str | None = option(None, "validation folder or .csv with the same classes "
+                                  "(default: held out from --data, see --val-split)",
+                                  group="data", metavar="DIR|CSV")
+    test_data: str | None = option(None, "test folder or .csv with the same classes",
+                                   group="data", metavar="DIR|CSV")
     val_split: float | str = option("auto", "fraction of --data held out (stratified) when "
                                     "there is no --val-data; 0: none; auto: 0.2 where that "
                                     "leaves each class 10 validation images, else none",
@@ -107,6 +110,15 @@ class RunConfig:
                                  group="data", metavar="K")
     on_bad_file: str = option("error", "unreadable images: stop with the list, or skip them",
                               group="data", choices=BAD_FILE_POLICIES)
+    check_files: str = option("full", "pre-flight check of the image files: full decodes "
+                              "each once, on every core (kept for training within "
+                              "--decoded-memory); header reads headers only (truncated "
+                              "data then stops training when reached); none opens no file",
+                              group="data", choices=CHECK_FILES)
+    decoded_memory: str = option("auto", "RAM for decoded images kept between epochs: auto "
+                                 "(a fifth of the available memory), 0 (every epoch decodes "
+                                 "again, on every core) or a size such as 512M or 2G",
+                                 group="data", metavar="auto|SIZE")
     # model
     backbone: str | None = option(None, "Keras Applications backbone, any case (default: the "
                                   "one --weights was saved from, else MobileNetV2; see "
@@ -449,6 +461,8 @@ def _validate(config: RunConfig) -> None:
     check_int("image_size", config.image_size)
     check_int("seed", config.seed, minimum=0)
     check_int("augment_passes", config.augment_passes)
+    decoded_memory_budget(config.decoded_memory if config.decoded_memory == AUTO
+                          else str(config.decoded_memory))  # refuses what is not a size
     if AUTO in config.augment and len(config.augment) > 1:
         raise ConfigError(f"augment 'auto' chooses the augmentations itself, so it stands alone; "
                           f"received augment={config.augment!r}. Pass 'auto' or a list of "

@@ -1,14 +1,17 @@
 """The data layer: class folders or in-memory arrays → ``tf.data`` batches.
 
 :class:`ImageData` holds labelled images before batching (file paths or a uint8
-array). Every file is checked by :func:`kerastl.images.find_bad_files` before
-anything is decoded, so a bad file stops the run at load time, by name, instead of
-in the middle of epoch 3.
+array). Every file is checked by :func:`kerastl.decoding.check_files` before
+training, so a bad file stops the run at load time, by name, instead of in the
+middle of epoch 3.
 
-Images are decoded once with PIL (EXIF orientation, CMYK, 16-bit, palette and alpha
-handled by :func:`kerastl.images.open_rgb`), resized, and kept in memory as uint8.
-Batches are raw pixels in ``[0, 255]`` as float32: the model applies its backbone's
-own ``preprocess_input`` (see :func:`kerastl.build_model`).
+Files are decoded inside ``tf.data`` on every core (:mod:`kerastl.decoding`:
+TensorFlow's own decoders for plain JPEG and PNG, PIL for EXIF-rotated, CMYK,
+16-bit, palette and alpha files), resized, and kept in memory as uint8 while they
+fit a budget (``decoded_memory``, a share of the available memory); past it every
+epoch decodes again, so memory does not grow with the number of images. Batches are
+raw pixels in ``[0, 255]`` as float32: the model applies its backbone's own
+``preprocess_input`` (see :func:`kerastl.build_model`).
 
 Example:
     >>> splits = load_splits("data/train", val_split=0.2, seed=0)  # doctest: +SKIP
@@ -17,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -27,20 +29,24 @@ from typing import Any
 
 import keras  # noqa: E402  (after the backend is pinned)
 import numpy as np
-import PIL
 import tensorflow as tf
 from sklearn.model_selection import train_test_split
 
 from . import _backend  # noqa: F401  (pins the TensorFlow backend)
+from .decoding import (  # noqa: F401  (CHECK_FILES, DECODE_METHOD: re-exported)
+    CHECK_FILES,
+    DECODE_METHOD,
+    check_files,
+    decoded_memory_budget,
+    file_pixels,
+)
 from .errors import ConfigError, DataError
-from .images import find_bad_files, open_rgb, scan_folder, square_pixels
+from .images import inspect_all, scan_folder
 
 BAD_FILE_POLICIES = ("error", "skip")
 AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast", "translate")
-# How images become pixels (files: PIL with EXIF orientation and RGB conversion,
-# bilinear resize to uint8; arrays: tf.image.resize, bilinear). Part of every
-# fingerprint, so caches of decoded images or features never outlive a change of it.
-DECODE_METHOD = f"PIL {PIL.__version__} open_rgb, BILINEAR, uint8; arrays: tf.image bilinear"
+# DECODE_METHOD (kerastl.decoding) says how images become pixels; it is part of
+# every fingerprint, so caches of features never outlive a change of decoder.
 # Files hashed by content (``fingerprint(content=True)``) read this much of each end.
 CONTENT_SAMPLE_BYTES = 64 * 1024
 # Factor of each random augmentation: ±10% (of a full turn for rotation, of the size
@@ -60,6 +66,11 @@ class ImageData:
         images: np.ndarray or None. ``(N, H, W)`` or ``(N, H, W, 1|3|4)`` pixels in
             ``[0, 255]``, uint8 or float.
         skipped: dict. Path -> reason, for files left out with ``on_bad_file="skip"``.
+        use_pil: bool array or None. Per file: decoded by PIL rather than TensorFlow
+            (see :func:`kerastl.images.decoder_for`); None: read from the headers
+            when first needed.
+        decoded_memory: str, int or None. Budget for keeping decoded images in RAM
+            (see :func:`kerastl.decoding.decoded_memory_budget`); None: ``"auto"``.
 
     Example:
         >>> data = from_arrays(np.zeros((4, 28, 28), "uint8"), [0, 1, 0, 1])
@@ -72,7 +83,10 @@ class ImageData:
     files: list[str] | None = None
     images: np.ndarray | None = None
     skipped: dict[str, str] = field(default_factory=dict)
-    # Decoded uint8 pixels per image size, filled on first read of each image:
+    use_pil: np.ndarray | None = None
+    decoded_memory: str | int | None = None
+    # Decoded uint8 pixels per image size (only under the decoded_memory budget),
+    # filled on first read of each image:
     # (store, filled, rows), image i at store[rows[i]] (rows None: at store[i]).
     # Subsets share their parent's store, so a split copies no pixel.
     _pixels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]] = field(
@@ -81,6 +95,9 @@ class ImageData:
     _decoded: dict[int, tf.data.Dataset] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    # Images the decoded_memory budget is shared by: the whole loaded set, so the
+    # splits of one folder together never keep more than the budget.
+    _budget_images: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if (self.files is None) == (self.images is None):
@@ -114,13 +131,19 @@ class ImageData:
             files=[self.files[i] for i in indices] if self.files is not None else None,
             images=self.images[indices] if self.images is not None else None,
             skipped=dict(self.skipped),
+            use_pil=self.use_pil[indices] if self.use_pil is not None else None,
+            decoded_memory=self.decoded_memory,
         )
         for size, (store, filled, rows) in self._pixels.items():
             subset._pixels[size] = (store, filled, indices if rows is None else rows[indices])
+        subset._budget_images = self._budget_images or len(self)
         return subset
 
     def fingerprint(self, content: bool = False) -> str:
         """SHA-256 that changes when the images, labels, classes or decoder change.
+
+        The decoder is :data:`DECODE_METHOD` and, for files, which of them PIL
+        decodes: features cached from another decoder are not reused.
 
         Arrays are identified by their bytes. Files by path, size and modification
         time (cheap: no file is read), or with ``content=True`` also by their bytes:
@@ -141,6 +164,7 @@ class ImageData:
         labels = np.ascontiguousarray(self.labels)
         digest.update(f"{labels.dtype.str}{labels.shape}".encode() + labels.tobytes())
         if self.files is not None:
+            digest.update(np.packbits(self._decoders()).tobytes())
             for path in self.files:
                 stat = os.stat(path)
                 digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -154,8 +178,9 @@ class ImageData:
     def decoded(self, image_size: int) -> tf.data.Dataset:
         """Unbatched ``(image, label)`` pairs in order; images float32 ``[0, 255]``.
 
-        Images are decoded in parallel and kept in memory, so the second pass over
-        the data reads no file. The dataset is memoised per ``image_size``.
+        Images are decoded in parallel and kept in memory under the
+        ``decoded_memory`` budget, so the second pass over the data reads no file.
+        The dataset is memoised per ``image_size``.
 
         Args:
             image_size: int. Side of the square images.
@@ -215,7 +240,8 @@ class ImageData:
         if shuffle_seed is not None:
             order = np.random.default_rng(shuffle_seed).permutation(len(self))
         batched = self._elements(order, image_size).batch(batch_size, drop_remainder=drop_remainder)
-        batched = batched.map(lambda images, labels: (tf.cast(images, tf.float32), labels))
+        batched = batched.map(lambda images, labels: (tf.cast(images, tf.float32), labels),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if augment is not None:
             batched = batched.map(
                 lambda images, labels: (augment(images, training=True), labels),
@@ -230,11 +256,9 @@ class ImageData:
         decoded images nor a large array is copied into the TensorFlow graph.
         """
         labels = self.labels[order].astype(np.float32 if self.multilabel else np.int64)
-        load = (
-            self._file_loader(image_size)
-            if self.files is not None
-            else self._array_loader(image_size)
-        )
+        if self.files is not None:
+            return self._file_elements(order, labels, image_size)
+        load = self._array_loader(image_size)
         indices = tf.data.Dataset.from_tensor_slices((order, labels))
         return indices.map(
             lambda index, label: (load(index), label),
@@ -242,29 +266,56 @@ class ImageData:
             deterministic=True,
         )
 
-    def _file_loader(self, image_size: int):
+    def _decoders(self) -> np.ndarray:
+        if self.use_pil is None:  # built without from_folder: read the headers once
+            checks = inspect_all(self.files, decode=False)
+            self.use_pil = np.asarray([check.decoder == "pil" for check in checks], bool)
+        return self.use_pil
+
+    def _kept(self, image_size: int):
+        """``(store, filled, rows)`` of decoded pixels at ``image_size``, or None past
+        the budget (every epoch decodes then)."""
         if image_size not in self._pixels:
+            need = (self._budget_images or len(self)) * image_size * image_size * 3
+            if need > decoded_memory_budget(self.decoded_memory):
+                return None
             # np.zeros maps untouched pages lazily: memory grows as images are decoded.
-            self._pixels[image_size] = (
-                np.zeros((len(self), image_size, image_size, 3), np.uint8),
-                np.zeros(len(self), bool),
-                None,
-            )
-        store, filled, rows = self._pixels[image_size]
+            self._pixels[image_size] = (np.zeros((len(self), image_size, image_size, 3),
+                                                 np.uint8), np.zeros(len(self), bool), None)
+        return self._pixels[image_size]
 
-        def pixels(index: np.int64) -> np.ndarray:
-            row = index if rows is None else rows[index]
-            if not filled[row]:
-                store[row] = _decode_file(self.files[index], image_size)
-                filled[row] = True
-            return store[row]
+    def _file_elements(self, order: np.ndarray, labels: np.ndarray,
+                       image_size: int) -> tf.data.Dataset:
+        use_pil = self._decoders()[order]
+        kept = self._kept(image_size)
+        if kept is None:
+            pixels = file_pixels([self.files[i] for i in order], use_pil, image_size)
+            return tf.data.Dataset.zip(pixels, tf.data.Dataset.from_tensor_slices(labels))
+        store, filled, rows = kept
+        rows = order if rows is None else rows[order]
+        if filled[rows].all():
+            def read(row: tf.Tensor) -> tf.Tensor:
+                image = tf.numpy_function(lambda r: store[r], [row], tf.uint8, stateful=False)
+                return tf.ensure_shape(image, (image_size, image_size, 3))
 
-        def load(index: tf.Tensor) -> tf.Tensor:
-            image = tf.numpy_function(pixels, [index], tf.uint8, stateful=False)
-            image.set_shape((image_size, image_size, 3))
+            elements = tf.data.Dataset.from_tensor_slices((rows, labels))
+            return elements.map(lambda row, label: (read(row), label),
+                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+        def keep(row: np.int64, image: np.ndarray) -> np.ndarray:
+            store[row] = image
+            filled[row] = True
             return image
 
-        return load
+        def kept_image(row, image, label):
+            image = tf.numpy_function(keep, [row, image], tf.uint8, stateful=True)
+            return tf.ensure_shape(image, (image_size, image_size, 3)), label
+
+        pixels = file_pixels([self.files[i] for i in order], use_pil, image_size)
+        elements = tf.data.Dataset.zip(tf.data.Dataset.from_tensor_slices(rows), pixels,
+                                       tf.data.Dataset.from_tensor_slices(labels))
+        return elements.map(kept_image, num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=True)
 
     def _array_loader(self, image_size: int):
         height, width, channels = _image_shape(self.images)
@@ -311,10 +362,6 @@ def _content_sample(path: str, size: int) -> bytes:
     return hashlib.sha256(head + tail).digest()
 
 
-def _decode_file(path: str, image_size: int) -> np.ndarray:
-    return square_pixels(open_rgb(path), image_size)
-
-
 def _image_shape(images: np.ndarray) -> tuple[int, int, int]:
     if images.ndim == 3:
         return images.shape[1], images.shape[2], 1
@@ -333,6 +380,8 @@ def from_folder(
     class_names: Sequence[str] | None = None,
     on_bad_file: str = "error",
     image_size: int | None = None,
+    check_files: str = "full",
+    decoded_memory: str | int | None = "auto",
 ) -> ImageData:
     """Read a folder with one subfolder per class (``path/cats/*.jpg``, ...).
 
@@ -347,10 +396,18 @@ def from_folder(
             Defaults to the subfolder names, sorted.
         on_bad_file: str. ``"error"`` raises naming every unusable file; ``"skip"``
             leaves them out and records them in ``ImageData.skipped``.
-        image_size: int, optional. The check decodes every file; with a size it
-            keeps them decoded at that size, so training at that size reads no file
-            (uint8, ``size * size * 3`` bytes an image, for folders up to
-            :data:`KEEP_DECODED_BYTES`). Defaults to None.
+        image_size: int, optional. The full check decodes every file; with a size
+            it keeps them decoded at that size, so training at that size reads no
+            file (uint8, ``size * size * 3`` bytes an image, while they fit the
+            ``decoded_memory`` budget). Defaults to None.
+        check_files: str. ``"full"`` decodes every file before training (on every
+            core, once: the pixels are kept under the budget); ``"header"`` reads
+            only headers (a truncated file then stops training when reached);
+            ``"none"`` opens no file. Defaults to ``"full"``.
+        decoded_memory: str, int or None. RAM for decoded images: ``"auto"``
+            (:data:`kerastl.decoding.DECODED_MEMORY_SHARE` of the available
+            memory), bytes or a size like ``"2G"``; 0 keeps none (every epoch
+            decodes, on every core). Defaults to ``"auto"``.
 
     Returns:
         An :class:`ImageData` of file paths and integer labels.
@@ -372,33 +429,57 @@ def from_folder(
     _check_no_empty_class(scan.root, names, [len(scan.class_files[name]) for name in names])
     files = [file for name in names for file in scan.class_files[name]]
     labels = [label for label, name in enumerate(names) for _ in scan.class_files[name]]
-    pixels = _kept_pixels_store(len(files), image_size)
-    bad = find_bad_files(files, decode_into=pixels)
-    if bad and on_bad_file == "error":
-        raise DataError(_bad_files_message(scan.root, bad))
-    keep = [i for i, file in enumerate(files) if file not in bad]
-    files, labels = [files[i] for i in keep], np.asarray([labels[i] for i in keep], np.int64)
+    data = checked_files(files, labels, names, root=scan.root, on_bad_file=on_bad_file,
+                         image_size=image_size, check=check_files,
+                         decoded_memory=decoded_memory)
     # Skipping may leave a class with nothing in it.
-    _check_no_empty_class(scan.root, names, np.bincount(labels, minlength=len(names)))
-    data = ImageData(class_names=names, labels=labels, files=files, skipped=bad)
+    _check_no_empty_class(scan.root, names, np.bincount(data.labels, minlength=len(names)))
+    return data
+
+
+def checked_files(files: list[str], labels: Sequence | np.ndarray, class_names: list[str], *,
+                  root: str, on_bad_file: str = "error", image_size: int | None = None,
+                  check: str = "full",
+                  decoded_memory: str | int | None = "auto") -> ImageData:
+    """An :class:`ImageData` of ``files`` after the pre-flight check (every input's path).
+
+    Args:
+        files: list of str. Image files.
+        labels: array. One class id (or multi-hot row) per file.
+        class_names: list of str. Name of each class id.
+        root: str. What the files came from, for messages (a folder, a CSV).
+        on_bad_file, image_size, check, decoded_memory: see :func:`from_folder`
+            (``check`` is its ``check_files``).
+
+    Raises:
+        DataError: bad files with ``on_bad_file="error"``.
+
+    Example:
+        >>> checked_files([], [], ["a"], root="none", check="none").class_names
+        ['a']
+    """
+    if on_bad_file not in BAD_FILE_POLICIES:
+        raise ConfigError(
+            f"on_bad_file must be one of {BAD_FILE_POLICIES}; received on_bad_file={on_bad_file!r}."
+        )
+    labels = np.asarray(labels)
+    if image_size is not None:
+        _check_positive(image_size=image_size)
+    need = len(files) * (image_size or 0) ** 2 * 3
+    keep_now = (image_size is not None and check == "full"
+                and need <= decoded_memory_budget(decoded_memory))
+    pixels = np.zeros((len(files), image_size, image_size, 3), np.uint8) if keep_now else None
+    bad, use_pil = check_files(files, check, image_size=image_size, store=pixels)
+    if bad and on_bad_file == "error":
+        raise DataError(_bad_files_message(root, bad))
+    keep = np.asarray([i for i, file in enumerate(files) if file not in bad], np.int64)
+    data = ImageData(class_names=list(class_names), labels=labels[keep],
+                     files=[files[i] for i in keep], skipped=bad, use_pil=use_pil[keep],
+                     decoded_memory=decoded_memory)
     if pixels is not None:  # a skipped file's row is simply never read
         data._pixels[image_size] = (pixels, np.ones(len(pixels), bool),
                                     np.asarray(keep, np.int64) if bad else None)
     return data
-
-
-# Largest folder from_folder keeps decoded while checking it (uint8 pixels; splits
-# share them). Larger folders are decoded during the first epoch instead.
-KEEP_DECODED_BYTES = 2 * 1024**3
-
-
-def _kept_pixels_store(count: int, image_size: int | None) -> np.ndarray | None:
-    if image_size is None:
-        return None
-    _check_positive(image_size=image_size)
-    if count * image_size * image_size * 3 > KEEP_DECODED_BYTES:
-        return None
-    return np.zeros((count, image_size, image_size, 3), np.uint8)
 
 
 def _resolve_classes(root: str, found: list[str], expected: Sequence[str] | None) -> list[str]:
@@ -656,11 +737,16 @@ def load_splits(
     seed: int = 0,
     on_bad_file: str = "error",
     image_size: int | None = None,
+    check_files: str = "full",
+    decoded_memory: str | int | None = "auto",
 ) -> DataSplits:
     """Load training data and its validation/test data with the same classes.
 
+    Each of them is a folder of class subfolders or a ``.csv`` of ``path,label`` rows
+    (see :func:`kerastl.tables.from_csv`).
+
     Args:
-        train_dir: str or path. Training folder, one subfolder per class.
+        train_dir: str or path. Training folder, one subfolder per class, or a CSV.
         val_dir: str or path, optional. Validation folder with the same classes.
             Without it, ``val_split`` of the training images are held out
             (stratified, seeded).
@@ -674,6 +760,10 @@ def load_splits(
         on_bad_file: str. ``"error"`` or ``"skip"``, see :func:`from_folder`.
         image_size: int, optional. Keep the images the check decodes at this size,
             see :func:`from_folder`.
+        check_files: str. ``"full"``, ``"header"`` or ``"none"``, see
+            :func:`from_folder`. Defaults to ``"full"``.
+        decoded_memory: str, int or None. RAM budget for decoded images, see
+            :func:`from_folder`. Defaults to ``"auto"``.
 
     Returns:
         A :class:`DataSplits`; its ``notes`` say what was held out and why.
@@ -683,7 +773,14 @@ def load_splits(
         >>> splits.class_names  # doctest: +SKIP
         ['cats', 'dogs']
     """
-    read = functools.partial(from_folder, on_bad_file=on_bad_file, image_size=image_size)
+    from .tables import from_csv, is_table
+
+    def read(path, class_names=None):
+        reader = from_csv if is_table(path) else from_folder
+        return reader(path, class_names=class_names, on_bad_file=on_bad_file,
+                      image_size=image_size, check_files=check_files,
+                      decoded_memory=decoded_memory)
+
     train = read(train_dir)
     names = train.class_names
     notes = []

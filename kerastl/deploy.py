@@ -378,7 +378,9 @@ def _splits_from_config(directory: Path, config: dict, *, need_train: bool) -> D
         )
     return load_splits(train_dir, val_dir=folders["val_data"], test_dir=folders["test_data"],
                        val_split=config.get("val_split", 0.2), seed=int(config.get("seed", 0)),
-                       on_bad_file=config.get("on_bad_file", "error"))
+                       on_bad_file=config.get("on_bad_file", "error"),
+                       check_files=config.get("check_files", "full"),
+                       decoded_memory=config.get("decoded_memory", "auto"))
 
 
 def calibration_indices(n_train: int, count: int, seed: int) -> np.ndarray:

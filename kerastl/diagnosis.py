@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from .console import hint
@@ -175,20 +176,26 @@ def diagnose(
 
 def _examine(scan: FolderScan, report: DoctorReport, counts: dict, max_pixels: int) -> dict:
     """Inspect every file of ``scan`` into ``report``; return path -> sha256 of usable files."""
-    hashes = {}
+    # One pool for every class (not one per class folder): a thousand small classes
+    # keep every core busy too.
+    every_file = [file for files in scan.class_files.values() for file in files]
+    checks = iter(inspect_all(every_file, max_pixels))
+    usable_files = []
     for name, files in scan.class_files.items():
-        checks = inspect_all(files, max_pixels)
-        for check in checks:
+        class_checks = [next(checks) for _ in files]
+        for check in class_checks:
             if not check.ok:
                 report.bad_files[check.path] = check.reason
             elif check.notes:
                 report.notes[check.path] = check.notes
-        usable = [check.path for check in checks if check.ok]
+        usable = [check.path for check in class_checks if check.ok]
         counts[name] = len(usable)
         if not usable:
             report.empty_classes.append(os.path.join(scan.root, name))
-        hashes.update((path, _sha256(path)) for path in usable)
-    return hashes
+        usable_files += usable
+    # hashlib releases the GIL on large buffers: the hashes run on every core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return dict(zip(usable_files, pool.map(_sha256, usable_files), strict=True))
 
 
 def _sha256(path: str) -> str:

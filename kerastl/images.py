@@ -8,7 +8,9 @@ is exactly what training and prediction decode:
 * :func:`inspect_image` / :func:`find_bad_files` check files before anything is
   decoded (truncated JPEGs, text files renamed ``.png``, decompression bombs);
 * :func:`open_rgb` decodes one file to RGB (EXIF orientation, CMYK, 16-bit,
-  palette and alpha handled).
+  palette and alpha handled);
+* :func:`decoder_for` says which files TensorFlow's own decoders read exactly as
+  :func:`open_rgb` does (plain RGB or grayscale JPEG and PNG), and which need PIL.
 
 Example:
     >>> is_hidden(".ipynb_checkpoints"), is_hidden("cats")
@@ -65,6 +67,9 @@ class ImageCheck:
         size: tuple or None. ``(width, height)`` from the header.
         notes: list of str. Conversions training applies, e.g. ``"CMYK converted to
             RGB"``, ``"EXIF orientation 6 applied"``.
+        decoder: str. ``"tf"`` when TensorFlow's decoders read the file as
+            :func:`open_rgb` does, ``"pil"`` when it needs PIL (see
+            :func:`decoder_for`).
     """
 
     path: str
@@ -74,6 +79,7 @@ class ImageCheck:
     mode: str | None = None
     size: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
+    decoder: str = "tf"
 
 
 @dataclass
@@ -230,11 +236,36 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
     return rgb
 
 
+# Header facts under which TensorFlow's decode_jpeg/decode_png (channels=3) give the
+# pixels open_rgb gives: 8-bit RGB or grayscale, no orientation to apply, no alpha or
+# palette transparency (PIL drops alpha by its own rules), not a multi-picture file.
+_TF_FORMATS = {"JPEG", "PNG"}
+_TF_MODES = {"RGB", "L"}
+
+
+def decoder_for(image: Image.Image) -> str:
+    """``"tf"`` if TensorFlow's own decoders read this opened file as :func:`open_rgb` does.
+
+    Decided from the header alone (no pixel is decoded): plain 8-bit RGB or
+    grayscale JPEG and PNG without EXIF orientation or transparency go to
+    TensorFlow (``tf.io.decode_jpeg``/``decode_png`` inside ``tf.data``, on every
+    core); EXIF-rotated, CMYK, 16-bit, palette, alpha, GIF and BMP files to PIL.
+
+    Example:
+        >>> decoder_for(Image.new("CMYK", (4, 4)))
+        'pil'
+    """
+    orientation = image.getexif().get(ExifTags.Base.Orientation)
+    plain = (image.format in _TF_FORMATS and image.mode in _TF_MODES
+             and orientation in (None, 1) and "transparency" not in image.info)
+    return "tf" if plain else "pil"
+
+
 def square_pixels(rgb: Image.Image, size: int) -> np.ndarray:
     """An RGB image resized to ``size`` x ``size`` (bilinear) as uint8 pixels.
 
-    Training's resize (:data:`kerastl.data.DECODE_METHOD`), written once for the
-    doctor's check and for training.
+    PIL's resize, for :func:`find_bad_files`'s ``decode_into``; training resizes in
+    ``tf.data`` (:func:`kerastl.decoding.resize_pixels`), within 1 of it.
     """
     return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
@@ -264,7 +295,8 @@ def inspect_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXE
         return _inspect(os.fspath(path), max_pixels)
 
 
-def _inspect(path: str, max_pixels: int, pixels_out: np.ndarray | None = None) -> ImageCheck:
+def _inspect(path: str, max_pixels: int, pixels_out: np.ndarray | None = None,
+             decode: bool = True) -> ImageCheck:
     check = ImageCheck(path=path)
     extension = Path(path).suffix.lower()
     reason = _unreadable_reason(path, extension)
@@ -281,6 +313,11 @@ def _inspect(path: str, max_pixels: int, pixels_out: np.ndarray | None = None) -
                 check.notes.append(
                     f"{image.format} data named {extension} (still usable; rename it to {better})"
                 )
+            # A misnamed file goes to PIL: TensorFlow's branch is chosen by extension.
+            named_right = image.format in _FORMATS_FOR_EXTENSION[extension]
+            check.decoder = decoder_for(image) if named_right else "pil"
+            if not decode:
+                return check
             image.load()
             rgb, notes = _to_rgb(image)
             check.notes += notes
@@ -362,14 +399,17 @@ def find_bad_files(paths: Sequence[str], *, max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 def inspect_all(paths: Sequence[str], max_pixels: int = DEFAULT_MAX_PIXELS, *,
-                decode_into: np.ndarray | None = None) -> list[ImageCheck]:
+                decode_into: np.ndarray | None = None, decode: bool = True) -> list[ImageCheck]:
     """:func:`inspect_image` of every path, in parallel threads, in order.
 
-    ``decode_into`` as in :func:`find_bad_files`.
+    ``decode_into`` as in :func:`find_bad_files`. With ``decode=False`` only the
+    headers are read (format, size, mode, EXIF orientation: what
+    ``--check-files header`` checks and :func:`decoder_for` needs); truncated pixel
+    data is not found then.
     """
     def inspect(index: int) -> ImageCheck:
         row = None if decode_into is None else decode_into[index]
-        return _inspect(os.fspath(paths[index]), max_pixels, row)
+        return _inspect(os.fspath(paths[index]), max_pixels, row, decode)
 
     # The strict-decoding switches are process-wide, so they wrap the whole pool.
     with _strict_decoding(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:

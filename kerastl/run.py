@@ -263,6 +263,17 @@ class _Prepared:
     notes: list[str] = field(default_factory=list)
 
 
+def _decoded_memory(config: RunConfig) -> str:
+    """``config.decoded_memory``, with ``auto`` keeping nothing where the pixels are read
+    once after the check: a frozen base without augmentation trains on cached features,
+    so keeping N * size * size * 3 bytes would only save one decode pass (on every core)
+    and make the run's memory grow with its data."""
+    reads_once = ((config.mode == "frozen" or config.sklearn_head) and not config.augment
+                  and config.feature_cache != "off" and config.pixel_blend != "on"
+                  and config.phases is None)
+    return "0" if config.decoded_memory == "auto" and reads_once else config.decoded_memory
+
+
 def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
     """Resolve the config, set up the runtime and output, load data, plan, build."""
     from .data import load_splits
@@ -296,7 +307,9 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
     if splits is None:
         splits = load_splits(config.data, val_dir=config.val_data, test_dir=config.test_data,
                              val_split=config.val_split, seed=config.seed,
-                             on_bad_file=config.on_bad_file, image_size=config.image_size)
+                             on_bad_file=config.on_bad_file, image_size=config.image_size,
+                             check_files=config.check_files,
+                             decoded_memory=_decoded_memory(config))
     clock.lap("load_data")
     _check_two_classes(splits, config.data)
     log(runtime.summary())

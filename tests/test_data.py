@@ -104,13 +104,27 @@ def test_the_check_keeps_images_decoded_so_training_reads_no_file_again(folder, 
     assert splits.train._pixels[16][0] is splits.val._pixels[16][0]  # one store, shared
 
 
-def test_sets_over_the_memory_budget_are_decoded_during_training_instead(folder, monkeypatch):
-    import kerastl.data
+@pytest.mark.parametrize("check_files", ["full", "header"])
+def test_sets_over_the_memory_budget_are_decoded_every_epoch_instead(folder, check_files):
+    # 5 images at 16 px need 3,840 bytes: one byte less keeps nothing, ever.
+    over = from_folder(folder, image_size=16, check_files=check_files,
+                       decoded_memory=5 * 16 * 16 * 3 - 1)
+    kept = from_folder(folder, image_size=16, decoded_memory=5 * 16 * 16 * 3)
+    assert not over._pixels and kept._pixels[16][0].shape == (5, 16, 16, 3)
+    first = _pixels(over, 16)
+    np.testing.assert_array_equal(first, _pixels(over, 16))
+    np.testing.assert_array_equal(first, _pixels(kept, 16))  # the same pixels either way
+    assert not over._pixels  # no store was allocated while streaming
 
-    monkeypatch.setattr(kerastl.data, "KEEP_DECODED_BYTES", 5 * 16 * 16 * 3 - 1)
-    data = from_folder(folder, image_size=16)  # 5 images: one byte over
-    assert not data._pixels
-    np.testing.assert_array_equal(_pixels(data, 16), _pixels(from_folder(folder), 16))
+
+def test_a_store_allocated_during_training_keeps_what_the_first_epoch_decoded(folder):
+    data = from_folder(folder, check_files="header")  # nothing decoded yet
+    first = _pixels(data, 16)
+    assert data._pixels[16][1].all()  # filled by the first epoch
+    for path in list(folder.rglob("*")):
+        if path.is_file():
+            path.unlink()
+    np.testing.assert_array_equal(_pixels(data, 16), first)  # read from RAM
 
 
 def test_empty_class_folder_is_an_error_naming_it(folder):
