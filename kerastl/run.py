@@ -700,6 +700,10 @@ def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log
         "total_params": count_params(model.weights), "output_dir": str(out),
     }))
     log(f"Outputs written to {out.resolve()}")
+    from .report_page import write_run_report  # predictions.csv, top losses, report.html
+
+    write_run_report(out, model, evaluation, probs, class_names=splits.class_names,
+                     task=config.task, log=log)
     return metrics
 
 
