@@ -125,14 +125,17 @@ def cam_model(model: keras.Model, layer: str | None = None) -> CamModel:
         if len(nodes) != 1:
             raise ConfigError(f"Grad-CAM needs a model that calls its {BACKBONE_LAYER!r} "
                               f"layer once; {model.name!r} calls it {len(nodes)} times.")
-        if layer in (None, BACKBONE_LAYER) or layer not in _layer_names(base):
-            tapped = _outer_layer(model, layer) if layer not in (None, BACKBONE_LAYER) else None
+        if layer in (None, BACKBONE_LAYER):
+            pre = keras.Model(model.inputs, nodes[0].input_tensors[0])
+            tap = keras.Model(base.inputs, [base.outputs[0], base.outputs[0]])
+            post = keras.Model(nodes[0].output_tensors[0], features)
+            return _checked(CamModel(BACKBONE_LAYER, explains, _map_shape(base.outputs[0]),
+                                     pre, tap, post, kernel, bias), base)
+        if layer not in _layer_names(base):
+            tapped = _outer_layer(model, layer)
             if tapped is None:
-                pre = keras.Model(model.inputs, nodes[0].input_tensors[0])
-                tap = keras.Model(base.inputs, [base.outputs[0], base.outputs[0]])
-                post = keras.Model(nodes[0].output_tensors[0], features)
-                return _checked(CamModel(BACKBONE_LAYER, explains, _map_shape(base.outputs[0]),
-                                         pre, tap, post, kernel, bias), base)
+                raise ConfigError(f"No layer {layer!r} in the backbone or the model "
+                                  f"{model.name!r} (the Grad-CAM layer).")
             return _outer_cam(model, tapped, features, explains, kernel, bias)
         inner = base.get_layer(layer)
         _check_spatial(inner, base)
