@@ -74,6 +74,12 @@ class CamModel:
     kernel: tf.Variable | None
     bias: tf.Variable | None
 
+    def step(self):
+        """The compiled heatmap step, traced once per CamModel."""
+        if getattr(self, "_step", None) is None:
+            self._step = _gradcam_step(self)
+        return self._step
+
     def __call__(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         x = images if self.pre is None else self.pre(images, training=False)
         feature_map, part_output = self.tap(x, training=False)
@@ -249,7 +255,7 @@ def gradcam_heatmaps(
         batches: Iterable = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
     else:
         batches = images
-    step = _gradcam_step(cam)
+    step = cam.step()
     maps, start = [], 0
     for batch in batches:
         batch = tf.convert_to_tensor(np.asarray(batch, np.float32))

@@ -38,7 +38,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
@@ -147,21 +146,23 @@ class Interpretation:
             return self.class_names[int(ids)]
         return ";".join(n for n, on in zip(self.class_names, ids, strict=True) if on)
 
-    def rows(self) -> list[dict]:
-        """One dict per image, the columns of ``predictions.csv``.
+    def rows(self, indices: Sequence[int] | np.ndarray | None = None) -> list[dict]:
+        """One dict per image (default: every image), the columns of ``predictions.csv``.
 
         Example:
             >>> sorted(interp.rows()[0])  # doctest: +SKIP
             ['file', 'label', 'loss', 'p_label', 'p_predicted', 'predicted']
         """
-        predicted, p_predicted = self.predicted, self.p_predicted
+        chosen = np.arange(len(self.files)) if indices is None else np.asarray(indices)
+        predicted, p_predicted = self.predicted[chosen], self.p_predicted[chosen]
+        files = [self.files[i] for i in chosen]
         if not self.labelled:
             return [{"file": f, "predicted": self.names(c), "p_predicted": float(p)}
-                    for f, c, p in zip(self.files, predicted, p_predicted, strict=True)]
-        losses, labels = self.losses, self.labels
+                    for f, c, p in zip(files, predicted, p_predicted, strict=True)]
+        losses, labels = self.losses[chosen], self.labels[chosen]
         return [{"file": f, "label": self.names(y), "predicted": self.names(c),
                  "p_label": float(np.exp(-loss)), "p_predicted": float(p), "loss": float(loss)}
-                for f, y, c, p, loss in zip(self.files, labels, predicted, p_predicted, losses,
+                for f, y, c, p, loss in zip(files, labels, predicted, p_predicted, losses,
                                             strict=True)]
 
     def to_csv(self) -> str:
@@ -187,9 +188,9 @@ class Interpretation:
             >>> [row["loss"] for row in interp.top_losses(3)]  # doctest: +SKIP
             [4.2, 3.1, 2.7]
         """
-        rows = self.rows()
-        return [{key: rows[i][key] for key in ("file", "label", "predicted", "loss")}
-                | {"index": int(i)} for i in self.top_loss_indices(k)]
+        indices = self.top_loss_indices(k)
+        return [{key: row[key] for key in ("file", "label", "predicted", "loss")}
+                | {"index": int(i)} for i, row in zip(indices, self.rows(indices), strict=True)]
 
     def confusion_matrix(self) -> np.ndarray:
         """scikit-learn's confusion matrix (rows: label, columns: predicted).
@@ -285,7 +286,7 @@ class Interpretation:
                 title += f"\n(no Grad-CAM: {str(error).split(':')[0]})"
         columns = max(1, min(4, len(indices)))
         rows = max(1, -(-len(indices) // columns))
-        figure = Figure(figsize=(3 * columns, 3.2 * rows + 0.6))
+        figure = Figure(figsize=(2.2 * columns, 2.5 * rows + 0.5))
         figure.suptitle(title, fontsize=10)
         losses, p_label, predicted = self.losses, self.p_label, self.predicted
         for slot, i in enumerate(indices):
@@ -297,7 +298,9 @@ class Interpretation:
             ax.set_title(f"{self.names(predicted[i])} / {self.names(self.labels[i])} /\n"
                          f"{losses[i]:.2f} / {p_label[i]:.2f}", fontsize=9)
             ax.set_axis_off()
-        figure.tight_layout()
+        # Fixed margins: tight_layout measured at 0.6 s of a 16-image grid.
+        figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.5 / (
+            2.5 * rows + 0.5), wspace=0.08, hspace=0.45)
         return figure
 
     def summary(self, k: int = TOP_LOSSES) -> dict:
@@ -426,17 +429,28 @@ def display_names(data: Any, root: str | os.PathLike | None = None) -> list[str]
 
 def predict_probabilities(model: keras.Model, data: Any, *, batch_size: int = 64,
                           progress: bool = True) -> np.ndarray:
-    """The model's outputs on every image of ``data``: one batched pass, in data order."""
-    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    bar = Progress(len(data), "predict") if progress else None
-    outputs = []
-    for x, _ in data.batches(int(model.input_shape[1]), batch_size):
-        outputs.append(np.asarray(call(x), np.float32))
-        if bar:
-            bar.update(len(outputs[-1]))
-    if bar:
-        bar.close()
-    return np.concatenate(outputs)
+    """The model's outputs on every image of ``data``: one batched pass, in data order.
+
+    ``model.predict`` itself, so the pass costs what a plain Keras prediction costs
+    (its compiled predict function is kept on the model between calls).
+    """
+    callbacks = [_ProgressCallback(Progress(len(data), "predict"), batch_size,
+                                   len(data))] if progress else []
+    outputs = model.predict(data.batches(int(model.input_shape[1]), batch_size), verbose=0,
+                            callbacks=callbacks)
+    return np.asarray(outputs, np.float32)
+
+
+class _ProgressCallback(keras.callbacks.Callback):
+    def __init__(self, bar: Progress, batch_size: int, total: int) -> None:
+        super().__init__()
+        self.bar, self.batch_size, self.total = bar, batch_size, total
+
+    def on_predict_batch_end(self, batch, logs=None) -> None:
+        self.bar.update(min(self.batch_size, self.total - self.bar.done))
+
+    def on_predict_end(self, logs=None) -> None:
+        self.bar.close()
 
 
 class Progress:
