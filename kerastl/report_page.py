@@ -75,7 +75,9 @@ def write_report(out: str | os.PathLike, *, plan: str | None = None,
     parts += _summary(metrics, run)
     parts += _auto_choices(run, interpretation)
     if (out / "config.yaml").is_file():
-        parts += ["<h2>Configuration</h2>", f"<pre>{_e((out / 'config.yaml').read_text())}</pre>"]
+        parts += ["<h2>Configuration</h2>", "<details><summary>config.yaml (rerun with "
+                  "<code>python -m kerastl.train --config</code>)</summary>"
+                  f"<pre>{_e((out / 'config.yaml').read_text())}</pre></details>"]
     if plan:
         parts += ["<h2>Unfreeze plan</h2>", f"<pre>{_e(plan)}</pre>"]
     for name, caption in FIGURES:
