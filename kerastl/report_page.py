@@ -238,5 +238,7 @@ def write_run_report(out: str | os.PathLike, model, data, probabilities, *,
             log(f"Note: {note}")
     except KerastlError as error:
         log(f"Note: no interpretation: {error}")
+    except Exception as error:  # noqa: BLE001  (a finished run's outputs are all written)
+        log(f"Note: no interpretation ({type(error).__name__}): {error}")
     plan = getattr(model, "plan", None)
     return write_report(out, plan=None if plan is None else str(plan))
