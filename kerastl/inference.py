@@ -13,7 +13,6 @@ import numpy as np
 
 from . import _backend  # noqa: F401
 from .errors import DataError
-from .model import load_model
 from .training import evaluation_losses, predict
 
 
@@ -83,7 +82,8 @@ def predict_paths(model_path, inputs: Sequence[str], *, output=None, batch_size:
     """CSV (path, predicted class, one probability column per class) for files/folders.
 
     Args:
-        model_path: path of a run's ``model.keras`` (``labels.json`` beside it).
+        model_path: path of a run's ``model.keras`` (``labels.json`` beside it; without
+            one, a plain Keras model, classes are named by id).
         inputs: image files and/or folders (searched recursively, hidden files skipped).
         output: path, optional. Also write the CSV there (atomically). A path not
             ending in ``.csv`` is a folder: ``OUTPUT/predictions.csv`` gets
@@ -101,10 +101,13 @@ def predict_paths(model_path, inputs: Sequence[str], *, output=None, batch_size:
     """
     from .data import ImageData
     from .images import SUPPORTED_EXTENSIONS, find_bad_files
+    from .interpretation import load_for_interpretation
 
-    labels = load_run_labels(model_path)
+    # A plain Keras model (no labels.json) predicts class ids.
+    model, labels, _ = load_for_interpretation(model_path)
+    units = int(model.output_shape[-1])
+    labels = labels or {"class_names": [str(i) for i in range(max(units, 2))]}
     names = labels["class_names"]
-    model = load_model(model_path, compile=False)
     files, shown = [], []
     for item in inputs:
         path = Path(item)

@@ -226,6 +226,9 @@ def test_a_plain_keras_model_without_labels_json_is_interpreted_with_folder_orde
     summary = json.loads((out / "interpretation.json").read_text())
     assert any("labels.json" in note for note in summary["notes"])
     assert summary["gradcam"]["layer"] == "conv"
+    assert predict_main([str(path), str(SAMPLES / "test" / "bag"), "--output",
+                         str(tmp_path / "p")]) == 0
+    assert {r["predicted"] for r in _read_csv(tmp_path / "p" / "predictions.csv")} <= set("01234")
     # Arrays without names: class ids are the names.
     images = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3)).astype("uint8")
     interp = kerastl.interpret(path, (images, [0, 1, 2, 3, 4, 0]))
