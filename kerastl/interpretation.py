@@ -248,8 +248,15 @@ class Interpretation:
         else:
             classes = self.predicted
         subset = self.data.subset(indices)
-        batches = (x for x, _ in subset.batches(self.image_size, batch_size))
-        return gradcam_heatmaps(cam, batches, classes[indices])
+        bar = Progress(len(indices), "Grad-CAM")
+
+        def batches():
+            for x, _ in subset.batches(self.image_size, batch_size):
+                yield x
+                bar.update(int(x.shape[0]))
+            bar.close()
+
+        return gradcam_heatmaps(cam, batches(), classes[indices])
 
     def images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 pixels ``(len(indices), H, W, 3)`` at the model's input size."""
