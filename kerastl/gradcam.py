@@ -176,6 +176,7 @@ def _checked(cam: CamModel, where: keras.Model) -> CamModel:
     height, width, _ = cam.map_shape
     if height * width <= 1:
         larger = [each.name for each in where.layers if _is_spatial(each)
+                  and not isinstance(each, keras.layers.ZeroPadding2D)
                   and _map_shape(each.output)[0] * _map_shape(each.output)[1] > 1]
         hint = (f" Layers with a larger map, last first: {', '.join(larger[::-1][:3])}."
                 if larger else "")

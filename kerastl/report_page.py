@@ -235,7 +235,10 @@ def write_run_report(out: str | os.PathLike, model, data, probabilities, *,
                                 display_names(data))
         write_interpretation(out, interp)
         for note in interp.notes:
-            log(f"Note: {note}")
+            # The CLI remedy of a missing spatial map is an evaluate flag, not a train one.
+            note = note.split(" Use larger images")[0]
+            log(f"Note: report.html: {note} (python -m kerastl.evaluate ... --gradcam-layer "
+                "NAME uses an earlier layer)" if "Grad-CAM" in note else f"Note: {note}")
     except KerastlError as error:
         log(f"Note: no interpretation: {error}")
     except Exception as error:  # noqa: BLE001  (a finished run's outputs are all written)
