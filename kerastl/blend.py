@@ -43,6 +43,7 @@ import numpy as np
 
 from . import _backend  # noqa: F401
 from ._backend import single_threaded_blas
+from .console import batches_in, progress
 from .errors import ConfigError
 from .model import find_backbone
 from .probe import PREDICTIONS_LAYER, logistic_kernel_and_bias, stratified_folds
@@ -336,7 +337,7 @@ def _fit_rows(n: int, seed: int) -> np.ndarray | None:
 
 def _read_pixels(pixels: keras.Model, batches) -> tuple[np.ndarray, np.ndarray]:
     features, labels = [], []
-    for x, y in batches:
+    for x, y in progress(batches, total=batches_in(batches), label="Pixel blend: reading pixels"):
         features.append(np.asarray(pixels(x, training=False), dtype=np.float64))
         labels.append(np.asarray(y))
     return np.concatenate(features), np.concatenate(labels)

@@ -22,6 +22,15 @@ EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 143
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag gets its error line and the valid values, not 39 lines
+    of usage in front of them (issue 27)."""
+
+    def error(self, message: str):  # argparse's hook; never returns
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n"
+                                  f"(all flags: {self.prog} --help)\n")
+
+
 # ---------------------------------------------------------------------- value parsers
 def _positive_int(text: str) -> int:
     try:
@@ -164,7 +173,7 @@ def _run_parser(prog: str, description: str,
     Unset flags are left out of the namespace, so :func:`_run_config` marks only the
     flags actually given as given.
     """
-    parser = argparse.ArgumentParser(prog=prog, description=description,
+    parser = Parser(prog=prog, description=description,
                                      argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", metavar="FILE.yaml",
                         help="YAML file of defaults (flags override it)")
@@ -205,21 +214,37 @@ def _quiet_tensorflow(argv: Sequence[str] | None) -> None:
 
 def run_guarded(action: Callable[[], int]) -> int:
     """Run a command; kerastl errors become one-line messages and exit codes."""
+    from .console import speaking_to_cli
     from .errors import KerastlError, NonFiniteLossError
     from .training import Preempted
 
     try:
-        return action()
+        with speaking_to_cli():
+            return action()
     except NonFiniteLossError as error:
-        print(f"kerastl: error: {error}", file=sys.stderr)
+        print(f"kerastl: error: {in_flags(error)}", file=sys.stderr)
         return EXIT_DIVERGED
     except Preempted as stop:
         print(f"kerastl: stopped by SIGTERM; {stop} Resume with the same command plus "
               "--resume.", file=sys.stderr)
         return EXIT_PREEMPTED
     except (KerastlError, FileNotFoundError) as error:
-        print(f"kerastl: error: {error}", file=sys.stderr)
+        print(f"kerastl: error: {in_flags(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def in_flags(error: BaseException) -> str:
+    """An error's text with its Python-style hints (``lr=1e-3``) written as flags.
+
+    Library messages name arguments; on the command line the same hint names the
+    flag (``--lr 1e-3``), as the user types it.
+    """
+    from .config import RunConfig
+    from .console import cli_language
+
+    flags = {spec.name: spec.metadata.get("flag") or "--" + spec.name.replace("_", "-")
+             for spec in dataclasses.fields(RunConfig) if spec.metadata.get("cli", True)}
+    return cli_language(str(error), flags)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
@@ -239,9 +264,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """``python -m kerastl.evaluate MODEL DIR``: metrics of a saved model on a folder."""
     _quiet_tensorflow(argv)
-    parser = argparse.ArgumentParser(prog="python -m kerastl.evaluate",
+    parser = Parser(prog="python -m kerastl.evaluate",
                                      description="Evaluate a saved kerastl model on a folder.")
-    parser.add_argument("model", help="model.keras from a kerastl run")
+    parser.add_argument("model", help="a kerastl run folder, or its model.keras")
     parser.add_argument("data", help="folder of class subfolders (same classes)")
     parser.add_argument("--output", metavar="DIR", help="write metrics.json, predictions.csv, "
                         "interpretation.json, top_losses.png, gradcam.npz and report.html here")
@@ -255,8 +280,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         metrics = evaluate_folder(args.model, args.data, output=args.output,
                                   batch_size=args.batch_size, top_losses=args.top_losses,
                                   gradcam=args.gradcam, gradcam_layer=args.gradcam_layer)
-        print(f"accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  "
-              f"({metrics['n_examples']} images)")
+        print(evaluation_line(metrics))
         if args.output is not None:
             print(f"Predictions, top losses and report.html written to {args.output}")
         return 0
@@ -278,12 +302,33 @@ def _add_interpretation_flags(parser: argparse.ArgumentParser) -> None:
                        "backbone's output, its last spatial map)")
 
 
+def evaluation_line(metrics: dict) -> str:
+    """``evaluate``'s line: accuracy, plain cross-entropy, and the loss named for what it is.
+
+    Example:
+        >>> evaluation_line({"accuracy": 0.9, "cross_entropy": 0.31, "loss": 0.52,
+        ...                  "n_examples": 120, "definitions": {"loss": "mean categorical "
+        ...                  "cross-entropy with label_smoothing=0.1: the training objective"}})
+        'accuracy 0.9000  cross-entropy 0.3100  loss 0.5200 (label_smoothing=0.1)  (120 images)'
+    """
+    import re
+
+    definition = (metrics.get("definitions") or {}).get("loss", "")
+    smoothing = re.search(r"label_smoothing=([\d.e-]+)", definition)
+    named = f" (label_smoothing={smoothing.group(1)})" if smoothing and \
+        float(smoothing.group(1)) > 0 else ""
+    entropy = (f"  cross-entropy {metrics['cross_entropy']:.4f}"
+               if "cross_entropy" in metrics else "")
+    return (f"accuracy {metrics['accuracy']:.4f}{entropy}  loss {metrics['loss']:.4f}{named}  "
+            f"({metrics['n_examples']} images)")
+
+
 def predict_main(argv: Sequence[str] | None = None) -> int:
     """``python -m kerastl.predict MODEL PATH...``: CSV of class and probabilities."""
     _quiet_tensorflow(argv)
-    parser = argparse.ArgumentParser(prog="python -m kerastl.predict",
+    parser = Parser(prog="python -m kerastl.predict",
                                      description="Predict classes of images with a saved model.")
-    parser.add_argument("model", help="model.keras from a kerastl run")
+    parser.add_argument("model", help="a kerastl run folder, or its model.keras")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     parser.add_argument("--output", metavar="FILE.csv|DIR",
                         help="CSV path (default: stdout); a folder gets predictions.csv "
@@ -298,6 +343,9 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
                              batch_size=args.batch_size)
         if args.output is None:
             sys.stdout.write(text)
+        else:
+            rows = max(text.count("\n") - 1, 0)
+            print(f"Predictions for {rows} image(s) written to {args.output}")
         return 0
 
     return run_guarded(action)
@@ -306,7 +354,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
 def doctor_parser() -> argparse.ArgumentParser:
     from .images import DEFAULT_MAX_PIXELS
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m kerastl.doctor",
         description="Check an image-classification folder (one subfolder per class) "
         "for files that would break or skew training.",
@@ -324,7 +372,7 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     _quiet_tensorflow(argv)
     from .deploy import CALIBRATION_IMAGES, FORMATS, QUANTIZATIONS
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m kerastl.export",
         description="Export a finished run's model.keras to SavedModel, LiteRT (.tflite) or "
         "ONNX, run the file with its own runtime on the run's test (else validation) split, "
@@ -376,15 +424,17 @@ def doctor_main(argv: Sequence[str] | None = None) -> int:
     import json
 
     args = doctor_parser().parse_args(argv)
+    from .console import speaking_to_cli
     from .diagnosis import diagnose
     from .errors import DataError
 
     try:
         report = diagnose(args.data, args.val_data, max_pixels=args.max_pixels)
     except DataError as error:
-        print(f"kerastl: error: {error}", file=sys.stderr)
+        print(f"kerastl: error: {in_flags(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
+    with speaking_to_cli():
+        print(json.dumps(report.to_dict(), indent=2) if args.json else report)
     return 0 if report.ok else 1
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,7 +272,8 @@ class RunConfig:
         return copy
 
     # ------------------------------------------------------------------ resolution
-    def resolve(self, *, in_memory_data: bool = False) -> RunConfig:
+    def resolve(self, *, in_memory_data: bool = False,
+                native_size: Callable[[], int | None] | None = None) -> RunConfig:
         """A validated copy with every derived default filled in, done once.
 
         * no ``data`` (and ``in_memory_data`` False): the shipped ``data_samples/``
@@ -281,7 +283,14 @@ class RunConfig:
         * no ``backbone``: the one a weights file was saved from (its kerastl
           ``config.yaml`` or JSON record), else ``MobileNetV2``; names in any case;
         * no ``image_size``: the size those weights were trained at, else the
-          backbone's default size.
+          backbone's default size; with ``mode="auto"`` and no pretrained weights
+          (trained from scratch), the images' own side from ``native_size()``,
+          within the backbone's minimum and default sizes.
+
+        Args:
+            in_memory_data: bool. The data comes as arrays (no ``data`` folder).
+            native_size: callable, optional. Returns the images' own side; only
+                called when a from-scratch run needs it (it reads file headers).
 
         Raises:
             ConfigError: a value outside its choices or range, quoting it.
@@ -304,9 +313,7 @@ class RunConfig:
                 config.image_size = int(record["input_size"])
         config.backbone = _canonical_backbone(config.backbone or DEFAULT_BACKBONE)
         if config.image_size is None:
-            from .backbones import get_backbone
-
-            config.image_size = get_backbone(config.backbone).default_size
+            config.image_size = _default_image_size(config, native_size)
         if config.mode == "scratch" and config.phases is None:
             config.weights = None  # scratch means random initialisation
         # A list, whatever wrote it: YAML `augment: auto` or `augment:` (null) included.
@@ -400,6 +407,20 @@ def _none_weights(weights: Any) -> Any:
     if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
         return None
     return str(weights)
+
+
+def _default_image_size(config: RunConfig, native_size) -> int:
+    from .backbones import get_backbone
+    from .weights import has_pretrained_weights
+
+    backbone = get_backbone(config.backbone)
+    from_scratch = (config.mode == "auto" and config.phases is None
+                    and not has_pretrained_weights(config.weights))
+    own = native_size() if from_scratch and native_size is not None else None
+    if not own:
+        return backbone.default_size
+    # Nothing was trained at a size: the images' own, within what the net accepts.
+    return min(max(int(own), backbone.min_size), backbone.default_size)
 
 
 def _canonical_backbone(name: str) -> str:

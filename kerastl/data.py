@@ -727,8 +727,7 @@ def auto_val_share(data: ImageData) -> tuple[float, str]:
                                 "held out (stratified)")
     return 0.0, (f"validation: none held out (the smallest class has {smallest} images; "
                  f"{AUTO_VAL_SHARE:.0%} of it is under {MIN_VAL_PER_CLASS}), so every image "
-                 "trains and the run keeps its last epoch; pass --val-data DIR or "
-                 "--val-split F to validate")
+                 "trains; pass --val-data DIR or --val-split F to validate")
 
 
 def augmentation(

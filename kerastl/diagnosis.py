@@ -19,6 +19,7 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 
+from .console import hint
 from .images import DEFAULT_MAX_PIXELS, FolderScan, inspect_all, scan_folder
 
 IMBALANCE_WARNING_RATIO = 10.0
@@ -87,9 +88,11 @@ class DoctorReport:
         if self.class_mismatch:
             mismatch = ((key, ", ".join(names)) for key, names in self.class_mismatch.items())
             lines += _section("Train/validation class mismatch", mismatch)
-        notes = ((path, "; ".join(items)) for path, items in self.notes.items())
-        lines += _section("Converted when loaded (fine)", notes)
-        lines += _section("Ignored (hidden)", ((path, "not data") for path in self.hidden_ignored))
+        # Fine conversions are counted by kind, not listed: 90 lines of "converted
+        # (fine)" buried the problems above them (issue 27). --json lists every file.
+        lines += _counted("Converted when loaded (fine)", self.notes.values())
+        if self.hidden_ignored:
+            lines.append(f"Ignored (hidden, not data): {len(self.hidden_ignored)} file(s)")
         if self.warnings:
             lines += [f"Warnings ({len(self.warnings)}):"] + [f"  - {w}" for w in self.warnings]
         lines.append(_verdict(self))
@@ -103,6 +106,16 @@ def _section(title: str, rows) -> list[str]:
     return [f"{title} ({len(rows)}):"] + [f"  {key}: {value}" for key, value in rows]
 
 
+def _counted(title: str, notes_per_file) -> list[str]:
+    """One line per kind of note with its file count, most common first."""
+    from collections import Counter
+
+    kinds = Counter(note for notes in notes_per_file for note in notes)
+    if not kinds:
+        return []
+    return [f"{title}:"] + [f"  {count} file(s): {kind}" for kind, count in kinds.most_common()]
+
+
 def _verdict(report: DoctorReport) -> str:
     if report.ok:
         return "OK: every class folder has usable images."
@@ -112,7 +125,7 @@ def _verdict(report: DoctorReport) -> str:
     if report.bad_files:
         problems.append(
             f"{len(report.bad_files)} bad file(s): fix or delete them, or load with "
-            "on_bad_file='skip' to leave them out"
+            f"{hint('on_bad_file', 'skip')} to leave them out"
         )
     if report.empty_classes:
         problems.append("empty class folder(s): add images or delete the folder")

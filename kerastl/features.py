@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import _backend  # noqa: F401
+from .console import batches_in, progress
 from .data import image_batches
 from .errors import ConfigError, DataError
 from .feature_cache import FeatureCache, Features, base_digest, cache_key, data_fingerprint
@@ -162,7 +163,7 @@ def run_extractor(
                             augment=augment).with_options(_extraction_options())
     forward = _compiled_forward(extractor, size)
     features, label_batches = [], []
-    for element in batches:
+    for element in progress(batches, total=batches_in(batches), label="Feature extraction"):
         images, batch_labels = element if isinstance(element, tuple) else (element, None)
         features.append(forward(images).numpy())
         if batch_labels is not None:

@@ -79,23 +79,21 @@ class UnfreezePlan:
 
     def __str__(self) -> str:
         lines = [f"Unfreeze plan: mode={self.mode}, bn_policy={self.bn_policy}"]
-        width = max([len(b[0]) for b in self.blocks] + [10])
-        lines.append(f"  {'block':<{width}} {'layers':>6} {'params':>12}  state")
         shown = _elide(self.blocks)
-        for row in shown:
-            if row is None:
-                lines.append(f"  {'...':<{width}}")
-                continue
-            name, n_layers, params, state = row
+        width = max([len(row[0]) for row in shown] + [10])
+        lines.append(f"  {'block':<{width}} {'layers':>6} {'params':>12}  state")
+        for name, n_layers, params, state in shown:
             lines.append(f"  {name:<{width}} {n_layers:>6} {params:>12,}  {state}")
         lines.append(f"  {'head':<{width}} {'':>6} {self.head_params:>12,}  train")
         lines.append(
             f"  trainable params: {self.trainable_params:,}   "
             f"frozen params: {self.frozen_params:,}"
         )
+        why = (" (frozen BN keeps its pretrained statistics while its block fine-tunes)"
+               if self.bn_frozen and self.mode in ("finetune", "full") else "")
         lines.append(
             f"  BatchNorm: {self.bn_trainable} training, {self.bn_frozen} in inference "
-            "mode (frozen BN keeps its pretrained statistics while its block fine-tunes)"
+            f"mode{why}"
         )
         lines.extend(f"  warning: {w}" for w in self.warnings)
         return "\n".join(lines)
@@ -113,18 +111,30 @@ class UnfreezePlan:
         }
 
 
-def _elide(rows: list, keep: int = 6) -> list:
-    """Show the first and last few blocks of a long list, and every non-frozen one."""
-    if len(rows) <= 2 * keep:
-        return rows
-    out, skipped = [], False
-    for i, row in enumerate(rows):
-        if i < 2 or i >= len(rows) - keep or row[3] != "frozen":
-            out.append(row)
-            skipped = False
-        elif not skipped:
-            out.append(None)
-            skipped = True
+def _elide(rows: list, run: int = 4) -> list:
+    """Rows to print: a run of ``run`` or more blocks in one state becomes one row.
+
+    Every block is still counted: the row reads ``first..last (k blocks)`` with the
+    run's layers and parameters summed, so nothing is cut to an empty ``...``.
+
+    Example:
+        >>> rows = [(f"b{i}", 2, 10, "frozen") for i in range(5)] + [("top", 3, 7, "train")]
+        >>> _elide(rows)
+        [('b0..b4 (5 blocks)', 10, 50, 'frozen'), ('top', 3, 7, 'train')]
+    """
+    out: list = []
+    start = 0
+    while start < len(rows):
+        end = start
+        while end + 1 < len(rows) and rows[end + 1][3] == rows[start][3]:
+            end += 1
+        group = rows[start:end + 1]
+        if len(group) >= run:
+            out.append((f"{group[0][0]}..{group[-1][0]} ({len(group)} blocks)",
+                        sum(r[1] for r in group), sum(r[2] for r in group), group[0][3]))
+        else:
+            out.extend(group)
+        start = end + 1
     return out
 
 

@@ -376,3 +376,39 @@ def inspect_all(paths: Sequence[str], max_pixels: int = DEFAULT_MAX_PIXELS, *,
         return list(pool.map(inspect, range(len(paths))))
 
 
+
+
+# Files whose header a size estimate reads: enough for a stable median, cheap at any
+# folder size (a header read is a few kilobytes; nothing is decoded).
+SIZE_SAMPLE_FILES = 200
+
+
+def native_image_side(root: str | os.PathLike, *, sample: int = SIZE_SAMPLE_FILES) -> int | None:
+    """The median shorter side of a folder's images, from their headers alone.
+
+    What a run without pretrained weights trains at: nothing was trained at a
+    particular size, and upscaling 32 px images to 224 px costs about 50 times the
+    compute for no information (issue 27: 5 min 49 s against 88 s).
+
+    Args:
+        root: str or path. Folder with one subfolder per class.
+        sample: int. Files read at most, spread evenly over the sorted list.
+
+    Returns:
+        int, or None when no file could be opened (the data check reports why).
+
+    Example:
+        >>> native_image_side("data_samples/fashion/train")
+        28
+    """
+    files = [path for paths in scan_folder(root).class_files.values() for path in paths]
+    if len(files) > sample:
+        files = [files[i * len(files) // sample] for i in range(sample)]
+    sides = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                sides.append(min(image.size))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+    return int(np.median(sides)) if sides else None

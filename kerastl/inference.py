@@ -16,9 +16,32 @@ from .errors import DataError
 from .training import evaluation_losses, predict
 
 
+def model_file(path: str | os.PathLike) -> Path:
+    """The ``model.keras`` of a run folder, or ``path`` itself when it is a file.
+
+    Raises:
+        DataError: nothing at ``path``, or a folder without ``model.keras``.
+
+    Example:
+        >>> model_file("runs/nope")
+        Traceback (most recent call last):
+        ...
+        kerastl.errors.DataError: model not found: runs/nope
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.keras").is_file():
+            raise DataError(f"no model.keras in the folder {str(path)!r}: pass a finished "
+                            "kerastl run folder or a model.keras file.")
+        return path / "model.keras"
+    if not path.exists():
+        raise DataError(f"model not found: {path}")
+    return path
+
+
 def load_run_labels(model_path: str | os.PathLike) -> dict:
-    """``labels.json`` written next to ``model.keras`` by a kerastl run."""
-    path = Path(model_path).with_name("labels.json")
+    """``labels.json`` written next to ``model.keras`` by a kerastl run (or in its folder)."""
+    path = model_file(model_path).with_name("labels.json")
     if not path.is_file():
         raise DataError(
             f"No labels.json next to {str(model_path)!r}; kerastl writes it with model.keras. "
@@ -54,7 +77,7 @@ def evaluate_folder(model_path, data_dir, *, output=None, batch_size: int = 64,
     from .interpretation import interpret, load_for_interpretation, write_interpretation
     from .reports import classification_metrics, write_evaluation
 
-    model, labels, notes = load_for_interpretation(model_path)
+    model, labels, notes = load_for_interpretation(model_file(model_path))
     interp = interpret(model, data_dir, batch_size=batch_size,
                        class_names=(labels or {}).get("class_names"),
                        task=(labels or {}).get("task"))
@@ -104,7 +127,7 @@ def predict_paths(model_path, inputs: Sequence[str], *, output=None, batch_size:
     from .interpretation import load_for_interpretation
 
     # A plain Keras model (no labels.json) predicts class ids.
-    model, labels, _ = load_for_interpretation(model_path)
+    model, labels, _ = load_for_interpretation(model_file(model_path))
     units = int(model.output_shape[-1])
     labels = labels or {"class_names": [str(i) for i in range(max(units, 2))]}
     names = labels["class_names"]

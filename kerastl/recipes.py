@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from .errors import ConfigError
 from .freezing import MODES
+from .weights import has_pretrained_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import RunConfig
@@ -130,6 +131,10 @@ def plan_phases(config: RunConfig, steps_per_epoch: int) -> Plan:
 def _trained_phases(config: RunConfig, steps_per_epoch: int) -> Plan:
     epochs, reason = epoch_budget(config.epochs, steps_per_epoch)
     reasons = [reason]
+    if config.mode == "auto" and not has_pretrained_weights(config.weights):
+        reasons.append(_scratch_reason(config))
+        return Plan([Phase("scratch", epochs, mode="scratch", lr=config.lr,
+                           bn_policy="train")], reasons)
     mode = "full" if config.mode == "auto" else config.mode
     if mode in ("frozen", "scratch"):
         bn = "train" if mode == "scratch" else config.bn_policy
@@ -184,6 +189,17 @@ def epoch_budget(epochs: int | str, steps_per_epoch: int) -> tuple[int, str]:
     return chosen, (f"--epochs auto: {chosen} epochs x {steps_per_epoch} steps = "
                     f"{chosen * steps_per_epoch} optimizer steps (at least {TARGET_STEPS} "
                     f"steps and {MIN_EPOCHS} epochs, at most {MAX_STEPS} steps)")
+
+
+def _scratch_reason(config: RunConfig) -> str:
+    what = ("--weights none" if config.weights is None
+            else f"--weights {config.weights} holds a network that never trained")
+    size = ("" if "image_size" in config.given
+            else f" at the images' own size, {config.image_size} px")
+    # A probe on random features and fine-tuning with BatchNorm in inference mode
+    # (random statistics) learn nothing: the loss stays at ln K (issue 27).
+    return (f"no pretrained weights ({what}): auto trains every layer from scratch with "
+            f"BatchNorm training{size}")
 
 
 def _unfreeze(config: RunConfig) -> dict[str, int | None]:

@@ -616,9 +616,14 @@ def _draw_boundaries(ax, boundaries: Sequence[tuple[float, str]]) -> None:
 def summary_text(run: Mapping[str, Any]) -> str:
     """One screen describing a finished run; keys missing from ``run`` are skipped.
 
-    Recognised keys: ``backbone``; ``mode``; ``phases`` (list of ``{"name", "epochs"}``
-    dicts or names); ``epochs``; ``examples`` (``{"train": n, "val": n, "test": n}``);
-    ``best_val_accuracy`` and ``best_epoch``; ``test_accuracy``; ``test_loss``;
+    Recognised keys: ``backbone``; ``mode``; ``phases`` (list of ``{"name", "epochs",
+    "fit"}`` dicts or names; a probe shows no epochs); ``epochs`` (trained, probes
+    left out); ``examples`` (``{"train": n, "val": n, "test": n}``);
+    ``best_val_accuracy`` and ``best_epoch``; ``test_accuracy``; ``blended`` (the
+    accuracy is of the network plus the pixel blend) and ``network_check`` (from
+    :func:`kerastl.health.check_network`: the network alone, always shown beside a
+    blended accuracy); ``test_loss`` (the training objective) with ``label_smoothing``
+    and ``test_cross_entropy``;
     ``evaluated_on`` (``"test"`` or ``"validation"``: which split gave the test numbers);
     ``seconds`` (wall time); ``trainable_params`` and ``total_params``;
     ``output_dir``; ``outputs`` (name -> path).
@@ -650,8 +655,11 @@ def _summary_fields(run: Mapping[str, Any]) -> list[tuple[str, str | None]]:
         ("epochs", _opt(run.get("epochs"))),
         ("examples", _examples(run.get("examples"))),
         ("best val accuracy", _best(run)),
-        ("test accuracy", _evaluated(run, _percent(run.get("test_accuracy")))),
-        ("test loss", None if run.get("test_loss") is None else f"{run['test_loss']:.4f}"),
+        ("test accuracy", _evaluated(run, _accuracy(run))),
+        ("network alone", _network_alone(run)),
+        (_loss_label(run), None if run.get("test_loss") is None else f"{run['test_loss']:.4f}"),
+        ("cross-entropy", None if run.get("test_cross_entropy") is None
+         else f"{run['test_cross_entropy']:.4f}"),
         ("time", None if run.get("seconds") is None else _duration(float(run["seconds"]))),
         ("trainable params", _params(run)),
         ("outputs", _opt(run.get("output_dir"))),
@@ -659,6 +667,29 @@ def _summary_fields(run: Mapping[str, Any]) -> list[tuple[str, str | None]]:
     for name, location in (run.get("outputs") or {}).items():
         fields.append((f"  {name}", str(location)))
     return fields
+
+
+def _accuracy(run: Mapping[str, Any]) -> str | None:
+    value = _percent(run.get("test_accuracy"))
+    return f"{value} (network + pixel blend)" if value and run.get("blended") else value
+
+
+def _network_alone(run: Mapping[str, Any]) -> str | None:
+    # Never a blended number without the network's own beside it (issue 27).
+    check = run.get("network_check") or {}
+    if not run.get("blended") and check.get("status") in (None, "ok"):
+        return None
+    value = _percent(check.get("network_accuracy"))
+    if value is None:
+        return None
+    if check.get("status") == "at_chance":
+        return f"{value} AT CHANCE ({_percent(check.get('chance'))}): it did not learn"
+    return value if check.get("status") == "ok" else f"{value} ({check['status']})"
+
+
+def _loss_label(run: Mapping[str, Any]) -> str:
+    smoothing = run.get("label_smoothing")
+    return f"loss (smoothing {smoothing:g})" if smoothing else "loss"
 
 
 def _evaluated(run: Mapping[str, Any], value: str | None) -> str | None:
@@ -681,7 +712,9 @@ def _mode(run: Mapping[str, Any]) -> str | None:
 def _phase_text(phase: Mapping[str, Any] | str) -> str:
     if not isinstance(phase, Mapping):
         return str(phase)
-    return f"{phase['name']} {phase['epochs']} ep" if "epochs" in phase else str(phase["name"])
+    if phase.get("fit") == "probe" or "epochs" not in phase:
+        return str(phase["name"])  # a probe is fitted once, not trained for epochs
+    return f"{phase['name']} {phase['epochs']} ep"
 
 
 def _examples(examples: Mapping[str, int] | None) -> str | None:
@@ -694,7 +727,8 @@ def _best(run: Mapping[str, Any]) -> str | None:
     best = _percent(run.get("best_val_accuracy"))
     if best is None or run.get("best_epoch") is None:
         return best
-    return f"{best} (epoch {run['best_epoch']})"
+    where = run["best_epoch"]
+    return f"{best} ({where if isinstance(where, str) else f'epoch {where}'})"
 
 
 def _percent(value: float | None) -> str | None:

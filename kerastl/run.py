@@ -26,9 +26,10 @@ from . import _backend  # noqa: F401
 from .blend import blend_applies, blended_model, choose_blend
 from .checkpoints import TrainState, latest_readable_state, list_checkpoints
 from .config import RESUME_OVERRIDES, RunConfig, load_yaml
+from .console import epoch_in_phase, hint, wrapped
 from .data import DataSplits
 from .data import epoch_seed as data_epoch_seed
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .freezing import count_params
 from .model import build_model
 from .outputs import (
@@ -136,8 +137,11 @@ def fit(
         clock.lap("pixel_blend")
     cached = None if model is not run.model else _cached_evaluation(config, run.splits,
                                                                    state, served)
+    probe_accuracy = _probe_accuracy(state, trainer.probe_facts)
     metrics = _final_outputs(out, config, run.runtime, model, run.splits, state,
-                             run.notes, clock, log, cached=cached, blend=blend)
+                             run.notes, clock, log, cached=cached, blend=blend,
+                             network=run.model if model is not run.model else None,
+                             probe_accuracy=probe_accuracy)
     if prune_hooks and run.runtime.is_chief:
         write_pruning_report(out, prune_hooks[0], model, log)
     return RunResult(out, model, state.history, metrics, run.splits.class_names, config,
@@ -270,7 +274,8 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
     if splits is not None:
         _check_no_folders(config)
     config, resume_point = _resumed(config) if kind == "train" else (config, None)
-    config = config.resolve(in_memory_data=splits is not None)
+    config = config.resolve(in_memory_data=splits is not None,
+                            native_size=lambda: _native_size(config, splits))
     runtime = setup_runtime(config.strategy, config.precision, batch_size=config.batch_size,
                             jit_compile=config.jit_compile,
                             steps_per_execution=config.steps_per_execution,
@@ -293,7 +298,8 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
                              val_split=config.val_split, seed=config.seed,
                              on_bad_file=config.on_bad_file, image_size=config.image_size)
     clock.lap("load_data")
-    log(runtime.describe())
+    _check_two_classes(splits, config.data)
+    log(runtime.summary())
     notes: list[str] = list(splits.notes)
     if config.sklearn_head:
         config.augment = [name for name in config.augment if name != "auto"]  # never augments
@@ -305,9 +311,10 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
             notes.append(reason)
             clock.lap("augment_check")
     if splits.val is None and config.keep == "best" and not config.sklearn_head:
-        notes.append("no validation data: the run keeps the weights of its last epoch")
+        notes = _with_keep_note(notes)
+    notes += _skipped_notes(splits)
     for note in notes:
-        log(f"Plan: {note}.")
+        log(wrapped(f"Plan: {note}."))
     if config.pixel_blend == "auto":  # resolved once, so a resumed run keeps the choice
         # The default recipe only: explicit regimes and phases compare networks.
         config.pixel_blend = "on" if (config.mode == "auto" and config.phases is None
@@ -318,7 +325,7 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
         config.phases = plan.phases
         notes += plan.reasons
         for reason in plan.reasons:
-            log(f"Plan: {reason}.")
+            log(wrapped(f"Plan: {reason}."))
     if kind == "train":
         atomic_write_text(out / "config.yaml", config.to_yaml())
     model = _build_run_model(config, runtime, len(splits.class_names))
@@ -329,6 +336,52 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
                                                  _steps_per_epoch(len(splits.train), runtime),
                                                  notes)
     return run
+
+
+def _native_size(config: RunConfig, splits: DataSplits | None) -> int | None:
+    """The training images' own side (file headers, or the arrays' shape)."""
+    from .images import native_image_side
+
+    if splits is not None:
+        images = splits.train.images
+        return None if images is None else int(min(images.shape[1:3]))
+    return native_image_side(config.data) if config.data else None
+
+
+def _check_two_classes(splits: DataSplits, data: str | None) -> None:
+    names = splits.class_names
+    if len(names) < 2:
+        where = f" in {data!r}" if data else ""
+        found = f"one class ({names[0]!r})" if names else "no class"
+        raise DataError(f"found {found}{where}: at least two are needed, one subfolder "
+                        "(or label) per class.")
+
+
+def _skipped(splits: DataSplits) -> dict[str, str]:
+    """Every file ``on_bad_file='skip'`` left out, over all splits (path -> reason)."""
+    skipped: dict[str, str] = {}
+    for data in (splits.train, splits.val, splits.test):
+        if data is not None:
+            skipped.update(data.skipped)
+    return skipped
+
+
+def _skipped_notes(splits: DataSplits, shown: int = 3) -> list[str]:
+    skipped = _skipped(splits)
+    if not skipped:
+        return []
+    first = "; ".join(f"{path} ({reason})" for path, reason in list(skipped.items())[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return [f"{len(skipped)} unreadable file(s) left out ({hint('on_bad_file', 'skip')}): "
+            f"{first}{more}; all listed in skipped_files.txt"]
+
+
+def _with_keep_note(notes: list[str]) -> list[str]:
+    """Say once that without validation data the run keeps its last epoch."""
+    keep = "the run keeps the weights of its last epoch"
+    merged = [f"{note}; {keep}" if note.startswith("validation: none") else note
+              for note in notes]
+    return merged if merged != notes else [*notes, f"no validation data: {keep}"]
 
 
 class Stopwatch:
@@ -649,13 +702,21 @@ def _cached_evaluation(config: RunConfig, splits, state: TrainState, served: lis
 
 
 def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log,
-                   cached=None, blend=None) -> dict:
+                   cached=None, blend=None, network=None, probe_accuracy=None) -> dict:
     from .reports import plot_curves, summary_text, write_evaluation, write_history_csv
     from .weights import RUN_WEIGHTS_FILE, save_base_weights
 
     evaluation, which = evaluation_split(splits)
-    probs, labels = (predict(*cached) if cached is not None else
-                     predict(model, evaluation.batches(config.image_size, runtime.global_batch)))
+    parts = None
+    if cached is not None:
+        probs, labels = predict(*cached, label="Evaluating")
+    elif network is not None:  # blended: the network's and the pixels' own outputs too
+        probs, labels, parts = _blend_parts(model, evaluation.batches(
+            config.image_size, runtime.global_batch))
+    else:
+        probs, labels = predict(model, evaluation.batches(config.image_size,
+                                                          runtime.global_batch),
+                                label="Evaluating")
     # The definition of val_loss: label smoothing and class weights as in training.
     loss_settings = {"label_smoothing": config.label_smoothing,
                      "class_weights": class_weights_for(config.class_weight, config.task,
@@ -666,6 +727,10 @@ def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log
     metrics = write_evaluation(out, labels, probs, splits.class_names, task=config.task,
                                loss=loss, extra=losses)
     metrics["evaluated_on"] = which
+    check = _network_check(config, metrics, labels, parts, probe_accuracy, which)
+    if parts is not None:
+        metrics["network_accuracy"] = check["network_accuracy"]
+        metrics["pixel_accuracy"] = check["pixel_accuracy"]
     atomic_write_json(out / "metrics.json", metrics)
     clock.lap("evaluate")
     write_history_csv(state.history, out / "history.csv")
@@ -677,34 +742,115 @@ def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log
                                             "task": config.task,
                                             "image_size": config.image_size,
                                             "loss": loss_settings})
-    if splits.train.skipped:
+    if _skipped(splits):
         atomic_write_text(out / "skipped_files.txt", "".join(
-            f"{path}\t{reason}\n" for path, reason in splits.train.skipped.items()))
+            f"{path}\t{reason}\n" for path, reason in _skipped(splits).items()))
     clock.lap("save_outputs")
     seconds = clock.total()
-    atomic_write_json(out / "run.json", _run_facts(config, runtime, model, state, notes,
-                                                   clock, splits, blend))
+    facts = _run_facts(config, runtime, model, state, notes, clock, splits, blend)
+    facts["network_check"] = check
+    atomic_write_json(out / "run.json", facts)
     best = state.best or {}
     for note in _probe_notes(config, state):
         notes.append(note)
         log(f"Note: {note}")
+    if check["status"] != "ok":
+        log(f"Warning: {check['message']}. Fix: {check['fix']}.")
     log("\n" + summary_text({
         "backbone": config.backbone,
-        "phases": [{"name": p.name, "epochs": p.epochs} for p in config.phases],
-        "epochs": state.epoch,
+        "phases": [{"name": p.name, "epochs": p.epochs, "fit": p.fit} for p in config.phases],
+        "epochs": sum(1 for row in state.history if row.get("phase") not in _probe_names(config)),
         "examples": {"train": len(splits.train), "val": len(splits.val or []),
                      "test": len(splits.test or [])},
-        "best_val_accuracy": best.get("val_accuracy"), "best_epoch": best.get("epoch"),
-        "test_accuracy": metrics.get("accuracy"), "test_loss": loss, "evaluated_on": which,
+        "best_val_accuracy": best.get("val_accuracy"),
+        "best_epoch": epoch_in_phase(state.history, best.get("epoch")),
+        "test_accuracy": metrics.get("accuracy"), "evaluated_on": which,
+        "blended": parts is not None, "network_check": check,
+        "test_loss": loss, "test_cross_entropy": losses.get("cross_entropy"),
+        "label_smoothing": config.label_smoothing,
         "seconds": seconds, "trainable_params": count_params(model.trainable_weights),
         "total_params": count_params(model.weights), "output_dir": str(out),
     }))
-    log(f"Outputs written to {out.resolve()}")
     from .report_page import write_run_report  # predictions.csv, top losses, report.html
 
     write_run_report(out, model, evaluation, probs, class_names=splits.class_names,
                      task=config.task, log=log)
+    log(next_commands(out, config.test_data))
     return metrics
+
+
+def _blend_parts(model, batches):
+    """One pass: the blended output, and the network's and the pixel model's logits.
+
+    Both parts are read from the blended model itself (``network_logits``,
+    ``pixel_logits``), so no second copy of the network runs.
+    """
+    from .blend import LOGITS
+
+    parts = [model.get_layer(f"{part}_{LOGITS}").output for part in ("network", "pixel")]
+    both = keras.Model(model.inputs[0], keras.layers.Concatenate(dtype="float32")(
+        [model.outputs[0], *parts]))
+    joined, labels = predict(both, batches, label="Evaluating")
+    probs, *logits = np.split(joined, 3, axis=1)
+    # A sigmoid of logits has the arg-max and the 0.5 threshold of the part's own
+    # activation: enough for accuracy.
+    from scipy.special import expit  # no overflow warning on large logits
+
+    return probs, labels, tuple(expit(part) for part in logits)
+
+
+def _network_check(config, metrics, labels, parts, probe_accuracy, which) -> dict:
+    """``run.json``'s ``network_check``: the network alone against chance, probe, pixels."""
+    from .health import chance_accuracy, check_network
+    from .training import correct_count
+    from .weights import has_pretrained_weights
+
+    def accuracy(probs) -> float:
+        hits, total = correct_count(config.task, labels, probs)
+        return float(hits) / max(float(total), 1.0)
+
+    network, pixels = (metrics["accuracy"], None) if parts is None else map(accuracy, parts)
+    return check_network(
+        network_accuracy=network, chance=chance_accuracy(config.task, labels),
+        examples=len(labels), probe_accuracy=probe_accuracy, pixel_accuracy=pixels,
+        held_out=which in ("test", "validation"),
+        pretrained=has_pretrained_weights(config.weights),
+        phase_modes=[(p.mode, p.bn_policy) for p in config.phases if p.fit == "train"])
+
+
+def _probe_accuracy(state: TrainState, probe_facts: dict) -> float | None:
+    """The run's linear probe: on validation, else cross-validated on training images."""
+    rows = [row for row in state.history if row.get("phase") == "probe"]
+    if rows and "val_accuracy" in rows[-1]:
+        return float(rows[-1]["val_accuracy"])
+    return probe_facts.get("cv_accuracy")
+
+
+def _probe_names(config: RunConfig) -> set[str]:
+    return {p.name for p in config.phases if p.fit == "probe"}
+
+
+def next_commands(out: Path, test_data: str | None) -> str:
+    """The closing lines: where the outputs are and the commands that use them.
+
+    Example:
+        >>> print(next_commands(Path("runs/train3"), "flowers/test"))
+        Outputs written to runs/train3
+        Next:
+          python -m kerastl.evaluate runs/train3 flowers/test --output runs/train3/evaluation
+          python -m kerastl.predict runs/train3 IMAGE_OR_FOLDER --output predictions.csv
+    """
+    run, data = _shell_path(out), _shell_path(test_data) if test_data else "TEST_FOLDER"
+    return "\n".join([
+        f"Outputs written to {run}", "Next:",
+        f"  python -m kerastl.evaluate {run} {data} --output {_shell_path(out / 'evaluation')}",
+        f"  python -m kerastl.predict {run} IMAGE_OR_FOLDER --output predictions.csv"])
+
+
+def _shell_path(path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
 
 
 def evaluation_split(splits: DataSplits) -> tuple[Any, str]:

@@ -450,6 +450,22 @@ class Runtime:
     intra_op_threads: int = 0
     threads_reason: str = ""
 
+    def summary(self) -> str:
+        """One short console line; :meth:`describe` (saved in run.json) says why.
+
+        Example:
+            >>> print(setup_runtime("default", "float32", batch_size=8).summary())
+            Runtime: strategy default, 1 replica, global batch 8, float32, XLA off
+        """
+        replicas = f"{self.replicas} replica" + ("s" if self.replicas != 1 else "")
+        worker = f", worker {self.worker_index}" if self.strategy_name == "multiworker" else ""
+        threads = (f", {self.intra_op_threads} intra-op thread"
+                   + ("s" if self.intra_op_threads != 1 else "")
+                   if self.intra_op_threads else "")
+        return (f"Runtime: strategy {self.strategy_name}, {replicas}, global batch "
+                f"{self.global_batch}, {self.precision}, XLA "
+                f"{'on' if self.jit_compile else 'off'}{threads}{worker}")
+
     def describe(self) -> str:
         """One paragraph saying what runs where, and why.
 

@@ -38,6 +38,7 @@ from .checkpoints import (
     restore_weights,
     save_checkpoint,
 )
+from .console import batches_in, epoch_in_phase, epoch_line, interactive, progress
 from .errors import ConfigError, DataError, NonFiniteLossError, StaleTrainableError
 from .freezing import UnfreezePlan, set_regime, trainable_signature
 from .optimizers import block_lr_multipliers, make_optimizer, make_schedule
@@ -495,8 +496,8 @@ class Trainer:
         if self.keep == "best" and state.best is not None and self._best.overall is not None:
             self.model.set_weights(self._best.overall)
             if self.verbose:
-                self.log(f"Restored the weights of epoch {state.best['epoch']} (phase "
-                         f"'{state.best['phase']}', val_accuracy "
+                which = epoch_in_phase(state.history, state.best["epoch"])
+                self.log(f"Restored the weights of {which} (val_accuracy "
                          f"{state.best['val_accuracy']:.4f}), the best validated epoch.")
         state.finished = True
         return state
@@ -589,7 +590,8 @@ class Trainer:
                 hook.on_epoch_begin(state.phase_epoch)
             logs = (self._probe_epoch(phase, data, state.epoch, callbacks)
                     if phase.fit == "probe" else
-                    self._run_epoch(phase, data, state.epoch, callbacks))
+                    self._run_epoch(phase, data, state.epoch, callbacks,
+                                    phase_epoch=state.phase_epoch + 1))
             state.epoch += 1
             state.phase_epoch += 1
             state.history.append({"epoch": state.epoch, "phase": phase.name, **logs})
@@ -640,8 +642,8 @@ class Trainer:
             self._best.restore_phase(self.model, state)
             if self.verbose:
                 self.log(f"Phase '{phase.name}' ends with the weights of its best epoch, "
-                         f"{state.phase_best['epoch']} (val_accuracy "
-                         f"{state.phase_best['val_accuracy']:.4f}).")
+                         f"{epoch_in_phase(state.history, state.phase_best['epoch'])} "
+                         f"(val_accuracy {state.phase_best['val_accuracy']:.4f}).")
         for hook in self.step_hooks:  # e.g. pruning: after the restore, before saving
             hook.on_phase_end()
         state.phase_index, state.phase_epoch = index + 1, 0
@@ -689,21 +691,22 @@ class Trainer:
         if self.verbose:
             cv = ("" if facts["cv_accuracy"] is None
                   else f", cross-validated accuracy {facts['cv_accuracy']:.4f}")
-            self.log(f"Epoch {epoch + 1} ({phase.name}): logistic regression C={facts['C']:g}"
-                     f"{cv}; " + " - ".join(f"{k}: {v:.4f}" for k, v in logs.items()
+            self.log(f"Linear probe ({phase.name}): logistic regression C={facts['C']:g}"
+                     f"{cv}; " + " - ".join(f"{k} {v:.4f}" for k, v in logs.items()
                                             if k not in ("seconds", "lr")))
         callbacks.on_epoch_end(epoch, logs)
         return logs
 
-    def _run_epoch(self, phase, data, epoch, callbacks) -> dict[str, float]:
+    def _run_epoch(self, phase, data, epoch, callbacks, phase_epoch: int) -> dict[str, float]:
         callbacks.on_epoch_begin(epoch)
         started = time.perf_counter()
         iterator = iter(distribute_dataset(self.strategy, data.train(epoch)))
-        progbar = (keras.utils.Progbar(data.steps_per_epoch, verbose=self.verbose,
-                                       stateful_metrics=["loss", "accuracy"])
-                   if self.verbose else None)
-        if progbar is not None:
-            self.log(f"Epoch {epoch + 1} ({phase.name})")
+        # A live bar in a terminal or notebook; one plain line per epoch in a log.
+        progbar = None
+        if self.verbose and interactive():
+            self.log(f"Epoch {phase_epoch}/{phase.epochs} ({phase.name})")
+            progbar = keras.utils.Progbar(data.steps_per_epoch, verbose=1,
+                                          stateful_metrics=["loss", "accuracy"])
         totals, step = np.zeros(4), 0
         while step < data.steps_per_epoch:
             chunk = min(self._steps.steps_per_execution, data.steps_per_epoch - step)
@@ -729,6 +732,8 @@ class Trainer:
         if progbar is not None:
             progbar.update(data.steps_per_epoch, [(k, v) for k, v in logs.items()
                                                   if k not in ("seconds",)], finalize=True)
+        elif self.verbose:
+            self.log(epoch_line(phase.name, phase_epoch, phase.epochs, logs))
         callbacks.on_epoch_end(epoch, logs)
         return logs
 
@@ -913,12 +918,16 @@ def _better(entry: dict, best: dict | None) -> bool:
     return entry["val_loss"] < best["val_loss"]
 
 
-def predict(model: keras.Model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions and labels over a batched ``(x, y)`` dataset, on this process."""
+def predict(model: keras.Model, dataset: tf.data.Dataset,
+            label: str = "Predicting") -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and labels over a batched ``(x, y)`` dataset, on this process.
+
+    A progress bar (``label``) is drawn where a person watches the output live.
+    """
     call = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
                        autograph=False)
     outputs, labels = [], []
-    for x, y in dataset:
+    for x, y in progress(dataset, total=batches_in(dataset), label=label):
         outputs.append(np.asarray(call(x)))
         labels.append(np.asarray(y))
     return np.concatenate(outputs), np.concatenate(labels)

@@ -151,6 +151,50 @@ def load_weights_file(
         ) from error
 
 
+def has_pretrained_weights(weights: str | os.PathLike | None) -> bool:
+    """Whether ``weights`` give the base anything learned: not None, not a random init.
+
+    ``--mode auto`` warms a head on frozen features, then fine-tunes with BatchNorm in
+    inference mode; on random weights that network never learns (loss stays at
+    ln K, issue 27), so a run without pretrained weights trains from scratch instead.
+
+    Example:
+        >>> has_pretrained_weights(None), has_pretrained_weights("imagenet")
+        (False, True)
+    """
+    if weights is None or str(weights) == "imagenet":
+        return weights is not None
+    return not untrained_weights_file(weights)
+
+
+def untrained_weights_file(path: str | os.PathLike) -> bool:
+    """Whether a ``.weights.h5`` file holds a BatchNorm network that never trained.
+
+    A network that saw no data keeps every BatchNorm's initial moving statistics
+    (mean 0, variance 1); one training step moves them. A file without BatchNorm
+    layers (VGG), or one h5py cannot read, is taken as trained: the build reports
+    an unreadable file with its own error.
+    """
+    try:
+        import h5py
+
+        moments = []
+        with h5py.File(path, "r") as handle:
+            def collect(name: str, item: Any) -> None:
+                if (isinstance(item, h5py.Group) and name.rsplit("/", 1)[-1]
+                        .startswith("batch_normalization") and "vars" in item
+                        and len(item["vars"]) == 4):
+                    moments.append((item["vars"]["2"][()], item["vars"]["3"][()]))
+
+            handle.visititems(collect)
+    except (OSError, ValueError, KeyError):
+        return False
+    import numpy as np
+
+    return bool(moments) and all(np.all(mean == 0) and np.all(variance == 1)
+                                 for mean, variance in moments)
+
+
 def weights_record(weights: str | os.PathLike | None) -> dict[str, Any] | None:
     """What a weights file was saved from: backbone, its arguments, input size.
 

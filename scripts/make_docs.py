@@ -199,7 +199,30 @@ def measured_rows() -> list[str]:
             if "met" in goal:
                 rows.append(f"| export: {name.replace('_', ' ')} | {figure(goal['value'])} | "
                             f"{goal['goal']}: {_goal(goal)} | `export.json` |")
+    rows += _first_hour_rows()
     return rows
+
+
+def _first_hour_rows() -> list[str]:
+    results = _load("first_hour")
+    runs = (results or {}).get("runs", {})
+    if not {"default", "scratch_32", "scratch_15", "old_auto"} <= set(runs):
+        return []
+    goals = results["goals"]
+
+    def side(name: str) -> str:
+        run = runs[name]
+        return (f"{figure(run['network_accuracy'])} at {run['image_size']} px, "
+                f"{figure(run['wall_seconds'])} s")
+
+    return [f"| `--weights none`, every other flag default, 4 classes x 30 digits at 32 px "
+            f"(issue 27), the network alone on 120 test images | {side('default')}; "
+            f"`--mode scratch --image-size 32` {side('scratch_32')}; `--mode scratch "
+            f"--epochs 15` {side('scratch_15')}; the recipe auto ran before "
+            f"{figure(runs['old_auto']['network_accuracy'])}, named "
+            f"`{runs['old_auto']['network_status']}` | ≥ scratch at 32 px: "
+            f"{'met' if goals['default_network_at_least_scratch_32'] else '**not met**'} | "
+            "`first_hour.json` |"]
 
 
 def _variant_rows(name: str, variant: str, what: str) -> list[str]:
