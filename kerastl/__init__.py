@@ -32,6 +32,7 @@ from .feature_cache import FeatureCache
 from .features import extract_features
 from .freezing import UnfreezePlan, backbone_blocks, set_regime
 from .inference import evaluate_folder, predict_paths
+from .interpretation import Interpretation, interpret
 from .lr_finder import LRFinderResult
 from .mirror import MirrorCheck, mirror_check
 from .model import build_model, feature_extractor, head_model, load_model
@@ -50,6 +51,7 @@ __all__ = [
     "ExportReport",
     "FeatureCache",
     "ImageData",
+    "Interpretation",
     "KerastlError",
     "LRFinderResult",
     "MirrorCheck",
@@ -80,6 +82,7 @@ __all__ = [
     "from_folder",
     "get_backbone",
     "head_model",
+    "interpret",
     "list_backbones",
     "load_model",
     "load_splits",

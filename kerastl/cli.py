@@ -268,19 +268,38 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
                                      description="Evaluate a saved kerastl model on a folder.")
     parser.add_argument("model", help="a kerastl run folder, or its model.keras")
     parser.add_argument("data", help="folder of class subfolders (same classes)")
-    parser.add_argument("--output", metavar="DIR", help="write metrics.json and the report here")
+    parser.add_argument("--output", metavar="DIR", help="write metrics.json, predictions.csv, "
+                        "interpretation.json, top_losses.png, gradcam.npz and report.html here")
     parser.add_argument("--batch-size", type=_positive_int, default=64)
+    _add_interpretation_flags(parser)
     args = parser.parse_args(argv)
 
     def action() -> int:
         from .inference import evaluate_folder
 
         metrics = evaluate_folder(args.model, args.data, output=args.output,
-                                  batch_size=args.batch_size)
+                                  batch_size=args.batch_size, top_losses=args.top_losses,
+                                  gradcam=args.gradcam, gradcam_layer=args.gradcam_layer)
         print(evaluation_line(metrics))
+        if args.output is not None:
+            print(f"Predictions, top losses and report.html written to {args.output}")
         return 0
 
     return run_guarded(action)
+
+
+def _add_interpretation_flags(parser: argparse.ArgumentParser) -> None:
+    from .interpretation import GRADCAM_CHOICES, TOP_LOSSES
+
+    group = parser.add_argument_group("interpretation")
+    group.add_argument("--top-losses", type=_int, default=TOP_LOSSES, metavar="K",
+                       help=f"images in interpretation.json's top losses ({TOP_LOSSES})")
+    group.add_argument("--gradcam", choices=GRADCAM_CHOICES, default=GRADCAM_CHOICES[0],
+                       help="Grad-CAM heatmaps in gradcam.npz: of the top losses, of every "
+                       f"image, or none ({GRADCAM_CHOICES[0]})")
+    group.add_argument("--gradcam-layer", metavar="NAME",
+                       help="layer of the feature map Grad-CAM weighs (default: the "
+                       "backbone's output, its last spatial map)")
 
 
 def evaluation_line(metrics: dict) -> str:
@@ -311,7 +330,9 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
                                      description="Predict classes of images with a saved model.")
     parser.add_argument("model", help="a kerastl run folder, or its model.keras")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
-    parser.add_argument("--output", metavar="FILE.csv", help="CSV path (default: stdout)")
+    parser.add_argument("--output", metavar="FILE.csv|DIR",
+                        help="CSV path (default: stdout); a folder gets predictions.csv "
+                        "(file,predicted,p_predicted)")
     parser.add_argument("--batch-size", type=_positive_int, default=64)
     args = parser.parse_args(argv)
 

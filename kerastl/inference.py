@@ -13,7 +13,6 @@ import numpy as np
 
 from . import _backend  # noqa: F401
 from .errors import DataError
-from .model import load_model
 from .training import evaluation_losses, predict
 
 
@@ -51,39 +50,68 @@ def load_run_labels(model_path: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-def evaluate_folder(model_path, data_dir, *, output=None, batch_size: int = 64) -> dict:
-    """Metrics of a saved model on a folder of class subfolders.
+def evaluate_folder(model_path, data_dir, *, output=None, batch_size: int = 64,
+                    top_losses: int = 16, gradcam: str = "top",
+                    gradcam_layer: str | None = None) -> dict:
+    """Metrics of a saved model on a folder of class subfolders, and what it got wrong.
+
+    With ``output``: also ``predictions.csv``, ``interpretation.json``,
+    ``top_losses.png``, ``gradcam.npz`` (:func:`kerastl.interpretation.write_interpretation`)
+    and ``report.html``. A plain Keras model without ``labels.json`` is evaluated with
+    the folder's sorted class folders as its classes (noted in the report).
+
+    Args:
+        model_path: a run's ``model.keras`` (``labels.json`` beside it), or a run folder.
+        data_dir: folder of class subfolders (the model's classes).
+        output: folder, optional. Where the files go.
+        batch_size: int. Images per forward pass.
+        top_losses: int. Images in the top losses. Defaults to 16.
+        gradcam: str. ``"top"``, ``"all"`` or ``"none"``: whose Grad-CAM to write.
+        gradcam_layer: str, optional. Layer of the feature map (default: the backbone's
+            output).
 
     Example:
         >>> evaluate_folder("runs/latest/model.keras",
         ...                 "data_samples/fashion/test")  # doctest: +SKIP
     """
-    from .data import from_folder
+    from .interpretation import interpret, load_for_interpretation, write_interpretation
     from .reports import classification_metrics, write_evaluation
 
-    labels = load_run_labels(model_path)
-    model = load_model(model_file(model_path), compile=False)
-    data = from_folder(data_dir, class_names=labels["class_names"])
-    size = int(model.input_shape[1])
-    probs, y = predict(model, data.batches(size, batch_size), label="Evaluating")
-    task = labels.get("task", "multiclass")
+    model, labels, notes = load_for_interpretation(model_file(model_path))
+    interp = interpret(model, data_dir, batch_size=batch_size,
+                       class_names=(labels or {}).get("class_names"),
+                       task=(labels or {}).get("task"))
+    interp.notes[:0] = notes
+    task = interp.task
+    probs = interp.probabilities[:, 1:] if task == "binary" else interp.probabilities
+    y = interp.labels
     # The run's loss definition (label smoothing, class weights), as in its metrics.json.
-    losses = evaluation_losses(task, y, probs, **labels.get("loss", {}))
+    losses = evaluation_losses(task, y, probs, **(labels or {}).get("loss", {}))
     loss = losses.pop("loss")
-    if output is not None:
-        return write_evaluation(output, y, probs, labels["class_names"], task=task,
-                                loss=loss, extra=losses)
-    return {"loss": loss, **classification_metrics(y, probs, labels["class_names"], task=task),
-            **losses}
+    if output is None:
+        return {"loss": loss, **classification_metrics(y, probs, interp.class_names,
+                                                       task=task), **losses}
+    from .report_page import write_report
+
+    metrics = write_evaluation(output, y, probs, interp.class_names, task=task,
+                               loss=loss, extra=losses)
+    write_interpretation(output, interp, top_losses=top_losses, gradcam=gradcam,
+                         gradcam_layer=gradcam_layer)
+    write_report(output, title=f"Evaluation of {model_path} on {data_dir}")
+    return metrics
 
 
 def predict_paths(model_path, inputs: Sequence[str], *, output=None, batch_size: int = 64) -> str:
     """CSV (path, predicted class, one probability column per class) for files/folders.
 
     Args:
-        model_path: path of a run's ``model.keras`` (``labels.json`` beside it).
+        model_path: path of a run's ``model.keras`` (``labels.json`` beside it; without
+            one, a plain Keras model, classes are named by id).
         inputs: image files and/or folders (searched recursively, hidden files skipped).
-        output: path, optional. Also write the CSV there (atomically).
+        output: path, optional. Also write the CSV there (atomically). A path not
+            ending in ``.csv`` is a folder: ``OUTPUT/predictions.csv`` gets
+            ``file,predicted,p_predicted`` (files relative to the folder they were
+            found in), as ``evaluate``'s without the label columns.
         batch_size: int. Images per forward pass.
 
     Returns:
@@ -96,19 +124,25 @@ def predict_paths(model_path, inputs: Sequence[str], *, output=None, batch_size:
     """
     from .data import ImageData
     from .images import SUPPORTED_EXTENSIONS, find_bad_files
+    from .interpretation import load_for_interpretation
 
-    labels = load_run_labels(model_path)
+    # A plain Keras model (no labels.json) predicts class ids.
+    model, labels, _ = load_for_interpretation(model_file(model_path))
+    units = int(model.output_shape[-1])
+    labels = labels or {"class_names": [str(i) for i in range(max(units, 2))]}
     names = labels["class_names"]
-    model = load_model(model_file(model_path), compile=False)
-    files = []
+    files, shown = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files += sorted(str(p) for p in path.rglob("*")
-                            if p.suffix.lower() in SUPPORTED_EXTENSIONS
-                            and not any(part.startswith(".") for part in p.parts))
+            found = sorted(p for p in path.rglob("*")
+                           if p.suffix.lower() in SUPPORTED_EXTENSIONS
+                           and not any(part.startswith(".") for part in p.parts))
+            files += [str(p) for p in found]
+            shown += [p.relative_to(path).as_posix() for p in found]
         elif path.is_file():
             files.append(str(path))
+            shown.append(str(item))
         else:
             raise DataError(f"No such file or folder: {item!r}.")
     if not files:
@@ -128,7 +162,12 @@ def predict_paths(model_path, inputs: Sequence[str], *, output=None, batch_size:
     for path, row in zip(data.files, probs, strict=True):
         writer.writerow([path, names[int(np.argmax(row))], *[f"{p:.6f}" for p in row]])
     text = buffer.getvalue()
-    if output is not None:
+    if output is not None and not str(output).lower().endswith(".csv"):
+        from .interpretation import Interpretation, write_interpretation
+
+        write_interpretation(output, Interpretation(model, data, list(names), labels.get(
+            "task", "multiclass"), probs, shown, labelled=False))
+    elif output is not None:
         from .outputs import atomic_write_text
 
         atomic_write_text(output, text)

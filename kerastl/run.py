@@ -784,6 +784,10 @@ def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log
         "seconds": seconds, "trainable_params": count_params(model.trainable_weights),
         "total_params": count_params(model.weights), "output_dir": str(out),
     }))
+    from .report_page import write_run_report  # predictions.csv, top losses, report.html
+
+    write_run_report(out, model, evaluation, probs, class_names=splits.class_names,
+                     task=config.task, log=log)
     log(next_commands(out, config.test_data))
     return metrics
 

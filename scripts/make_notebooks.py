@@ -270,6 +270,27 @@ QUICKSTART = [
         plt.show()
     '''),
     md('''
+        ## 5. What the model gets wrong
+
+        `kerastl.interpret` runs the model once over the test folder and keeps every
+        image's probabilities and loss (`-ln p(true class)`): `most_confused()` lists the
+        class pairs it mixes up, `top_losses(k)` the images it is most wrong about, and
+        `plot_top_losses(k)` shows them with their Grad-CAM heatmap (where the network
+        looked for the class it predicted). At 32x32 the backbone's last feature map is
+        1x1, so there is nothing to localise and the grid says so; pass
+        `layer="..."` for an earlier layer, or train at 64 px or more.
+        `python -m kerastl.evaluate MODEL DATA --output DIR` writes the same as
+        `predictions.csv`, `interpretation.json`, `top_losses.png` and one `report.html`
+        page (every run writes one too).
+    '''),
+    code('''
+        interp = kerastl.interpret(result, test_dir)
+        for label, predicted, count in interp.most_confused()[:5]:
+            print(f"{count:3d} x {label} taken for {predicted}")
+        print("report:", result.output_dir / "report.html")
+        display(interp.plot_top_losses(9))
+    '''),
+    md('''
         ## Next
 
         * `02_frozen_vs_finetune_vs_scratch`: which regime to pick, measured.
