@@ -285,7 +285,7 @@ class RunConfig:
 
     # ------------------------------------------------------------------ resolution
     def resolve(self, *, in_memory_data: bool = False,
-                native_size: Callable[[], int | None] | None = None) -> RunConfig:
+                native_size: Callable[[RunConfig], int | None] | None = None) -> RunConfig:
         """A validated copy with every derived default filled in, done once.
 
         * no ``data`` (and ``in_memory_data`` False): the shipped ``data_samples/``
@@ -296,7 +296,7 @@ class RunConfig:
           ``config.yaml`` or JSON record), else ``MobileNetV2``; names in any case;
         * no ``image_size``: the size those weights were trained at, else the
           backbone's default size; with ``mode="auto"`` and no pretrained weights
-          (trained from scratch), the images' own side from ``native_size()``,
+          (trained from scratch), the images' own side from ``native_size(config)``,
           within the backbone's minimum and default sizes.
 
         Args:
@@ -428,7 +428,7 @@ def _default_image_size(config: RunConfig, native_size) -> int:
     backbone = get_backbone(config.backbone)
     from_scratch = (config.mode == "auto" and config.phases is None
                     and not has_pretrained_weights(config.weights))
-    own = native_size() if from_scratch and native_size is not None else None
+    own = native_size(config) if from_scratch and native_size is not None else None
     if not own:
         return backbone.default_size
     # Nothing was trained at a size: the images' own, within what the net accepts.

@@ -52,7 +52,9 @@ def progress_bar(total: int | None, label: str | None = None, *,
     Returns:
         ``keras.utils.Progbar`` or None (nothing to draw).
     """
-    if not (interactive() if show is None else show):
+    if show is None:
+        show = interactive() and _PROGRESS["shown"]
+    if not show:
         return None
     import keras
 
@@ -114,6 +116,26 @@ def epoch_line(phase: str, phase_epoch: int, phase_epochs: int,
     if "seconds" in logs:
         parts.append(f"{logs['seconds']:.1f} s")
     return f"Epoch {phase_epoch}/{phase_epochs} ({phase}): " + " - ".join(parts)
+
+
+_PROGRESS = {"shown": True}
+
+
+@contextlib.contextmanager
+def progress_shown(shown: bool) -> Iterator[None]:
+    """Within it, bars are drawn only if ``shown`` (a run with ``verbose=0`` draws none).
+
+    Example:
+        >>> with progress_shown(False):
+        ...     progress_bar(3, show=None) is None
+        True
+    """
+    before = _PROGRESS["shown"]
+    _PROGRESS["shown"] = shown
+    try:
+        yield
+    finally:
+        _PROGRESS["shown"] = before
 
 
 # Who reads the hints: "python" (arguments) unless a command line set "cli" (flags).

@@ -61,7 +61,9 @@ def at_chance(accuracy: float, chance: float, examples: int) -> bool:
 def check_network(*, network_accuracy: float, chance: float, examples: int,
                   probe_accuracy: float | None = None, pixel_accuracy: float | None = None,
                   held_out: bool = True, pretrained: bool = True,
-                  phase_modes: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+                  phase_modes: Sequence[tuple[str, str]] = (),
+                  balanced_accuracy: float | None = None, classes: int = 0,
+                  ) -> dict[str, Any]:
     """What the network alone scored, against chance, its probe and pixels.
 
     Args:
@@ -74,6 +76,11 @@ def check_network(*, network_accuracy: float, chance: float, examples: int,
         held_out: bool. Whether the split is held out (test or validation).
         pretrained: bool. Whether the base started from pretrained weights.
         phase_modes: sequence of ``(mode, bn_policy)`` of the phases that trained.
+        balanced_accuracy: float, optional. Mean per-class recall (single-label
+            tasks). On imbalanced images accuracy alone sits near the majority rate
+            even for a network that learned; it is at chance only if this is near
+            ``1 / classes`` too.
+        classes: int. Number of classes, with ``balanced_accuracy``.
 
     Returns:
         ``{"status", "network_accuracy", "chance", "message", "fix"}``; status is
@@ -83,7 +90,10 @@ def check_network(*, network_accuracy: float, chance: float, examples: int,
                              "chance": round(float(chance), 4),
                              "probe_accuracy": probe_accuracy,
                              "pixel_accuracy": pixel_accuracy}
-    if at_chance(network_accuracy, chance, examples):
+    stuck = at_chance(network_accuracy, chance, examples)
+    if stuck and balanced_accuracy is not None and classes > 1:
+        stuck = at_chance(balanced_accuracy, 1.0 / classes, examples)
+    if stuck:
         return {**facts, "status": "at_chance", **_chance_cause(pretrained, phase_modes)}
     if held_out and probe_accuracy is not None and \
             network_accuracy < probe_accuracy - PROBE_MARGIN:

@@ -445,6 +445,12 @@ def native_image_side(root: str | os.PathLike, *, sample: int = SIZE_SAMPLE_FILE
     """
     files = (_table_files(root) if os.path.isfile(root) else
              [path for paths in scan_folder(root).class_files.values() for path in paths])
+    return native_image_side_of(files, sample=sample)
+
+
+def native_image_side_of(files: Sequence[str], *, sample: int = SIZE_SAMPLE_FILES) -> int | None:
+    """:func:`native_image_side` of a list of image files (headers only)."""
+    files = list(files)
     if len(files) > sample:
         files = [files[i * len(files) // sample] for i in range(sample)]
     sides = []

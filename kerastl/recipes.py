@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .console import hint
 from .errors import ConfigError
 from .freezing import MODES
 from .weights import has_pretrained_weights
@@ -192,10 +193,11 @@ def epoch_budget(epochs: int | str, steps_per_epoch: int) -> tuple[int, str]:
 
 
 def _scratch_reason(config: RunConfig) -> str:
-    what = ("--weights none" if config.weights is None
-            else f"--weights {config.weights} holds a network that never trained")
-    size = ("" if "image_size" in config.given
-            else f" at the images' own size, {config.image_size} px")
+    what = (hint("weights", None) if config.weights is None
+            else f"{hint('weights', config.weights)} holds a network that never trained")
+    size = f" at {config.image_size} px" + ("" if "image_size" in config.given else
+                                             " (the images' own side where it was found, "
+                                             "within the backbone's sizes)")
     # A probe on random features and fine-tuning with BatchNorm in inference mode
     # (random statistics) learn nothing: the loss stays at ln K (issue 27).
     return (f"no pretrained weights ({what}): auto trains every layer from scratch with "

@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from . import _backend  # noqa: F401
 from .blend import blend_applies, blended_model, choose_blend
 from .checkpoints import TrainState, latest_readable_state, list_checkpoints
 from .config import RESUME_OVERRIDES, RunConfig, load_yaml
-from .console import epoch_in_phase, hint, wrapped
+from .console import epoch_in_phase, hint, progress_shown, wrapped
 from .data import DataSplits
 from .data import epoch_seed as data_epoch_seed
 from .errors import ConfigError, DataError
@@ -107,6 +108,12 @@ def fit(
         >>> result.metrics["accuracy"], result.output_dir  # doctest: +SKIP
     """
     run = _prepare(config, splits, overrides, kind="train")
+    # Bars only where the run prints: not with verbose 0, not on non-chief workers.
+    with progress_shown(bool(run.config.verbose and run.runtime.is_chief)):
+        return _fit_prepared(run, callbacks)
+
+
+def _fit_prepared(run: _Prepared, callbacks) -> RunResult:
     config, out, log, clock = run.config, run.out, run.log, run.clock
     if config.sklearn_head:
         return _fit_sklearn(config, run.runtime, run.model, run.splits, out, clock, log)
@@ -286,7 +293,7 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
         _check_no_folders(config)
     config, resume_point = _resumed(config) if kind == "train" else (config, None)
     config = config.resolve(in_memory_data=splits is not None,
-                            native_size=lambda: _native_size(config, splits))
+                            native_size=lambda resolved: _native_size(resolved, splits))
     runtime = setup_runtime(config.strategy, config.precision, batch_size=config.batch_size,
                             jit_compile=config.jit_compile,
                             steps_per_execution=config.steps_per_execution,
@@ -353,11 +360,13 @@ def _prepare(config, splits, overrides, *, kind: str) -> _Prepared:
 
 def _native_size(config: RunConfig, splits: DataSplits | None) -> int | None:
     """The training images' own side (file headers, or the arrays' shape)."""
-    from .images import native_image_side
+    from .images import native_image_side, native_image_side_of
 
     if splits is not None:
         images = splits.train.images
-        return None if images is None else int(min(images.shape[1:3]))
+        if images is not None:
+            return int(min(images.shape[1:3]))
+        return native_image_side_of(splits.train.files or [])
     return native_image_side(config.data) if config.data else None
 
 
@@ -740,7 +749,8 @@ def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log
     metrics = write_evaluation(out, labels, probs, splits.class_names, task=config.task,
                                loss=loss, extra=losses)
     metrics["evaluated_on"] = which
-    check = _network_check(config, metrics, labels, parts, probe_accuracy, which)
+    check = _network_check(config, metrics, labels, parts, probe_accuracy, which,
+                           network_probs=probs)
     if parts is not None:
         metrics["network_accuracy"] = check["network_accuracy"]
         metrics["pixel_accuracy"] = check["pixel_accuracy"]
@@ -812,7 +822,8 @@ def _blend_parts(model, batches):
     return probs, labels, tuple(expit(part) for part in logits)
 
 
-def _network_check(config, metrics, labels, parts, probe_accuracy, which) -> dict:
+def _network_check(config, metrics, labels, parts, probe_accuracy, which,
+                   network_probs=None) -> dict:
     """``run.json``'s ``network_check``: the network alone against chance, probe, pixels."""
     from .health import chance_accuracy, check_network
     from .training import correct_count
@@ -823,12 +834,27 @@ def _network_check(config, metrics, labels, parts, probe_accuracy, which) -> dic
         return float(hits) / max(float(total), 1.0)
 
     network, pixels = (metrics["accuracy"], None) if parts is None else map(accuracy, parts)
+    if parts is not None:
+        network_probs = parts[0]
+    balanced, classes = None, 0
+    if config.task != "multilabel" and network_probs is not None:
+        from sklearn.metrics import balanced_accuracy_score
+
+        probs = np.asarray(network_probs)
+        predicted = (np.argmax(probs, axis=1) if probs.shape[1] > 1
+                     else (probs[:, 0] >= 0.5).astype(np.int64))
+        classes = max(2, probs.shape[1])
+        with warnings.catch_warnings():  # a class absent from the labels: still a score
+            warnings.simplefilter("ignore")
+            balanced = float(balanced_accuracy_score(
+                np.asarray(labels).reshape(-1).astype(np.int64), predicted))
     return check_network(
         network_accuracy=network, chance=chance_accuracy(config.task, labels),
         examples=len(labels), probe_accuracy=probe_accuracy, pixel_accuracy=pixels,
         held_out=which in ("test", "validation"),
         pretrained=has_pretrained_weights(config.weights),
-        phase_modes=[(p.mode, p.bn_policy) for p in config.phases if p.fit == "train"])
+        phase_modes=[(p.mode, p.bn_policy) for p in config.phases if p.fit == "train"],
+        balanced_accuracy=balanced, classes=classes)
 
 
 def _probe_accuracy(state: TrainState, probe_facts: dict) -> float | None:

@@ -77,14 +77,13 @@ def default_run(digits) -> tuple[Path, subprocess.CompletedProcess]:
 # ------------------------------------------------------------------ auto, no weights
 def test_auto_without_pretrained_weights_plans_scratch_at_the_images_own_size(digits):
     config = kerastl.RunConfig(data=str(digits / "train"), weights="none").resolve(
-        native_size=lambda: kerastl.run._native_size(
-            kerastl.RunConfig(data=str(digits / "train")), None))
+        native_size=lambda resolved: kerastl.run._native_size(resolved, None))
     assert config.image_size == SIDE  # not the backbone's 224
     plan = plan_phases(config, steps_per_epoch=4)
     scratch = plan_phases(config.replace(mode="scratch"), steps_per_epoch=4)
     assert [(p.mode, p.bn_policy, p.fit, p.epochs, p.lr) for p in plan.phases] == \
         [(p.mode, p.bn_policy, p.fit, p.epochs, p.lr) for p in scratch.phases]
-    assert any("no pretrained weights" in reason and "32 px" in reason
+    assert any("no pretrained weights" in reason and "at 32 px" in reason
                for reason in plan.reasons)
 
 
@@ -254,3 +253,14 @@ def test_skipped_files_are_listed_on_the_console(tmp_path):
     plan = [line for line in unwrapped.splitlines() if "left out" in line]
     assert plan and "broken.png" in plan[0] and "--on-bad-file skip" in plan[0]
     assert "broken.png" in (tmp_path / "run" / "skipped_files.txt").read_text()
+
+
+def test_an_imbalanced_learner_is_not_called_at_chance():
+    # 90/10 binary: 0.93 accuracy is near the majority rate, but the minority class is
+    # found (balanced accuracy 0.8): that network learned.
+    check = check_network(network_accuracy=0.93, chance=0.90, examples=200,
+                          balanced_accuracy=0.80, classes=2)
+    assert check["status"] == "ok", check
+    stuck = check_network(network_accuracy=0.90, chance=0.90, examples=200,
+                          balanced_accuracy=0.50, classes=2)
+    assert stuck["status"] == "at_chance"
