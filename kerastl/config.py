@@ -97,7 +97,8 @@ class RunConfig:
                                     "leaves each class 10 validation images, else none",
                                     group="data", metavar="F|auto")
     image_size: int | None = option(None, "square input side (default: the size the weights "
-                                    "were trained at, else the backbone's default)",
+                                    "were trained at, else the backbone's default; mode "
+                                    "auto without pretrained weights: the images' own side)",
                                     group="data", metavar="S")
     batch_size: int = option(32, "batch size per replica", group="data", metavar="B")
     augment: list[str] = option(help="comma list of augmentations, 'none', or 'auto': translate, "

@@ -765,9 +765,10 @@ def _final_outputs(out, config, runtime, model, splits, state, notes, clock, log
                                             "task": config.task,
                                             "image_size": config.image_size,
                                             "loss": loss_settings})
-    if _skipped(splits):
+    skipped = _skipped(splits)
+    if skipped:
         atomic_write_text(out / "skipped_files.txt", "".join(
-            f"{path}\t{reason}\n" for path, reason in _skipped(splits).items()))
+            f"{path}\t{reason}\n" for path, reason in skipped.items()))
     clock.lap("save_outputs")
     seconds = clock.total()
     facts = _run_facts(config, runtime, model, state, notes, clock, splits, blend)

@@ -8,6 +8,7 @@ as an h5py ``OSError`` or a long ``ValueError``. kerastl turns each into one
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -173,8 +174,18 @@ def untrained_weights_file(path: str | os.PathLike) -> bool:
     A network that saw no data keeps every BatchNorm's initial moving statistics
     (mean 0, variance 1); one training step moves them. A file without BatchNorm
     layers (VGG), or one h5py cannot read, is taken as trained: the build reports
-    an unreadable file with its own error.
+    an unreadable file with its own error. The answer is kept per file and
+    modification time: the image size, the plan and the network check all ask.
     """
+    try:
+        stamp = os.path.getmtime(path)
+    except OSError:
+        return False
+    return _untrained_at(os.fspath(path), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _untrained_at(path: str, stamp: float) -> bool:
     try:
         import h5py
 
