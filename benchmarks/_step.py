@@ -60,7 +60,7 @@ def main(spec: dict) -> dict:
     import numpy as np
 
     import kerastl
-    from kerastl.runtime import setup_runtime
+    from kerastl.training.runtime import setup_runtime
 
     runtime = setup_runtime("default", spec["precision"], batch_size=spec["batch"])
     keras.utils.set_random_seed(0)
@@ -87,11 +87,11 @@ def _dataset(spec, images, labels, epoch: int):
     import tensorflow as tf
 
     import kerastl
-    from kerastl.data import augmentation
+    from kerastl.data.image_data import augmentation
 
     augment = augmentation(spec["augment"], seed=epoch) if spec["augment"] else None
     if spec["pipeline"] == "kerastl":
-        data = kerastl.data.from_arrays(images, labels)
+        data = kerastl.data.image_data.from_arrays(images, labels)
         dataset = data.batches(spec["size"], spec["batch"], shuffle_seed=epoch, augment=augment)
     else:
         count = spec["batch"] if spec["pipeline"] == "repeat" else len(images)
@@ -115,8 +115,8 @@ def _dataset(spec, images, labels, epoch: int):
 def _time_train(spec, runtime, model, images, labels) -> dict:
     import tensorflow as tf
 
-    from kerastl.recipes import Phase
-    from kerastl.training import PhaseData, Trainer
+    from kerastl.recipes.plan import Phase
+    from kerastl.training.trainer import PhaseData, Trainer
 
     trainer = Trainer(model, runtime.strategy, optimizer="adamw", schedule="constant",
                       jit_compile=spec["jit_compile"],
@@ -147,8 +147,8 @@ def _time_infer(spec, model, images) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from kerastl.features import extraction_batch_size
-    from kerastl.model import feature_extractor
+    from kerastl.models.build import feature_extractor
+    from kerastl.models.features import extraction_batch_size
 
     batch = spec["infer_batch"] or extraction_batch_size(spec["size"])
     extractor = feature_extractor(model)

@@ -14,7 +14,7 @@ TensorFlow has started. Every variant differs from the baseline in one setting:
 * ``private_threadpool_size=1``: tf.data on one thread;
 * ``autotune=off``: tf.data without its autotuner (kerastl's extraction pass runs so);
 * ``precision``: float32 against mixed_bfloat16, which is the evidence for
-  ``kerastl.runtime.CPU_FLOAT32_FAMILIES`` (bfloat16 is emulated, and slower, on a CPU
+  ``kerastl.training.runtime.CPU_FLOAT32_FAMILIES`` (bfloat16 is emulated, and slower, on a CPU
   without ``avx512_bf16``: the flags are recorded).
 
 Utilisation is process CPU seconds per wall second over the timed windows (2.0 = both
@@ -22,7 +22,7 @@ cores busy on this machine). Writes ``benchmarks/results/cores.json``.
 
 Example:
     python benchmarks/cores.py
-    # where one intra-op thread stops paying (kerastl.runtime.CPU_ONE_THREAD_MAX_SIDE):
+    # where one intra-op thread stops paying (kerastl.training.runtime.CPU_ONE_THREAD_MAX_SIDE):
     python benchmarks/cores.py --variants baseline deterministic intra_op=1 \
         --precision-workloads --output benchmarks/results/cores_threads.json \
         --workloads MobileNetV2:0.35@32 MobileNetV2:0.35@64 MobileNetV2:0.35@96 \

@@ -15,7 +15,7 @@ temporary directory (never committed), with a second folder of the first 15,000
   ``decoded_memory=0`` (it streams). Goal: the 60,000-image run's peak RSS at most
   300 MB over the 15,000-image run's.
 * ``stream``: the first epoch of each reader over the 60,000 images, through the same
-  frozen base (:func:`kerastl.features.feature_extractor`, features dropped per
+  frozen base (:func:`kerastl.models.features.feature_extractor`, features dropped per
   batch): kerastl's
   ``from_folder(...).batches`` (decoded in ``tf.data`` on every core; its full
   pre-check timed apart) against ``keras.utils.image_dataset_from_directory``
@@ -82,7 +82,7 @@ def write_folders(root: Path, small: int, large: int) -> dict[int, Path]:
     import numpy as np
     from PIL import Image
 
-    from kerastl.datasets import fashion_mnist
+    from kerastl.data.datasets import fashion_mnist
 
     (x, y), _, names = fashion_mnist()
     folders = {}
@@ -106,7 +106,7 @@ def _peak_rss_mb() -> float:
 def run_child(data: str, decoded_memory: str) -> dict:
     """A frozen kerastl run on ``data``: peak RSS, times, run.json's stages."""
     import kerastl
-    from kerastl.decoding import decoded_memory_budget
+    from kerastl.data.decoding import decoded_memory_budget
 
     out = Path(tempfile.mkdtemp(prefix="kerastl-data-scale-run-"))
     clock = CpuClock()
@@ -135,7 +135,7 @@ def stream_child(reader: str, data: str) -> dict:
     import tensorflow as tf
 
     import kerastl
-    from kerastl.features import feature_extractor
+    from kerastl.models.features import feature_extractor
 
     model = kerastl.build_model(BACKBONE, 10, input_shape=SIZE, weights=None,
                                 backbone_kwargs=BACKBONE_KWARGS)

@@ -124,7 +124,7 @@ def latency_224(name: str, runs: int, workdir: Path) -> dict:
     import numpy as np
 
     import kerastl
-    from kerastl import deploy
+    from kerastl.deploy import export as deploy
 
     model = kerastl.build_model(name, 10, input_shape=224, weights=None, head="avg",
                                 dense_units=())

@@ -6,7 +6,7 @@ for it (``setup_runtime(precision="auto", backbone=...)``) measures:
 * the matmul peak: a ``--matmul``-square bfloat16 and float32 ``tf.matmul``, best of
   ``--repeats`` calls, once before and once after the extraction timings (the best
   of both is the peak; the machine is shared, so both see the same neighbours);
-* kerastl's extraction (``kerastl.features.run_extractor``, the cached forward pass
+* kerastl's extraction (``kerastl.models.features.run_extractor``, the cached forward pass
   of frozen phases, on ``ImageData`` batches) at several batch sizes, best of
   ``--repeats`` passes over ``--images`` images;
 * the fraction of the peak: images/s x 2 x MACs per image / peak FLOP/s, with MACs
@@ -16,7 +16,7 @@ for it (``setup_runtime(precision="auto", backbone=...)``) measures:
 
 The goal (issue 11): at 224x224, VGG16 and ResNet50 extract at >= 60% of the
 bfloat16 matmul peak. Also recorded: which batch size was fastest at each size, the
-evidence for ``kerastl.features.extraction_batch_size``. Writes
+evidence for ``kerastl.models.features.extraction_batch_size``. Writes
 ``benchmarks/results/extraction.json``.
 
 Example:
@@ -105,9 +105,9 @@ def child(spec: dict) -> dict:
     import numpy as np
 
     import kerastl
-    from kerastl.features import extraction_batch_size, run_extractor
-    from kerastl.model import feature_extractor
-    from kerastl.runtime import setup_runtime
+    from kerastl.models.build import feature_extractor
+    from kerastl.models.features import extraction_batch_size, run_extractor
+    from kerastl.training.runtime import setup_runtime
 
     runtime = setup_runtime("default", "auto", batch_size=32, backbone=spec["backbone"])
     kwargs = {"alpha": spec["alpha"]} if spec["alpha"] is not None else {}
@@ -117,7 +117,7 @@ def child(spec: dict) -> dict:
     extractor = feature_extractor(model)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (spec["images"], spec["size"], spec["size"], 3), np.uint8)
-    data = kerastl.data.from_arrays(images, rng.integers(0, 10, spec["images"]))
+    data = kerastl.data.image_data.from_arrays(images, rng.integers(0, 10, spec["images"]))
     peak_before = matmul_peak(spec["matmul"], spec["repeats"])
     timings = {}
     for batch in spec["batches"]:

@@ -45,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sides", default=",".join(SIDES), help="comma list of sides")
     args = parser.parse_args()
-    from kerastl.datasets import digits_folder
+    from kerastl.data.datasets import digits_folder
 
     load_before = load_average()
     runs = {}

@@ -65,7 +65,7 @@ def write_folder(root: Path, per_class: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from kerastl.datasets import fashion_mnist
+    from kerastl.data.datasets import fashion_mnist
 
     (x, y), _, names = fashion_mnist()
     for label, name in enumerate(names):
@@ -80,9 +80,9 @@ def write_folder(root: Path, per_class: int) -> Path:
 def forward_child(data: str) -> dict:
     """One timed forward pass of kerastl's frozen VGG16 over every image in ``data``."""
     import kerastl
-    from kerastl.features import run_extractor
-    from kerastl.model import feature_extractor
-    from kerastl.runtime import setup_runtime
+    from kerastl.models.build import feature_extractor
+    from kerastl.models.features import run_extractor
+    from kerastl.training.runtime import setup_runtime
 
     runtime = setup_runtime("auto", "auto", batch_size=32, backbone="VGG16")
     images = kerastl.from_folder(data)

@@ -34,8 +34,8 @@ def child(batch: int, xla: bool, steps: int, image_size: int, precision: str) ->
     import tensorflow as tf
 
     import kerastl
-    from kerastl.config import Phase
-    from kerastl.training import PhaseData, Trainer
+    from kerastl.config.schema import Phase
+    from kerastl.training.trainer import PhaseData, Trainer
 
     runtime = kerastl.setup_runtime("default", precision, batch_size=batch, jit_compile=xla)
     with runtime.strategy.scope():

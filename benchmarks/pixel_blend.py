@@ -1,11 +1,12 @@
 """The pixel blend's C and weight, on the transfer suite's validation images (issue 10).
 
-``kerastl.blend`` adds a logistic regression on the pooled input pixels to a trained
+``kerastl.recipes.pixel_blend`` adds a logistic regression on the pooled input pixels to a trained
 network's logits. Its defaults for runs without validation data (``PIXEL_C``,
 ``PIXEL_WEIGHT``) were chosen here: for each suite task, the network of a finished
 run *without* the blend (the suite candidate ``--pixel-blend off``), a pixel model per
 ``C`` fitted on the task's ``train`` folder exactly as a run fits it
-(:func:`kerastl.blend.fit_pixel_model`), and the accuracy of every ``C`` x weight point
+(:func:`kerastl.recipes.pixel_blend.fit_pixel_model`), and the accuracy of every ``C`` x
+weight point
 on the task's ``val`` folder (never ``test``). It prints, for each point, the worst and
 mean margin over pixels (the suite's baseline) on the tasks whose runs have no
 validation split of their own (k < 50 per class), and writes
@@ -31,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transfer_suite import DEFAULT_ROOT, machine_facts  # noqa: E402
 
 import kerastl  # noqa: E402
-from kerastl import blend  # noqa: E402
-from kerastl.inference import load_run_labels  # noqa: E402
-from kerastl.training import predict  # noqa: E402
+from kerastl.outputs.inference import load_run_labels  # noqa: E402
+from kerastl.recipes import pixel_blend as blend  # noqa: E402
+from kerastl.training.trainer import predict  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pixel_blend.json"
 C_VALUES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)

@@ -57,7 +57,7 @@ def measure(
     import tensorflow as tf
 
     import kerastl
-    from kerastl.runtime import setup_runtime
+    from kerastl.training.runtime import setup_runtime
 
     runtime = setup_runtime("default", precision, batch_size=batch)
     keras.utils.set_random_seed(0)
@@ -102,7 +102,7 @@ def _run_child(model_name: str, precision: str, args: argparse.Namespace) -> dic
 
 
 def _auto_precision() -> str:
-    from kerastl.runtime import DeviceFacts, choose_precision
+    from kerastl.training.runtime import DeviceFacts, choose_precision
 
     return choose_precision("auto", DeviceFacts.detect(), "default")
 

@@ -1,7 +1,7 @@
 """Training throughput of the kerastl ``Trainer`` vs plain ``keras.Model.fit``.
 
 kerastl owns its train step (``strategy.run`` over a ``GradientTape`` step, see
-``kerastl/training.py``) so that one loop works under every strategy. This checks
+``kerastl/training/trainer.py``) so that one loop works under every strategy. This checks
 that owning it costs nothing: the same model (every layer trainable, no feature
 cache), the same in-memory ``tf.data`` pipeline, batch, optimizer, loss and
 precision, timed per epoch after a warm-up epoch (tracing, oneDNN kernel
@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import kerastl  # noqa: E402
-from kerastl.training import PhaseData, Trainer  # noqa: E402
+from kerastl.training.trainer import PhaseData, Trainer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "throughput.json"
 TARGET_RATIO = 0.97

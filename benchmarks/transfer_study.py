@@ -9,7 +9,7 @@ Every trained regime is one ``kerastl.fit(kerastl.RunConfig(...), splits=...)`` 
 on in-memory ``kerastl.from_arrays`` data, with kerastl's *default* recipe
 (``RunConfig()``: AdamW, lr 1e-2, warm-up 10% + cosine, label smoothing 0.1,
 ``augment="auto"`` (translate; no flips for these left-pointing shoes, see
-:mod:`kerastl.mirror`), LayerNorm'd head, BatchNorm frozen, fine-tune phases at
+:mod:`kerastl.data.mirror`), LayerNorm'd head, BatchNorm frozen, fine-tune phases at
 ``lr * finetune_lr_factor``); the study only sets the data, the source backbone and
 the epoch budgets. The reported accuracy is kerastl's own ``metrics.json`` on the
 5,000 test images. Regimes:
@@ -37,7 +37,8 @@ Result of the command below with no ``--set`` (kerastl's defaults; 2 draws, mean
     pixels_logreg 0.8736 | default 0.9036 | scratch 0.9035 | frozen 0.7850
     finetune_top 0.8964 | full 0.9254 | features_logreg 0.8175
 
-``default`` ends with the pixel blend (``kerastl.blend``; 0.9221 without it, an earlier
+``default`` ends with the pixel blend (``kerastl.recipes.pixel_blend``; 0.9221 without it, an
+earlier
 run): here, where the network is three points above pixels, it costs two. Only
 ``default``, ``scratch`` and ``full`` clear 0.90: the top-layer features are
 clothes-specific (a linear head on them, ``frozen`` or ``features_logreg``, stays below
@@ -75,7 +76,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from pretrain_source import TARGET_CLASSES  # noqa: E402
 
 import kerastl  # noqa: E402
-from kerastl.datasets import fashion_mnist  # noqa: E402
+from kerastl.data.datasets import fashion_mnist  # noqa: E402
 
 SOURCE_DIR = REPO / "data_samples" / "source"
 RESULTS = REPO / "benchmarks" / "results" / "transfer_study.json"

@@ -109,8 +109,8 @@ if str(REPO) not in sys.path:  # run as a script: use this checkout's kerastl
     sys.path.insert(0, str(REPO))
 
 import kerastl  # noqa: E402
-from kerastl.datasets import FASHION_MNIST_CLASSES, fashion_mnist  # noqa: E402
-from kerastl.weights import file_sha256  # noqa: E402
+from kerastl.data.datasets import FASHION_MNIST_CLASSES, fashion_mnist  # noqa: E402
+from kerastl.models.weights import file_sha256  # noqa: E402
 
 DEFAULT_ROOT = REPO / "runs" / "suite"
 RESULTS = REPO / "benchmarks" / "results" / "transfer_suite.json"
@@ -647,7 +647,7 @@ def _train(argv: list[str], output: Path, *, in_process: bool) -> tuple[float, i
 
             import keras
 
-            from kerastl.cli import train_main
+            from kerastl.commands.cli import train_main
 
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 rc = train_main(argv)
@@ -670,8 +670,8 @@ def evaluate_run(output: Path, task_dir: Path) -> dict[str, Any]:
     """Accuracy of a finished run on the task's ``val`` and ``test`` folders."""
     import keras
 
-    from kerastl.inference import load_run_labels
-    from kerastl.training import predict
+    from kerastl.outputs.inference import load_run_labels
+    from kerastl.training.trainer import predict
 
     started = time.perf_counter()
     sklearn_dir = output / "sklearn_classifier"
@@ -991,7 +991,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bare", action="store_true",
                         help="pass only --data and --weights (kerastl infers the backbone)")
     parser.add_argument("--in-process", action="store_true",
-                        help="run non-default candidates with kerastl.cli.train_main in this "
+                        help="run non-default candidates with kerastl.commands.cli.train_main in "
+                        "this "
                              "process (the default command always runs as a subprocess)")
     parser.add_argument("--retry-failed", action="store_true", help="rerun cached failures")
     parser.add_argument("--keep-checkpoints", action="store_true",

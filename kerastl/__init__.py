@@ -1,8 +1,8 @@
 """kerastl: transfer learning and fine-tuning of Keras Applications backbones.
 
 The names below are what a user calls; everything else lives in the submodules
-(``kerastl.training``, ``kerastl.features``, ``kerastl.runtime``...), importable but
-not part of this list.
+(``kerastl.training.trainer``, ``kerastl.models.features``, ...), importable but not part
+of this list. ``docs/architecture.md`` draws the layers.
 
 Example:
     >>> import kerastl
@@ -10,15 +10,10 @@ Example:
     >>> print(kerastl.set_regime(model, "finetune", unfreeze_blocks=2))  # doctest: +SKIP
 """
 
-from . import _backend  # noqa: F401  (pins the TensorFlow backend first)
-from .backbones import Backbone, get_backbone, list_backbones
-from .comparison import compare
-from .config import Phase, RunConfig
-from .data import DataSplits, ImageData, augmentation, from_arrays, from_folder, load_splits
-from .datasets import fashion_mnist
-from .deploy import ExportReport, export
-from .diagnosis import DoctorReport, diagnose
-from .errors import (
+from .config.phases import Phase
+from .config.schema import RunConfig
+from .core import backend as _backend  # noqa: F401  (pins the TensorFlow backend first)
+from .core.errors import (
     ConfigError,
     DataError,
     KerastlError,
@@ -28,19 +23,25 @@ from .errors import (
     UnknownBackboneError,
     WeightsError,
 )
-from .feature_cache import FeatureCache
-from .features import extract_features
-from .freezing import UnfreezePlan, backbone_blocks, set_regime
-from .inference import evaluate_folder, predict_paths
-from .interpretation import Interpretation, interpret
-from .lr_finder import LRFinderResult
-from .mirror import MirrorCheck, mirror_check
-from .model import build_model, feature_extractor, head_model, load_model
-from .run import RunResult, fit, lr_find
-from .runtime import Runtime, setup_runtime
-from .sklearn_heads import SklearnClassifier
-
-__version__ = "0.2.0"
+from .core.version import __version__
+from .data.datasets import fashion_mnist
+from .data.doctor import DoctorReport, diagnose
+from .data.image_data import ImageData, augmentation, from_arrays, from_folder
+from .data.mirror import MirrorCheck, mirror_check
+from .data.splits import DataSplits, load_splits
+from .deploy.export import ExportReport, export
+from .models.backbones import Backbone, get_backbone, list_backbones
+from .models.build import build_model, feature_extractor, head_model, load_model
+from .models.feature_cache import FeatureCache
+from .models.features import extract_features
+from .models.freezing import UnfreezePlan, backbone_blocks, set_regime
+from .models.sklearn_head import SklearnClassifier
+from .outputs.inference import evaluate_folder, predict_paths
+from .outputs.interpretation import Interpretation, interpret
+from .recipes.compare_regimes import compare
+from .recipes.fit import RunResult, fit, lr_find
+from .training.lr_range_test import LRFinderResult
+from .training.runtime import Runtime, setup_runtime
 
 __all__ = [
     "Backbone",

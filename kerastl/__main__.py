@@ -1,5 +1,5 @@
 """``python -m kerastl COMMAND``: the same as the ``kerastl`` console script."""
 
-from .cli import main
+from .commands.cli import main
 
 raise SystemExit(main())

@@ -2,8 +2,8 @@
 
 import sys
 
-from .cli import compare_main
-from .comparison import compare
+from .commands.cli import compare_main
+from .recipes.compare_regimes import compare
 
 if __name__ == "__main__":
     raise SystemExit(compare_main())

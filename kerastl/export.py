@@ -2,8 +2,8 @@
 
 import sys
 
-from .cli import export_main
-from .deploy import export
+from .commands.cli import export_main
+from .deploy.export import export
 
 if __name__ == "__main__":
     raise SystemExit(export_main())

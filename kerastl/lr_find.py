@@ -2,8 +2,8 @@
 
 import sys
 
-from .cli import lr_find_main
-from .run import lr_find
+from .commands.cli import lr_find_main
+from .recipes.fit import lr_find
 
 if __name__ == "__main__":
     raise SystemExit(lr_find_main())

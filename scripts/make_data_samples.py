@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kerastl.datasets import FASHION_MNIST_CLASSES, fashion_mnist
+from kerastl.data.datasets import FASHION_MNIST_CLASSES, fashion_mnist
 
 TARGET_CLASSES = (5, 6, 7, 8, 9)
 REPO = Path(__file__).resolve().parents[1]

@@ -64,7 +64,7 @@ COLAB_TPU = [
     ),
     new_code_cell(
         "import kerastl\n"
-        "facts = kerastl.runtime.DeviceFacts.detect()\n"
+        "facts = kerastl.training.runtime.DeviceFacts.detect()\n"
         "print(facts)\n"
         "HAS_TPU = facts.tpu\n"
         "strategy = \"tpu\" if HAS_TPU else \"default\"\n"
@@ -76,7 +76,7 @@ COLAB_TPU = [
         "Fashion-MNIST samples."
     ),
     new_code_cell(
-        "from kerastl.samples import data_samples_dir\n"
+        "from kerastl.data.samples import data_samples_dir\n"
         "samples = data_samples_dir() / \"fashion\"\n"
         "print(kerastl.diagnose(samples / \"train\", samples / \"val\"))"
     ),
@@ -108,7 +108,7 @@ COLAB_TPU = [
 SOURCE_CELL = code('''
     import json
     import kerastl
-    from kerastl.samples import data_samples_dir
+    from kerastl.data.samples import data_samples_dir
 
     SAMPLES = data_samples_dir()                      # the shipped data_samples/ folder
     SOURCE = json.loads((SAMPLES / "source" / "mobilenetv3small_fashion_source.json").read_text())
@@ -225,11 +225,11 @@ QUICKSTART = [
 
         `fit` already scored the held-out **test** split (never seen during training or
         model selection). Reloading the saved model and scoring the test folder again
-        with `kerastl.inference.evaluate_folder` must give the same accuracy: the saved
+        with `kerastl.outputs.inference.evaluate_folder` must give the same accuracy: the saved
         file is self-contained (preprocessing included) and loads with `safe_mode=True`.
     '''),
     code('''
-        from kerastl.inference import evaluate_folder
+        from kerastl.outputs.inference import evaluate_folder
 
         test_dir = SAMPLES / "fashion" / "test"
         again = evaluate_folder(result.output_dir / "model.keras", test_dir)
@@ -324,7 +324,7 @@ FROZEN_VS_FINETUNE_VS_SCRATCH = [
         | `scratch` | everything, from random weights | the baseline transfer must beat |
         | `sklearn-logreg` | logistic regression on frozen features | a linear probe |
 
-        `kerastl.comparison.compare` runs them side by side at several **fractions** of the
+        `kerastl.compare` runs them side by side at several **fractions** of the
         training images, because the advantage of a pretrained start is largest when
         labels are scarce.
     '''),
@@ -343,7 +343,7 @@ FROZEN_VS_FINETUNE_VS_SCRATCH = [
         ## The target data
 
         With the Debian package `dataset-fashion-mnist` installed (or the idx files in
-        `$KERASTL_FASHION_MNIST`), `kerastl.datasets.fashion_mnist(classes=[5, 6, 7, 8, 9])`
+        `$KERASTL_FASHION_MNIST`), `kerastl.data.datasets.fashion_mnist(classes=[5, 6, 7, 8, 9])`
         reads the official files and we draw a seeded few-shot training set from them;
         otherwise the shipped samples (100 training images per class) are the pool.
         `compare` reads image folders, so the drawn arrays are written as PNGs.
@@ -354,7 +354,7 @@ FROZEN_VS_FINETUNE_VS_SCRATCH = [
         import numpy as np
         from PIL import Image as PILImage
 
-        from kerastl.errors import DataError
+        from kerastl.core.errors import DataError
 
         TARGET_CLASSES = [5, 6, 7, 8, 9]
 
@@ -378,7 +378,7 @@ FROZEN_VS_FINETUNE_VS_SCRATCH = [
 
 
         try:
-            (x_train, y_train), (x_test, y_test), class_names = kerastl.datasets.fashion_mnist(
+            (x_train, y_train), (x_test, y_test), class_names = kerastl.data.datasets.fashion_mnist(
                 classes=TARGET_CLASSES)
         except DataError as error:
             print(f"Using the shipped samples: {error}")
@@ -423,7 +423,7 @@ FROZEN_VS_FINETUNE_VS_SCRATCH = [
     code('''
         from IPython.display import Image, Markdown, display
 
-        from kerastl.comparison import compare, comparison_markdown
+        from kerastl.recipes.compare_regimes import compare, comparison_markdown
 
         config = kerastl.RunConfig(
             data=DATA["train"], val_data=DATA["val"], test_data=DATA["test"],
@@ -441,7 +441,7 @@ FROZEN_VS_FINETUNE_VS_SCRATCH = [
         wall time and trainable parameters per regime on the largest fraction. Training
         time matters as much as accuracy in practice. Here augmentation is on, so every
         regime runs images through the base each epoch; with `augment=[]` the frozen
-        head trains on cached base features (`kerastl.features`) and its epochs cost
+        head trains on cached base features (`kerastl.models.features`) and its epochs cost
         almost nothing.
     '''),
     code('''
@@ -588,7 +588,7 @@ GRADUAL_UNFREEZING = [
         import matplotlib.pyplot as plt
         import numpy as np
 
-        from kerastl.optimizers import make_schedule
+        from kerastl.training.optimizers import make_schedule
 
         steps = np.arange(200)
         fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -727,7 +727,7 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
     '''),
     code('''
         import kerastl
-        from kerastl.runtime import split_logical_cpus
+        from kerastl.training.runtime import split_logical_cpus
 
         print(split_logical_cpus(2))
     '''),
@@ -738,7 +738,7 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
         TPU, CPU flags, the worker count in `TF_CONFIG`); it creates no strategy.
     '''),
     code('''
-        facts = kerastl.runtime.DeviceFacts.detect()
+        facts = kerastl.training.runtime.DeviceFacts.detect()
         print(facts.gpus, facts.tpu, facts.n_workers,
               sorted(facts.cpu_flags & {"avx512f", "avx512_bf16", "amx_bf16"}))
     '''),
@@ -758,9 +758,9 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
     code('''
         from IPython.display import Markdown, display
 
-        from kerastl.runtime import choose_precision, choose_strategy_name
+        from kerastl.training.runtime import choose_precision, choose_strategy_name
 
-        Facts = kerastl.runtime.DeviceFacts
+        Facts = kerastl.training.runtime.DeviceFacts
         machines = {
             "1 GPU, compute capability 8.0 (A100)": Facts(gpus=((8, 0),)),
             "2 GPUs, compute capability 8.0": Facts(gpus=((8, 0), (8, 0))),
@@ -786,7 +786,7 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
         batch** (what one optimizer step averages over) is the per-replica batch times
         the number of replicas, so doubling the replicas doubles the global batch unless
         you pass `batch_size_is="global"`. Learning rates tuned for one batch size are
-        usually scaled with it (`kerastl.runtime.scale_learning_rate`).
+        usually scaled with it (`kerastl.training.runtime.scale_learning_rate`).
     '''),
     code('''
         for strategy, batch_size_is in (("auto", "per_replica"), ("mirrored", "per_replica"),
@@ -811,7 +811,7 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
     code('''
         import keras
 
-        from kerastl.runtime import loss_scale_optimizer
+        from kerastl.training.runtime import loss_scale_optimizer
 
         runtime = kerastl.setup_runtime("default", "mixed_bfloat16", batch_size=16)
         with runtime.strategy.scope():
@@ -869,14 +869,14 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
 
         **Only the chief writes.** Saving a distributed model is a collective operation,
         so every worker must save, but the non-chief workers save into throw-away
-        temporary directories (`kerastl.runtime.worker_output_dir`), so one set of
+        temporary directories (`kerastl.training.runtime.worker_output_dir`), so one set of
         outputs lands in `--output`:
     '''),
     code('''
         import dataclasses
         import json
 
-        from kerastl.runtime import worker_output_dir
+        from kerastl.training.runtime import worker_output_dir
 
         print(json.dumps({"cluster": {"worker": ["host1:12345", "host2:12345"]},
                           "task": {"type": "worker", "index": 1}}))
@@ -1062,12 +1062,12 @@ DEPLOYMENT = [
     code('''
         from ai_edge_litert.interpreter import Interpreter
 
-        folder = kerastl.deploy.default_output(dense.output_dir, "litert", "int8")
+        folder = kerastl.deploy.export.default_output(dense.output_dir, "litert", "int8")
         labels = json.loads((folder / "labels.json").read_text())
         interpreter = Interpreter(model_path=str(folder / "model_int8.tflite"))
         interpreter.allocate_tensors()
         size = labels["image_size"]
-        from kerastl.samples import data_samples_dir
+        from kerastl.data.samples import data_samples_dir
 
         test = kerastl.from_folder(data_samples_dir() / "fashion" / "test")
         picked = test.subset(np.random.default_rng(0).choice(len(test), 8, replace=False))

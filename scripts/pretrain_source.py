@@ -40,8 +40,8 @@ import numpy as np
 import tensorflow as tf
 
 import kerastl
-from kerastl.datasets import fashion_mnist
-from kerastl.weights import save_base_weights
+from kerastl.data.datasets import fashion_mnist
+from kerastl.models.weights import save_base_weights
 
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 TARGET_CLASSES = (5, 6, 7, 8, 9)
@@ -167,7 +167,7 @@ def pretrain(args: argparse.Namespace) -> dict:
         "train_seconds": round(seconds, 1),
         "seed": args.seed,
         "weights_file": weights.name,
-        "weights_sha256": kerastl.weights.file_sha256(weights),
+        "weights_sha256": kerastl.models.weights.file_sha256(weights),
         "command": "python " + " ".join([os.path.relpath(__file__, REPO), *sys.argv[1:]]),
     }
     (out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")

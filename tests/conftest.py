@@ -11,7 +11,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from kerastl.backbones import REGISTRY  # noqa: E402
+from kerastl.models.backbones import REGISTRY  # noqa: E402
 
 ALL_BACKBONES = list(REGISTRY)
 # Small, fast members for end-to-end tests; the registry-wide tests use them all.
@@ -32,7 +32,7 @@ HEADER_ENV = ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS")
 
 
 def pytest_report_header(config) -> list[str]:
-    from kerastl import runtime
+    from kerastl.training import runtime
 
     flags = runtime._detect_cpu_flags()
     shown = " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in HEADER_CPU_FLAGS)
@@ -86,7 +86,7 @@ def source_backbone() -> dict:
     """
     from pathlib import Path
 
-    from kerastl.samples import source_backbone as shipped
+    from kerastl.data.samples import source_backbone as shipped
 
     info = shipped()
     if info is None or not Path(info["weights"]).is_file():

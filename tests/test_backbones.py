@@ -6,8 +6,8 @@ import keras
 import pytest
 
 import kerastl
-from kerastl.backbones import REGISTRY, get_backbone
-from kerastl.freezing import backbone_blocks
+from kerastl.models.backbones import REGISTRY, get_backbone
+from kerastl.models.freezing import backbone_blocks
 
 REQUIRED = (
     ["VGG16", "VGG19", "ResNet50", "ResNet101", "ResNet152", "ResNet50V2", "ResNet101V2",

@@ -11,7 +11,8 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 
 import kerastl
-from kerastl.blend import (
+from kerastl.recipes.fit import fit
+from kerastl.recipes.pixel_blend import (
     PIXEL_C,
     PIXEL_WEIGHT,
     _logits_model,
@@ -22,7 +23,7 @@ from kerastl.blend import (
     choose_weight,
     fit_pixel_model,
 )
-from kerastl.run import fit
+from kerastl.recipes.resolve import resolve_config
 
 from .conftest import source_backbone, source_model
 
@@ -146,7 +147,7 @@ def test_without_validation_a_probe_better_than_pixels_leaves_the_blend_out(prob
 
 def test_pixel_blend_on_with_a_scikit_learn_head_names_the_fix():
     with pytest.raises(kerastl.KerastlError, match="--pixel-blend off"):
-        kerastl.RunConfig(head="sklearn-logreg", pixel_blend="on", data="x").resolve()
+        resolve_config(kerastl.RunConfig(head="sklearn-logreg", pixel_blend="on", data="x"))
 
 
 # ---------------------------------------------------------------- in a run

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerastl.checkpoints import (
+from kerastl.training.checkpoints import (
     TrainState,
     latest_readable_state,
     list_checkpoints,

@@ -7,10 +7,10 @@ import json
 import pytest
 
 import kerastl
-from kerastl.cli import compare_main as main
-from kerastl.comparison import REGIMES, compare
-from kerastl.errors import ConfigError
-from kerastl.samples import data_samples_dir, source_backbone
+from kerastl.commands.cli import compare_main as main
+from kerastl.core.errors import ConfigError
+from kerastl.data.samples import data_samples_dir, source_backbone
+from kerastl.recipes.compare_regimes import REGIMES, compare
 
 SAMPLES = data_samples_dir() / "fashion"
 # The shipped source backbone (pretrained on five other Fashion-MNIST classes), so the

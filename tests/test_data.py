@@ -10,15 +10,9 @@ import tensorflow as tf
 from PIL import Image
 
 import kerastl
-from kerastl.data import (
-    ImageData,
-    augmentation,
-    from_arrays,
-    from_folder,
-    load_splits,
-    train_val_split,
-)
-from kerastl.errors import ConfigError, DataError
+from kerastl.core.errors import ConfigError, DataError
+from kerastl.data.image_data import ImageData, augmentation, from_arrays, from_folder
+from kerastl.data.splits import load_splits, train_val_split
 from tests.test_doctor import (
     cmyk_jpeg,
     exif_rotated_jpeg,
@@ -277,7 +271,7 @@ def test_image_data_needs_files_or_images():
 
 
 def test_auto_validation_holds_out_only_what_validates_something():
-    from kerastl.data import AUTO_VAL_SHARE, MIN_VAL_PER_CLASS, auto_val_share
+    from kerastl.data.splits import AUTO_VAL_SHARE, MIN_VAL_PER_CLASS, auto_val_share
 
     enough = int(MIN_VAL_PER_CLASS / AUTO_VAL_SHARE)
     few = kerastl.from_arrays(np.zeros((2 * (enough - 1), 8, 8), "uint8"),

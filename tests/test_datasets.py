@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerastl import datasets
-from kerastl.datasets import (
+from kerastl.core.errors import DataError
+from kerastl.data import datasets
+from kerastl.data.datasets import (
     DEBIAN_FASHION_MNIST,
     FASHION_MNIST_CLASSES,
     fashion_mnist,
@@ -18,7 +19,6 @@ from kerastl.datasets import (
     select_classes,
     write_idx,
 )
-from kerastl.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "data_samples" / "fashion"

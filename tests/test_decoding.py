@@ -6,15 +6,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerastl.data import from_folder, load_splits
-from kerastl.decoding import (
+from kerastl.core.errors import ConfigError
+from kerastl.data.decoding import (
     DECODE_METHOD,
     check_files,
     decoded_memory_budget,
     file_pixels,
 )
-from kerastl.errors import ConfigError
-from kerastl.images import decoder_for, open_rgb, square_pixels
+from kerastl.data.image_data import from_folder
+from kerastl.data.images import decoder_for, open_rgb, square_pixels
+from kerastl.data.splits import load_splits
+from kerastl.recipes.resolve import resolve_config
 from tests.test_doctor import (
     cmyk_jpeg,
     exif_rotated_jpeg,
@@ -137,7 +139,7 @@ def test_decoded_memory_sizes(setting, expected):
 
 
 def test_auto_budget_is_a_share_of_available_memory(monkeypatch):
-    import kerastl.decoding as decoding
+    import kerastl.data.decoding as decoding
 
     monkeypatch.setattr(decoding, "available_memory", lambda: 10 * 2**30)
     assert decoded_memory_budget("auto") == int(decoding.DECODED_MEMORY_SHARE * 10 * 2**30)
@@ -165,8 +167,8 @@ def test_without_a_check_plain_files_give_the_same_pixels(tmp_path):
     ({"mode": "frozen", "decoded_memory": "1G"}, "1G"),  # given: never second-guessed
 ])
 def test_a_run_keeps_decoded_images_only_where_it_reads_them_again(settings, kept):
-    from kerastl.config import RunConfig
-    from kerastl.run import _decoded_memory
+    from kerastl.config.schema import RunConfig
+    from kerastl.recipes.fit import _decoded_memory
 
-    config = RunConfig(data="data_samples/fashion/train", **settings).resolve()
+    config = resolve_config(RunConfig(data="data_samples/fashion/train", **settings))
     assert _decoded_memory(config) == kept

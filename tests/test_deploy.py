@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 import kerastl
-from kerastl import deploy
-from kerastl.cli import export_main
-from kerastl.samples import REPO_ROOT, data_samples_dir
+from kerastl.commands.cli import export_main
+from kerastl.data.samples import REPO_ROOT, data_samples_dir
+from kerastl.deploy import export as deploy
 
 from .conftest import source_backbone
 
@@ -237,7 +237,7 @@ def test_kerastl_export_is_the_function_and_python_m_kerastl_export_runs():
     import kerastl.export  # noqa: F401  (the module must not shadow the function)
 
     assert kerastl.export is deploy.export
-    assert "export" in kerastl.cli.COMMANDS
+    assert "export" in kerastl.commands.cli.COMMANDS
     done = subprocess.run([sys.executable, "-m", "kerastl.export", "--help"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--quantize" in done.stdout

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from kerastl.cli import doctor_main as main
-from kerastl.diagnosis import diagnose
-from kerastl.images import find_bad_files, inspect_image, open_rgb
+from kerastl.commands.cli import doctor_main as main
+from kerastl.data.doctor import diagnose
+from kerastl.data.images import find_bad_files, inspect_image, open_rgb
 
 # ---------------------------------------------------------------- image makers
 # Shared with tests/test_data.py (candidates for tests/conftest.py).

@@ -12,11 +12,11 @@ import tensorflow as tf
 from sklearn.datasets import load_digits
 
 import kerastl
-from kerastl.errors import ConfigError, DataError
-from kerastl.feature_cache import FeatureCache, cache_key, data_fingerprint
-from kerastl.features import cache_applies, cached_feature_datasets, extract_features
-from kerastl.model import feature_extractor, head_model
-from kerastl.sklearn_heads import SKLEARN_HEADS, SklearnClassifier, fit_sklearn_head
+from kerastl.core.errors import ConfigError, DataError
+from kerastl.models.build import feature_extractor, head_model
+from kerastl.models.feature_cache import FeatureCache, cache_key, data_fingerprint
+from kerastl.models.features import cache_applies, cached_feature_datasets, extract_features
+from kerastl.models.sklearn_head import SKLEARN_HEADS, SklearnClassifier, fit_sklearn_head
 
 from .numerics import VGG16_FORWARD, assert_close
 
@@ -33,7 +33,7 @@ def random_images(n: int = 6, size: int = SIZE, seed: int = 0) -> np.ndarray:
 
 
 def base_features(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """What the full model's head sees, computed without kerastl.features."""
+    """What the full model's head sees, computed without kerastl.models.features."""
     preprocessed = model.get_layer("preprocess")(images)
     return np.asarray(model.get_layer("backbone")(preprocessed, training=False))
 
@@ -284,7 +284,7 @@ def test_cache_key_covers_weightless_backbone_settings():
 
 
 def test_cache_key_covers_library_versions_and_the_decoder(monkeypatch):
-    import kerastl.data
+    import kerastl.data.image_data
 
     model = small_model()
     key = cache_key(model, "data", SIZE)
@@ -296,7 +296,7 @@ def test_cache_key_covers_library_versions_and_the_decoder(monkeypatch):
     monkeypatch.undo()
     data = kerastl.from_arrays(np.zeros((2, 8, 8), "uint8"), [0, 1])
     fingerprint = data.fingerprint()
-    monkeypatch.setattr(kerastl.data, "DECODE_METHOD", "another resampling")
+    monkeypatch.setattr(kerastl.data.image_data, "DECODE_METHOD", "another resampling")
     assert data.fingerprint() != fingerprint
     assert cache_key(model, "data", SIZE) != key
 
@@ -311,7 +311,7 @@ def test_a_file_replaced_with_its_size_and_mtime_misses_the_disk_cache(tmp_path)
         for i in range(2):
             pixels = np.full((SIZE, SIZE, 3), 40 * i + (label == "b") * 100, "uint8")
             Image.fromarray(pixels).save(folder / label / f"{i}.bmp")  # fixed-size files
-    data = kerastl.data.from_folder(folder)
+    data = kerastl.data.image_data.from_folder(folder)
     model = small_model()
 
     def features(data, cache):
@@ -325,7 +325,7 @@ def test_a_file_replaced_with_its_size_and_mtime_misses_the_disk_cache(tmp_path)
     Image.fromarray(np.full((SIZE, SIZE, 3), 255, "uint8")).save(target)
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert target.stat().st_size == stat.st_size
-    reread = kerastl.data.from_folder(folder)
+    reread = kerastl.data.image_data.from_folder(folder)
     assert reread.fingerprint() == data.fingerprint()  # in memory: stat only, cheap
     cache = FeatureCache(tmp_path / "cache")
     after = features(reread, cache)

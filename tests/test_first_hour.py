@@ -21,10 +21,11 @@ import yaml
 from PIL import Image
 
 import kerastl
-from kerastl.console import cli_language, epoch_in_phase, hint, speaking_to_cli
-from kerastl.datasets import digits_folder
-from kerastl.health import at_chance, chance_accuracy, check_network
-from kerastl.recipes import plan_phases
+from kerastl.core.console import cli_language, epoch_in_phase, hint, speaking_to_cli
+from kerastl.data.datasets import digits_folder
+from kerastl.outputs.health import at_chance, chance_accuracy, check_network
+from kerastl.recipes.plan import plan_phases
+from kerastl.recipes.resolve import native_size, resolve_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSES = 4
@@ -76,8 +77,8 @@ def default_run(digits) -> tuple[Path, subprocess.CompletedProcess]:
 
 # ------------------------------------------------------------------ auto, no weights
 def test_auto_without_pretrained_weights_plans_scratch_at_the_images_own_size(digits):
-    config = kerastl.RunConfig(data=str(digits / "train"), weights="none").resolve(
-        native_size=lambda resolved: kerastl.run._native_size(resolved, None))
+    config = resolve_config(kerastl.RunConfig(data=str(digits / "train"), weights="none"),
+                            native_size=lambda resolved: native_size(resolved, None))
     assert config.image_size == SIDE  # not the backbone's 224
     plan = plan_phases(config, steps_per_epoch=4)
     scratch = plan_phases(config.replace(mode="scratch"), steps_per_epoch=4)
@@ -90,16 +91,16 @@ def test_auto_without_pretrained_weights_plans_scratch_at_the_images_own_size(di
 def test_a_weights_file_that_never_trained_counts_as_no_pretrained_weights(tmp_path):
     import keras
 
-    from kerastl.weights import has_pretrained_weights
+    from kerastl.models.weights import has_pretrained_weights
 
     base = keras.applications.MobileNetV2(include_top=False, weights=None, alpha=0.35,
                                           input_shape=(32, 32, 3))
     base.save_weights(tmp_path / "random.weights.h5")
     assert not has_pretrained_weights(str(tmp_path / "random.weights.h5"))
-    source = kerastl.samples.source_backbone()
+    source = kerastl.data.samples.source_backbone()
     assert has_pretrained_weights(source["weights"])
-    config = kerastl.RunConfig(data="x", weights=str(tmp_path / "random.weights.h5"),
-                               backbone="MobileNetV2", image_size=32).resolve()
+    config = resolve_config(kerastl.RunConfig(data="x", weights=str(tmp_path / "random.weights.h5"),
+                               backbone="MobileNetV2", image_size=32))
     assert [p.mode for p in plan_phases(config, steps_per_epoch=4).phases] == ["scratch"]
 
 

@@ -63,7 +63,7 @@ def test_set_regime_on_a_compiled_model_recompiles_so_new_flags_train():
     before = np.array(top_conv.kernel)
     model.fit(x, y, epochs=1, batch_size=32, verbose=0)
     assert not np.array_equal(before, np.array(top_conv.kernel))
-    assert plan.trainable_params == kerastl.freezing.count_params(model.trainable_weights)
+    assert plan.trainable_params == kerastl.models.freezing.count_params(model.trainable_weights)
 
 
 def test_bn_policy_train_lets_unfrozen_batchnorm_update_its_statistics():
@@ -134,7 +134,7 @@ def test_scratch_model_evaluates_as_well_as_it_trains():
 def test_a_feature_extractor_does_not_make_bn_policy_train_look_frozen():
     # The cached-feature path builds an extractor that calls the base with
     # training=False; that call belongs to another model and must not count.
-    from kerastl.model import feature_extractor
+    from kerastl.models.build import feature_extractor
 
     model = kerastl.build_model("MobileNetV2", 3, input_shape=32, weights=None,
                                 bn_policy="train", backbone_kwargs={"alpha": 0.35})

@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 import kerastl
-from kerastl.blend import blend_pixels
-from kerastl.cli import evaluate_main, predict_main
-from kerastl.gradcam import cam_model, gradcam_heatmaps
-from kerastl.interpretation import PREDICTIONS_HEADER, Progress
-from kerastl.samples import data_samples_dir, source_backbone
+from kerastl.commands.cli import evaluate_main, predict_main
+from kerastl.data.samples import data_samples_dir, source_backbone
+from kerastl.models.gradcam import cam_model, gradcam_heatmaps
+from kerastl.outputs.interpretation import PREDICTIONS_HEADER, Progress
+from kerastl.recipes.pixel_blend import blend_pixels
 
 from .conftest import source_model
 
@@ -349,7 +349,7 @@ def test_gradcam_of_a_model_trained_from_scratch_with_the_cli_finds_the_object(t
 
 
 def test_multilabel_loss_is_the_summed_binary_cross_entropy_of_the_label_set():
-    from kerastl.interpretation import Interpretation
+    from kerastl.outputs.interpretation import Interpretation
 
     labels = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]])
     probs = np.array([[0.9, 0.2, 0.6], [0.3, 0.4, 0.1], [0.8, 0.7, 0.9]])
@@ -367,7 +367,7 @@ def test_multilabel_loss_is_the_summed_binary_cross_entropy_of_the_label_set():
 
 
 def test_binary_probabilities_of_one_sigmoid_give_both_classes():
-    from kerastl.interpretation import Interpretation
+    from kerastl.outputs.interpretation import Interpretation
 
     data = kerastl.from_arrays(np.zeros((3, 8, 8), "uint8"), [0, 1, 1],
                                class_names=["cat", "dog"])

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import kerastl
-from kerastl.lr_finder import minimum_over_ten, steepest, valley
-from kerastl.samples import data_samples_dir
+from kerastl.data.samples import data_samples_dir
+from kerastl.training.lr_range_test import minimum_over_ten, steepest, valley
 
 SAMPLES = data_samples_dir() / "fashion"
 TINY = dict(data=str(SAMPLES / "train"), val_data=str(SAMPLES / "val"),
@@ -40,8 +40,8 @@ def test_lr_find_leaves_the_model_unchanged_and_writes_its_plot(tmp_path):
 def test_range_test_restores_weights_and_optimizer_state():
     import tensorflow as tf
 
-    from kerastl.lr_finder import range_test
-    from kerastl.training import PhaseData, Trainer
+    from kerastl.training.lr_range_test import range_test
+    from kerastl.training.trainer import PhaseData, Trainer
 
     model = kerastl.build_model("MobileNetV2", 3, input_shape=32, weights=None,
                                 dense_units=(), backbone_kwargs={"alpha": 0.35})

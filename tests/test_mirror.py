@@ -8,9 +8,10 @@ import yaml
 from sklearn.datasets import load_digits
 
 import kerastl
-from kerastl.errors import ConfigError
-from kerastl.mirror import MAX_IMAGES, mirror_check, resolve_augment
-from kerastl.run import fit
+from kerastl.core.errors import ConfigError
+from kerastl.data.mirror import MAX_IMAGES, mirror_check, resolve_augment
+from kerastl.recipes.fit import fit
+from kerastl.recipes.resolve import resolve_config
 
 from .conftest import source_backbone
 
@@ -63,7 +64,7 @@ def test_a_large_set_with_rare_classes_is_sampled_per_class():
 @pytest.mark.parametrize(("given", "resolved"), [
     ("auto", ["auto"]), ("flip, translate", ["flip", "translate"]), ("none", []), (None, [])])
 def test_augment_written_as_text_or_left_empty_in_yaml_is_a_list(given, resolved):
-    assert kerastl.RunConfig(augment=given).resolve().augment == resolved
+    assert resolve_config(kerastl.RunConfig(augment=given)).augment == resolved
 
 
 def test_explicit_augmentations_are_never_second_guessed():
@@ -75,7 +76,7 @@ def test_explicit_augmentations_are_never_second_guessed():
 
 def test_auto_stands_alone():
     with pytest.raises(ConfigError, match="stands alone"):
-        kerastl.RunConfig(augment=["auto", "flip"]).resolve()
+        resolve_config(kerastl.RunConfig(augment=["auto", "flip"]))
 
 
 def test_a_default_run_records_what_auto_chose(tmp_path):

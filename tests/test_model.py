@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import kerastl
-from kerastl.model import preprocessing_layer
+from kerastl.models.build import preprocessing_layer
 
 from .conftest import ALL_BACKBONES, is_batchnorm, test_size
 from .numerics import PREPROCESSING, assert_close
@@ -53,7 +53,7 @@ def test_every_mode_trains_exactly_the_expected_parameters(registry_model):
     base = model.get_layer("backbone")
     width = kerastl.get_backbone(name).feature_width
     head = _head_params(width)
-    count = kerastl.freezing.count_params
+    count = kerastl.models.freezing.count_params
 
     plan = kerastl.set_regime(model, "frozen")
     assert count(model.trainable_weights) == head == plan.trainable_params
@@ -115,7 +115,7 @@ def test_scratch_mode_trains_everything_with_fast_batchnorm(name):
     bns = [layer for layer in base.layers if is_batchnorm(layer)]
     assert bns or name == "ConvNeXtTiny"  # ConvNeXt normalises with LayerNorm only
     assert all(layer.trainable and layer.momentum == 0.9 for layer in bns)
-    count = kerastl.freezing.count_params
+    count = kerastl.models.freezing.count_params
     fixed = count(model.get_layer("preprocess").weights)  # ResNet's BGR convolution: 12
     assert count(model.trainable_weights) == count(model.weights) - _statistics(
         base.layers) - fixed
@@ -124,7 +124,7 @@ def test_scratch_mode_trains_everything_with_fast_batchnorm(name):
 def test_vgg16_parameter_accounting_matches_the_documented_formula():
     classes = 7
     model = kerastl.build_model("VGG16", classes, input_shape=(224, 224, 3), weights=None)
-    count = kerastl.freezing.count_params
+    count = kerastl.models.freezing.count_params
     head = 25088 * 256 + 256 + 256 * classes + classes
     assert count(model.trainable_weights) == head
     kerastl.set_regime(model, "finetune", unfreeze_top=4)
@@ -201,7 +201,7 @@ def test_preprocessing_never_trains_whatever_the_regime():
 
 def test_backbone_is_found_from_the_model_name_and_a_renamed_model_is_refused():
     model = kerastl.build_model("EfficientNetV2B0", 2, input_shape=32, weights=None)
-    assert kerastl.freezing.find_backbone(model)[1].name == "EfficientNetV2B0"
+    assert kerastl.models.freezing.find_backbone(model)[1].name == "EfficientNetV2B0"
     model.name = "my_classifier"
     with pytest.raises(kerastl.ConfigError, match="'my_classifier'.*kerastl_<backbone>"):
         kerastl.set_regime(model, "full")

@@ -8,8 +8,9 @@ import pytest
 import tensorflow as tf
 
 import kerastl
-from kerastl.freezing import backbone_blocks, find_backbone
-from kerastl.optimizers import block_lr_multipliers, make_optimizer
+from kerastl.models.freezing import backbone_blocks, find_backbone
+from kerastl.recipes.resolve import resolve_config
+from kerastl.training.optimizers import block_lr_multipliers, make_optimizer
 
 
 def _vgg():
@@ -67,7 +68,7 @@ def test_decay_outside_zero_one_is_refused():
     with pytest.raises(kerastl.ConfigError, match="block_lr_decay"):
         block_lr_multipliers(_vgg(), 1.5)
     with pytest.raises(kerastl.ConfigError, match="block_lr_decay"):
-        kerastl.RunConfig(block_lr_decay=0).resolve()
+        resolve_config(kerastl.RunConfig(block_lr_decay=0))
 
 
 # ------------------------------------------------------------------ L2-SP
@@ -102,7 +103,7 @@ def test_anchor_decay_uses_each_variables_discriminative_rate():
 
 
 def test_anchors_are_checkpointed_so_a_resumed_phase_decays_toward_the_same_weights(tmp_path):
-    from kerastl.checkpoints import TrainState, restore_weights, save_checkpoint
+    from kerastl.training.checkpoints import TrainState, restore_weights, save_checkpoint
 
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Dense(2, name="out")(inputs))
@@ -124,4 +125,4 @@ def test_negative_anchor_decay_is_refused():
     with pytest.raises(kerastl.ConfigError, match="anchor_decay"):
         make_optimizer("adamw", 1e-3, anchor_decay=-1.0)
     with pytest.raises(kerastl.ConfigError, match="anchor_decay"):
-        kerastl.RunConfig(anchor_decay=-0.5).resolve()
+        resolve_config(kerastl.RunConfig(anchor_decay=-0.5))

@@ -8,8 +8,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 import kerastl
-from kerastl.model import head_model
-from kerastl.probe import _predictions_inputs, fit_probe, probe_applies
+from kerastl.models.build import head_model
+from kerastl.models.linear_probe import _predictions_inputs, fit_probe, probe_applies
 
 
 def _features(n_classes: int, n: int = 90, width: int = 64, seed: int = 0):

@@ -13,18 +13,19 @@ import pytest
 import tensorflow as tf
 
 import kerastl
-import kerastl.cli
-from kerastl.checkpoints import latest_readable_state
-from kerastl.config import Phase
-from kerastl.pruning import (
+import kerastl.commands.cli
+from kerastl.config.schema import Phase
+from kerastl.recipes.plan import plan_phases
+from kerastl.recipes.resolve import resolve_config
+from kerastl.training.checkpoints import latest_readable_state
+from kerastl.training.pruning import (
     MagnitudePruning,
     magnitude_mask,
     polynomial_sparsity,
     prunable_weights,
     pruning_hooks,
 )
-from kerastl.recipes import plan_phases
-from kerastl.training import PhaseData, Trainer
+from kerastl.training.trainer import PhaseData, Trainer
 
 from .conftest import source_backbone
 from .test_distributed import _child_env
@@ -79,14 +80,14 @@ def test_prunable_weights_skip_batchnorm_biases_preprocessing_and_the_output():
 
 def test_prune_configuration_is_validated_with_the_received_value():
     with pytest.raises(kerastl.ConfigError, match="prune=1.5"):
-        kerastl.RunConfig(prune=1.5).resolve()
+        resolve_config(kerastl.RunConfig(prune=1.5))
     with pytest.raises(kerastl.ConfigError, match="trains the base"):
-        kerastl.RunConfig(prune=0.5, mode="frozen").resolve()
-    config = kerastl.RunConfig(mode="full", epochs=6).resolve()
+        resolve_config(kerastl.RunConfig(prune=0.5, mode="frozen"))
+    config = resolve_config(kerastl.RunConfig(mode="full", epochs=6))
     phases = plan_phases(config, steps_per_epoch=4).phases
     assert [h.phase_index for h in pruning_hooks(0.5, phases)] == [1]
-    config = kerastl.cli.config_from_args(["--prune", "0.5"])
-    assert config.prune == 0.5 and config.resolve().prune == 0.5
+    config = kerastl.commands.cli.config_from_args(["--prune", "0.5"])
+    assert config.prune == 0.5 and resolve_config(config).prune == 0.5
 
 
 # ------------------------------------------------------------------ the Trainer hook
@@ -244,7 +245,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     """
     import json, sys
 
-    from kerastl.runtime import make_strategy, split_logical_cpus
+    from kerastl.training.runtime import make_strategy, split_logical_cpus
 
     devices = split_logical_cpus(2)
 
@@ -253,8 +254,8 @@ MIRRORED_SCRIPT = textwrap.dedent(
     import tensorflow as tf
 
     import kerastl
-    from kerastl.pruning import MagnitudePruning, prunable_weights
-    from kerastl.training import PhaseData, Trainer
+    from kerastl.training.pruning import MagnitudePruning, prunable_weights
+    from kerastl.training.trainer import PhaseData, Trainer
 
     source = json.loads(sys.argv[1])
     keras.utils.set_random_seed(0)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 import kerastl
-from kerastl.recipes import MAX_STEPS, MIN_EPOCHS, TARGET_STEPS, epoch_budget, plan_phases
+from kerastl.recipes.plan import MAX_STEPS, MIN_EPOCHS, TARGET_STEPS, epoch_budget, plan_phases
+from kerastl.recipes.resolve import resolve_config
 
 
 @pytest.mark.parametrize("steps_per_epoch", [1, 2, 16, 157, 1563, 20_000])
@@ -21,12 +22,12 @@ def test_auto_budget_gives_small_data_enough_steps_and_large_data_a_cap(steps_pe
 
 def test_an_explicit_epoch_count_is_honoured():
     assert epoch_budget(3, 2)[0] == 3
-    config = kerastl.RunConfig(mode="frozen", epochs=3).resolve()
+    config = resolve_config(kerastl.RunConfig(mode="frozen", epochs=3))
     assert [p.epochs for p in plan_phases(config, steps_per_epoch=2).phases] == [3]
 
 
 def test_auto_mode_is_a_probe_then_full_with_the_whole_budget():
-    config = kerastl.RunConfig(mode="auto", epochs="auto").resolve()
+    config = resolve_config(kerastl.RunConfig(mode="auto", epochs="auto"))
     plan = plan_phases(config, steps_per_epoch=2)
     assert [(p.name, p.fit, p.mode) for p in plan.phases] == [
         ("probe", "probe", "frozen"), ("full", "train", "full")]
@@ -35,14 +36,14 @@ def test_auto_mode_is_a_probe_then_full_with_the_whole_budget():
 
 
 def test_probe_warmup_for_finetune_keeps_the_unfreeze_choice():
-    config = kerastl.RunConfig(mode="finetune", head_warmup="probe", unfreeze_blocks=3,
-                               epochs=4).resolve()
+    config = resolve_config(kerastl.RunConfig(mode="finetune", head_warmup="probe",
+                                              unfreeze_blocks=3, epochs=4))
     probe, tune = plan_phases(config, steps_per_epoch=5).phases
     assert probe.fit == "probe" and tune.unfreeze_blocks == 3 and tune.epochs == 4
 
 
 def test_lr_auto_marks_every_trained_phase_for_a_range_test():
-    config = kerastl.RunConfig(mode="full", lr="auto", epochs=6).resolve()
+    config = resolve_config(kerastl.RunConfig(mode="full", lr="auto", epochs=6))
     assert [p.lr for p in plan_phases(config, steps_per_epoch=5).phases] == ["auto", "auto"]
 
 
@@ -53,9 +54,9 @@ def test_a_probe_phase_must_be_frozen():
 
 @pytest.mark.parametrize("mode", ["auto", "finetune", "scratch"])
 def test_pruning_adds_a_prune_phase_that_starts_from_the_trained_model(mode):
-    from kerastl.pruning import pruning_hooks
+    from kerastl.training.pruning import pruning_hooks
 
-    config = kerastl.RunConfig(mode=mode, epochs=6, prune=0.5).resolve()
+    config = resolve_config(kerastl.RunConfig(mode=mode, epochs=6, prune=0.5))
     plan = plan_phases(config, steps_per_epoch=5)
     *_, trained, prune = plan.phases
     assert prune.name == "prune" and trained.name != "prune"
@@ -63,5 +64,5 @@ def test_pruning_adds_a_prune_phase_that_starts_from_the_trained_model(mode):
         trained.mode, trained.epochs, trained.lr, trained.unfreeze_blocks)
     assert [h.phase_index for h in pruning_hooks(0.5, plan.phases)] == [len(plan.phases) - 1]
     assert any("--prune 0.5" in reason for reason in plan.reasons)
-    unpruned = plan_phases(kerastl.RunConfig(mode=mode, epochs=6).resolve(), 5).phases
+    unpruned = plan_phases(resolve_config(kerastl.RunConfig(mode=mode, epochs=6)), 5).phases
     assert plan.phases[:-1] == unpruned  # the same training, then the prune phase

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 import kerastl
-from kerastl.reports import read_history_csv
-from kerastl.samples import data_samples_dir, source_backbone
+from kerastl.data.samples import data_samples_dir, source_backbone
+from kerastl.outputs.reports import read_history_csv
 
 from .numerics import RESUMED, assert_close
 
@@ -119,7 +119,7 @@ def _weights(output: Path) -> dict[str, np.ndarray]:
 
     model = kerastl.load_model(output / "model.keras")
     values = {w.path: np.asarray(w) for w in model.weights}
-    images = next(iter(kerastl.data.from_folder(SAMPLES / "test").batches(32, 8)))[0]
+    images = next(iter(kerastl.data.image_data.from_folder(SAMPLES / "test").batches(32, 8)))[0]
     for training in (True, False):
         for variable in model.variables:
             if variable.path.endswith("seed_generator_state"):
@@ -191,7 +191,7 @@ def runs(tmp_path_factory):
                                         for r in (killed, stopped)]}
     saved = facts["killed_checkpoints"]
     assert len(saved) >= 2, saved
-    facts["sigterm_state"] = kerastl.checkpoints.read_state(
+    facts["sigterm_state"] = kerastl.training.checkpoints.read_state(
         stopped.output / "checkpoints" / facts["sigterm_checkpoints"][-1])
 
     # A copy whose latest checkpoint is truncated (a full disk, a torn copy).
@@ -267,7 +267,7 @@ def test_divergence_exits_3_naming_phase_epoch_and_lr_and_keeps_checkpoints(runs
     assert re.search(r"Loss became (nan|inf) in phase 'finetune', epoch 2, step \d+ "
                      r"at learning rate [0-9.]+e\+3\d", message), message
     assert _checkpoints(run.output) == ["epoch-0001"]
-    state = kerastl.checkpoints.read_state(run.output / "checkpoints" / "epoch-0001")
+    state = kerastl.training.checkpoints.read_state(run.output / "checkpoints" / "epoch-0001")
     assert state.epoch == 1 and np.isfinite(state.history[0]["loss"])
     assert not (run.output / "model.keras").exists()
 

@@ -15,8 +15,8 @@ import shutil
 import pytest
 
 import kerastl
-from kerastl.cli import evaluate_main
-from kerastl.samples import data_samples_dir, source_backbone
+from kerastl.commands.cli import evaluate_main
+from kerastl.data.samples import data_samples_dir, source_backbone
 
 SAMPLES = data_samples_dir() / "fashion"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")

@@ -1,4 +1,5 @@
-"""Tests for kerastl.reports: metrics against scikit-learn, files, plots, history, summary."""
+"""Tests for kerastl.outputs.reports: metrics against scikit-learn, files, plots, history,
+summary."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import precision_recall_fscore_support
 
-from kerastl import reports
-from kerastl.errors import ConfigError, DataError
-from kerastl.reports import (
+from kerastl.core.errors import ConfigError, DataError
+from kerastl.outputs import reports
+from kerastl.outputs.reports import (
     atomic_write_json,
     atomic_write_text,
     classification_metrics,

@@ -10,7 +10,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import kerastl
-from kerastl.run import fit
+from kerastl.recipes.fit import fit
 
 from .conftest import source_backbone
 from .numerics import assert_same_model
@@ -141,7 +141,7 @@ def test_a_cached_run_equals_an_uncached_run(cached_and_uncached):
 
 
 def test_final_loss_has_the_definition_of_val_loss(cached_and_uncached):
-    from kerastl.training import predict
+    from kerastl.training.trainer import predict
 
     splits, result, _ = cached_and_uncached
     assert result.metrics["evaluated_on"] == "validation"
@@ -182,7 +182,7 @@ def _learning_gets_worse_on_val(n: int = 48):
 
 
 def test_a_phase_ends_on_its_best_weights_and_its_checkpoint_says_it_is_finished(tmp_path):
-    from kerastl.checkpoints import latest_readable_state
+    from kerastl.training.checkpoints import latest_readable_state
 
     splits = _learning_gets_worse_on_val()
     phases = [kerastl.Phase("first", 3, lr=0.05), kerastl.Phase("second", 2, lr=0.05)]
@@ -223,7 +223,7 @@ class _BaseAtStart(keras.callbacks.Callback):
     weights = None
 
     def on_train_begin(self, logs=None):
-        from kerastl.freezing import find_backbone
+        from kerastl.models.freezing import find_backbone
 
         if self.weights is None:
             self.weights = [w.numpy() for w in find_backbone(self.model)[0].weights]
@@ -233,7 +233,7 @@ class _BaseAtStart(keras.callbacks.Callback):
 def test_anchor_decay_holds_a_fine_tuned_base_at_its_pretrained_weights(tmp_path, anchor_decay):
     # lr * F = 1: each step returns the unfrozen blocks to where the phase started;
     # the head phase before it (base frozen) trains as usual.
-    from kerastl.freezing import find_backbone
+    from kerastl.models.freezing import find_backbone
 
     start = _BaseAtStart()
     result = fit(_config(tmp_path, f"a{anchor_decay:g}", **_source(), mode="finetune",

@@ -16,9 +16,10 @@ import pytest
 import tensorflow as tf
 
 import kerastl
-from kerastl import runtime as rt
-from kerastl.errors import ConfigError
-from kerastl.runtime import DeviceFacts
+from kerastl.core.errors import ConfigError
+from kerastl.recipes.resolve import resolve_config
+from kerastl.training import runtime as rt
+from kerastl.training.runtime import DeviceFacts
 
 CPU = DeviceFacts()
 CPU_BF16 = DeviceFacts(cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"}))
@@ -174,7 +175,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     """
     import json
     import tensorflow as tf
-    from kerastl import runtime as rt
+    from kerastl.training import runtime as rt
     devices = rt.split_logical_cpus(2)
     per = rt.setup_runtime("mirrored", "float32", batch_size=4, facts=rt.DeviceFacts())
     glob = rt.setup_runtime("mirrored", "float32", batch_size=8, batch_size_is="global",
@@ -364,7 +365,7 @@ def test_bad_intra_op_threads_are_quoted():
     with pytest.raises(ConfigError, match="intra_op_threads=-1"):
         rt.choose_intra_op_threads(-1, DeviceFacts(), "default", 32)
     with pytest.raises(ConfigError, match="intra_op_threads"):
-        kerastl.RunConfig(intra_op_threads=0).resolve()
+        resolve_config(kerastl.RunConfig(intra_op_threads=0))
 
 
 def test_intra_op_threads_set_too_late_keep_the_pool_and_say_so():
@@ -379,7 +380,7 @@ THREADS_SCRIPT = textwrap.dedent(
     """
     import json
     import tensorflow as tf
-    from kerastl.runtime import DeviceFacts, setup_runtime
+    from kerastl.training.runtime import DeviceFacts, setup_runtime
     runtime = setup_runtime("default", "float32", batch_size=8, facts=DeviceFacts(),
                             intra_op_threads="auto", image_size=32, backbone="MobileNetV2")
     print(json.dumps({"threads": tf.config.threading.get_intra_op_parallelism_threads(),

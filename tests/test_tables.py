@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import kerastl
-from kerastl.data import from_folder, load_splits
-from kerastl.errors import DataError
-from kerastl.tables import from_csv, from_dataframe, from_files
+from kerastl.core.errors import DataError
+from kerastl.data.image_data import from_folder
+from kerastl.data.splits import load_splits
+from kerastl.data.tables import from_csv, from_dataframe, from_files
 from tests.test_doctor import make_bad_files, save_rgb
 
 

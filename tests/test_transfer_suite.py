@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerastl.datasets import write_idx
+from kerastl.data.datasets import write_idx
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_fashion_task_is_disjoint_stratified_and_from_the_right_split(suite, tin
         assert per_class == dict.fromkeys(["sandal", "shirt", "sneaker", "bag", "ankle_boot"],
                                           count)
     # Each PNG is the official image its name points to, in its class's folder.
-    from kerastl.datasets import FASHION_MNIST_CLASSES, read_idx
+    from kerastl.data.datasets import FASHION_MNIST_CLASSES, read_idx
 
     labels = read_idx(tiny_fashion / "train-labels-idx1-ubyte")
     for relative in split_files["train"]:

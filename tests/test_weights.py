@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import kerastl
-from kerastl.weights import file_sha256, save_base_weights
+from kerastl.models.weights import file_sha256, save_base_weights
 
 
 @pytest.fixture

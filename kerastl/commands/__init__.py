@@ -1,0 +1,4 @@
+"""The command line: flags, and one entry per command.
+
+Imports every layer below.
+"""

@@ -1,0 +1,4 @@
+"""Images in: folders, tables, decoding, datasets, the shipped samples, the doctor.
+
+Imports kerastl.core and kerastl.config.schema.
+"""
