@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
@@ -109,6 +110,22 @@ def test_gradcam_npz_holds_the_top_losses_at_input_size(evaluated):
     assert summary["gradcam"]["feature_map"][:2] == [2, 2]
     for name in ("top_losses.png", "report.html", "confusion_matrix.png"):
         assert (evaluated / name).stat().st_size > 0
+
+
+def test_the_evaluation_report_shows_the_run_behind_the_model_and_its_own_timings(
+        run, evaluated):
+    page = (evaluated / "report.html").read_text()
+    recorded = json.loads((run.output_dir / "run.json").read_text())["unfreeze_plan"]
+    assert recorded.startswith("Unfreeze plan: mode=frozen")
+    assert "<h2>Unfreeze plan</h2>" in page and html.escape(recorded) in page
+    assert "<h2>The run that trained this model</h2>" in page
+    assert html.escape(str(run.output_dir.resolve())) in page
+    assert "<h2>Configuration</h2>" in page and "mode: frozen" in page
+    seconds = json.loads((evaluated / "interpretation.json").read_text())["seconds"]
+    assert set(seconds) == {"prediction pass", "Grad-CAM pass"}
+    assert all(value > 0 for value in seconds.values())
+    assert "<td>prediction pass</td>" in page and "<td>Grad-CAM pass</td>" in page
+    assert f"<td>{keras.__version__}</td>" in page
 
 
 def test_a_training_run_writes_the_report_and_its_interpretation(run):
@@ -226,6 +243,10 @@ def test_a_plain_keras_model_without_labels_json_is_interpreted_with_folder_orde
     summary = json.loads((out / "interpretation.json").read_text())
     assert any("labels.json" in note for note in summary["notes"])
     assert summary["gradcam"]["layer"] == "conv"
+    page = (out / "report.html").read_text()
+    assert "a plain Keras model (no kerastl run.json" in page
+    assert "Unfreeze plan" not in page and "<h2>Configuration</h2>" not in page
+    assert "<td>prediction pass</td>" in page and "<td>Grad-CAM pass</td>" in page
     assert predict_main([str(path), str(SAMPLES / "test" / "bag"), "--output",
                          str(tmp_path / "p")]) == 0
     assert {r["predicted"] for r in _read_csv(tmp_path / "p" / "predictions.csv")} <= set("01234")
