@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
@@ -109,6 +110,22 @@ def test_gradcam_npz_holds_the_top_losses_at_input_size(evaluated):
     assert summary["gradcam"]["feature_map"][:2] == [2, 2]
     for name in ("top_losses.png", "report.html", "confusion_matrix.png"):
         assert (evaluated / name).stat().st_size > 0
+
+
+def test_the_evaluation_report_shows_the_run_behind_the_model_and_its_own_timings(
+        run, evaluated):
+    page = (evaluated / "report.html").read_text()
+    recorded = json.loads((run.output_dir / "run.json").read_text())["unfreeze_plan"]
+    assert recorded.startswith("Unfreeze plan: mode=frozen")
+    assert "<h2>Unfreeze plan</h2>" in page and html.escape(recorded) in page
+    assert "<h2>The run that trained this model</h2>" in page
+    assert html.escape(str(run.output_dir.resolve())) in page
+    assert "<h2>Configuration</h2>" in page and "mode: frozen" in page
+    seconds = json.loads((evaluated / "interpretation.json").read_text())["seconds"]
+    assert set(seconds) == {"prediction pass", "Grad-CAM pass"}
+    assert all(value > 0 for value in seconds.values())
+    assert "<td>prediction pass</td>" in page and "<td>Grad-CAM pass</td>" in page
+    assert f"<td>{keras.__version__}</td>" in page
 
 
 def test_a_training_run_writes_the_report_and_its_interpretation(run):
@@ -226,6 +243,10 @@ def test_a_plain_keras_model_without_labels_json_is_interpreted_with_folder_orde
     summary = json.loads((out / "interpretation.json").read_text())
     assert any("labels.json" in note for note in summary["notes"])
     assert summary["gradcam"]["layer"] == "conv"
+    page = (out / "report.html").read_text()
+    assert "a plain Keras model (no kerastl run.json" in page
+    assert "Unfreeze plan" not in page and "<h2>Configuration</h2>" not in page
+    assert "<td>prediction pass</td>" in page and "<td>Grad-CAM pass</td>" in page
     assert predict_main([str(path), str(SAMPLES / "test" / "bag"), "--output",
                          str(tmp_path / "p")]) == 0
     assert {r["predicted"] for r in _read_csv(tmp_path / "p" / "predictions.csv")} <= set("01234")
@@ -301,16 +322,26 @@ def _localisation_set(root: Path, per_class: int, seed: int, side: int) -> dict:
 
 @pytest.mark.slow
 def test_gradcam_of_a_model_trained_from_scratch_with_the_cli_finds_the_object(tmp_path):
-    """The issue's localisation goal: peak within one feature-map cell of the object for
-    >= 70 % of correctly classified test images.
+    """The issue's localisation goal: peak within one feature-map cell of the object's
+    centre cell for >= 70 % of correctly classified test images. NOT MET: xfails below.
 
-    MEASURED (this set, MobileNetV2 alpha=0.35 from scratch at 32x32, map of block_5_add,
-    4x4): 0.69-0.70 within one cell (15 and 20 epochs), 0.14 in the object's own cell
-    (chance 0.06); at 128x128 and the backbone's own last map (4x4) 0.65. The receptive fields
-    of these deep networks cover the whole 32-128 px image by the stride-8 layers, and
-    their Grad-CAM barely localises; a two-layer CNN on the same set localises every
-    image (sanity check of the implementation). Hence the xfail below the bar, which
-    still fails the test when the CLI pipeline or the file contract breaks.
+    Setup: this set, MobileNetV2 alpha=0.35 from scratch with the CLI at 32x32 (450
+    training images, 15 epochs), map of block_5_add (4x4, 8 px cells; a peak placed by
+    chance is within one cell of the centre cell for ~0.39).
+    MEASURED (share of correct images; training set seed 2s, test set 2s+1, --seed s):
+    MobileNetV2 block_5_add: 0.696 (seed 0), 0.551 (seed 1); 40 epochs and 900 images
+    (100 % accuracy) 0.658; its stride-4 map block_2_add (8x8) 0.26-0.59; at 64x64 with a
+    12 px object (600 images, 30 epochs), block_5_add (8x8) 0.50. ResNet50 from scratch,
+    conv2_block3_out (8x8, 4 px cells, chance ~0.13): 0.750, 0.492, 0.625 (seeds 0-2) at
+    ~2 min per run. Explaining
+    log-softmax (class logit minus the others) instead of the logit: 0.59-0.74 on the same
+    models; HiResCAM (gradient x map, no channel means): 0.18-0.70. At 128x128 and the
+    backbone's own last map (4x4) 0.65 (earlier session). A two-layer CNN on the same set
+    localises every image (the implementation is sound). These networks carry "this colour
+    is somewhere" across the whole 32-64 px image by the stride-8 layers, so their class
+    maps are near uniform; no setup tried clears 0.70 on more than one seed. Hence the
+    xfail below the bar, which still fails the test when the CLI pipeline or the file
+    contract breaks.
     """
     _localisation_set(tmp_path / "train", 150, seed=0, side=32)
     boxes = _localisation_set(tmp_path / "test", 40, seed=1, side=32)

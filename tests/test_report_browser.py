@@ -77,8 +77,9 @@ def test_report_opens_offline_with_every_image_and_no_error(reports, kind):
     assert [url for url in requests if url != page_url and not url.startswith("data:")] == []
     assert len(images) == (3 if kind == "run" else 2)  # curves only in a run's report
     assert all(complete and width > 0 for _, complete, width in images), images
-    expected = {"Confusion matrix", "Per-class metrics", "Most-confused pairs", "Versions"}
-    if kind == "run":
-        expected |= {"Configuration", "Unfreeze plan", "What kerastl chose, and why",
-                     "Timings (seconds)"}
+    expected = {"Confusion matrix", "Per-class metrics", "Most-confused pairs", "Versions",
+                "Configuration", "Unfreeze plan", "What kerastl chose, and why",
+                "Timings (seconds)"}
+    if kind == "evaluation":  # the run's plan and choices, from its run.json
+        expected.add("The run that trained this model")
     assert expected <= set(headings)

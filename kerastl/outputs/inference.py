@@ -63,8 +63,9 @@ def evaluate_folder(model_path, data_dir, *, output=None, batch_size: int = 64,
 
     With ``output``: also ``predictions.csv``, ``interpretation.json``,
     ``top_losses.png``, ``gradcam.npz``
-    (:func:`kerastl.outputs.interpretation.write_interpretation`)
-    and ``report.html``. A plain Keras model without ``labels.json`` is evaluated with
+    (:func:`kerastl.outputs.interpretation.write_interpretation`) and ``report.html``
+    (with the unfreeze plan and choices of the run that holds the model, and this
+    evaluation's timings). A plain Keras model without ``labels.json`` is evaluated with
     the folder's sorted class folders as its classes (noted in the report).
 
     Args:
@@ -100,7 +101,8 @@ def evaluate_folder(model_path, data_dir, *, output=None, batch_size: int = 64,
                                loss=loss, extra=losses)
     write_interpretation(output, interp, top_losses=top_losses, gradcam=gradcam,
                          gradcam_layer=gradcam_layer)
-    write_report(output, title=f"Evaluation of {model_path} on {data_dir}")
+    write_report(output, title=f"Evaluation of {model_path} on {data_dir}",
+                 model_run=model_file(model_path).parent)
     return metrics
 
 

@@ -73,6 +73,8 @@ class Interpretation:
             (``cats/001.jpg``), or its index for arrays.
         labelled: bool. Whether the images have labels (``False``: predict only).
         notes: list of str. What a reader should know (e.g. how classes were named).
+        seconds: dict. Wall time of the passes run so far (``"prediction pass"``,
+            ``"Grad-CAM pass"``), for ``interpretation.json`` and the report.
     """
 
     model: keras.Model
@@ -83,6 +85,7 @@ class Interpretation:
     files: list[str]
     labelled: bool = True
     notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
     _cams: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -256,7 +259,11 @@ class Interpretation:
                 bar.update(int(x.shape[0]))
             bar.close()
 
-        return gradcam_heatmaps(cam, batches(), classes[indices])
+        started = time.perf_counter()
+        heatmaps = gradcam_heatmaps(cam, batches(), classes[indices])
+        self.seconds["Grad-CAM pass"] = (self.seconds.get("Grad-CAM pass", 0.0)
+                                         + time.perf_counter() - started)
+        return heatmaps
 
     def images(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 pixels ``(len(indices), H, W, 3)`` at the model's input size."""
@@ -320,6 +327,7 @@ class Interpretation:
             "loss": "-ln(p_label)" if self.task != "multilabel"
                     else "summed binary cross-entropy over the labels",
             "notes": list(self.notes),
+            "seconds": {name: round(value, 3) for name, value in self.seconds.items()},
         }
 
     def _need_labels(self, what: str) -> None:
@@ -391,10 +399,12 @@ def interpret(model_or_run: Any, data: Any, *, class_names: Sequence[str] | None
                 2 if task == "binary" else outputs)]
     if len(data) == 0:
         raise DataError("No images to interpret.")
+    started = time.perf_counter()
     probabilities = predict_probabilities(model, data, batch_size=batch_size,
                                           progress=progress)
     return Interpretation(model, data, list(names), task, probabilities,
-                          display_names(data, root), labelled=labelled, notes=notes)
+                          display_names(data, root), labelled=labelled, notes=notes,
+                          seconds={"prediction pass": time.perf_counter() - started})
 
 
 def load_for_interpretation(model_or_run: Any) -> tuple[keras.Model, dict | None, list[str]]:
@@ -541,5 +551,7 @@ def write_interpretation(out: str | os.PathLike, interp: Interpretation, *,
     figure = interp.plot_top_losses(top_losses, gradcam=top_maps is not None,
                                     heatmaps=top_maps)
     save_figure(figure, out / "top_losses.png")
+    # Again, now with the Grad-CAM pass.
+    summary["seconds"] = {name: round(value, 3) for name, value in interp.seconds.items()}
     atomic_write_json(out / "interpretation.json", summary)
     return summary

@@ -55,13 +55,18 @@ img{max-width:100%;height:auto;border:1px solid #eee}.muted{color:#777}
 
 
 def write_report(out: str | os.PathLike, *, plan: str | None = None,
-                 title: str | None = None) -> Path:
+                 title: str | None = None, model_run: str | os.PathLike | None = None) -> Path:
     """Write ``out/report.html`` from the files in ``out``; sections without files are left out.
 
     Args:
         out: the output folder of a training run or an evaluation.
         plan: str, optional. The unfreeze plan as printed (``str(model.plan)``).
+            Defaults to the one ``run.json`` recorded.
         title: str, optional. The page's heading. Defaults to the folder's name.
+        model_run: folder, optional. For an evaluation: the folder that holds the
+            evaluated ``model.keras``. When it is a kerastl run (``run.json``), the
+            page shows that run's unfreeze plan, what ``auto`` chose and its
+            configuration; otherwise it says the model comes from no run.
 
     Returns:
         The path of ``report.html``.
@@ -76,11 +81,27 @@ def write_report(out: str | os.PathLike, *, plan: str | None = None,
              f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} in "
              f"<code>{_e(str(out.resolve()))}</code></p>"]
     parts += _summary(metrics, run)
+    source = out if run else None
+    if not run and model_run is not None:
+        source = Path(model_run)
+        run = _json(source / "run.json")
+        if run:
+            parts += ["<h2>The run that trained this model</h2>",
+                      f"<p><code>{_e(str(source.resolve()))}</code>: its unfreeze plan, "
+                      "choices and configuration below come from its run.json and "
+                      "config.yaml.</p>"]
+        else:
+            parts += ["<h2>The run that trained this model</h2>",
+                      "<p>None: a plain Keras model (no kerastl run.json beside "
+                      f"<code>{_e(str(source.resolve()))}</code>), so there is no unfreeze "
+                      "plan, configuration or training choice to show.</p>"]
+            source = None
     parts += _auto_choices(run, interpretation)
-    if (out / "config.yaml").is_file():
+    if source is not None and (source / "config.yaml").is_file():
         parts += ["<h2>Configuration</h2>", "<details><summary>config.yaml (rerun with "
                   "<code>python -m kerastl.train --config</code>)</summary>"
-                  f"<pre>{_e((out / 'config.yaml').read_text())}</pre></details>"]
+                  f"<pre>{_e((source / 'config.yaml').read_text())}</pre></details>"]
+    plan = plan or run.get("unfreeze_plan") or _phases_of(source)
     if plan:
         parts += ["<h2>Unfreeze plan</h2>", f"<pre>{_e(plan)}</pre>"]
     for name, caption in FIGURES:
@@ -92,7 +113,7 @@ def write_report(out: str | os.PathLike, *, plan: str | None = None,
                 parts += _top_losses(interpretation)
     if interpretation:
         parts += _most_confused(interpretation)
-    parts += _timings_and_versions(run)
+    parts += _timings_and_versions(run if source == out else {}, interpretation)
     body = "\n".join(parts)
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -198,13 +219,28 @@ def _most_confused(interpretation: Mapping[str, Any]) -> list[str]:
         [(p["label"], p["predicted"], p["count"]) for p in pairs])]
 
 
-def _timings_and_versions(run: Mapping[str, Any]) -> list[str]:
+def _phases_of(run_folder: Path | None) -> str | None:
+    """A run's mode and phases from its config.yaml (runs whose run.json has no plan)."""
+    if run_folder is None or not (run_folder / "config.yaml").is_file():
+        return None
+    import yaml
+
+    config = yaml.safe_load((run_folder / "config.yaml").read_text()) or {}
+    shown = {key: config[key] for key in ("mode", "unfreeze_top", "unfreeze_blocks",
+                                          "bn_policy", "phases") if key in config}
+    return ("This run's run.json has no unfreeze plan (written before kerastl recorded "
+            "it); its config.yaml says:\n" + yaml.safe_dump(shown, sort_keys=False))
+
+
+def _timings_and_versions(run: Mapping[str, Any],
+                          interpretation: Mapping[str, Any]) -> list[str]:
+    """A run's time per stage (``run.json``) and the interpretation's own passes."""
     parts = []
-    timings = run.get("seconds_breakdown") or {}
+    timings = [(k, v) for k, v in (run.get("seconds_breakdown") or {}).items()
+               if isinstance(v, (int, float))]
+    timings += list((interpretation.get("seconds") or {}).items())
     if timings:
-        parts += ["<h2>Timings (seconds)</h2>",
-                  _table(("step", "seconds"), [(k, v) for k, v in timings.items()
-                                               if isinstance(v, (int, float))])]
+        parts += ["<h2>Timings (seconds)</h2>", _table(("step", "seconds"), timings)]
     versions = run.get("versions") or _versions()
     parts += ["<h2>Versions</h2>", _table(("", "version"), sorted(versions.items()))]
     return parts

@@ -923,5 +923,7 @@ def _run_facts(config, runtime, model, state, notes, clock, splits, blend=None) 
         "best_epoch": state.best,
         "pixel_blend": blend,
         "found_learning_rates": state.lrs,
+        # As printed; an evaluation of this run's model shows it in its report.
+        "unfreeze_plan": None if getattr(model, "plan", None) is None else str(model.plan),
         "notes": notes,
     }
