@@ -117,8 +117,8 @@ class RunConfig:
                               "data then stops training when reached); none opens no file",
                               group="data", choices=CHECK_FILES)
     decoded_memory: str = option("auto", "RAM for decoded images kept between epochs: auto "
-                                 "(a fifth of the available memory), 0 (every epoch decodes "
-                                 "again, on every core) or a size such as 512M or 2G",
+                                 "(a fifth of the available memory, at most 1G), 0 (every "
+                                 "epoch decodes again, on every core) or a size such as 512M or 2G",
                                  group="data", metavar="auto|SIZE")
     # model
     backbone: str | None = option(None, "Keras Applications backbone, any case (default: the "

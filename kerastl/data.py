@@ -406,8 +406,9 @@ def from_folder(
             ``"none"`` opens no file. Defaults to ``"full"``.
         decoded_memory: str, int or None. RAM for decoded images: ``"auto"``
             (:data:`kerastl.decoding.DECODED_MEMORY_SHARE` of the available
-            memory), bytes or a size like ``"2G"``; 0 keeps none (every epoch
-            decodes, on every core). Defaults to ``"auto"``.
+            memory, at most :data:`kerastl.decoding.DECODED_MEMORY_CAP`), bytes
+            or a size like ``"2G"``; 0 keeps none (every epoch decodes, on every
+            core). Defaults to ``"auto"``.
 
     Returns:
         An :class:`ImageData` of file paths and integer labels.

@@ -143,6 +143,16 @@ def test_auto_budget_is_a_share_of_available_memory(monkeypatch):
     assert decoded_memory_budget("auto") == int(decoding.DECODED_MEMORY_SHARE * 10 * 2**30)
 
 
+def test_auto_budget_is_capped_so_large_sets_stream(monkeypatch):
+    import kerastl.decoding as decoding
+
+    monkeypatch.setattr(decoding, "available_memory", lambda: 64 * 2**30)
+    assert decoded_memory_budget("auto") == 2**30
+    monkeypatch.setattr(decoding, "available_memory", lambda: 100 * 2**30)
+    # 60,000 images at 128 px (2.9 GB) stream even on a large machine; 15,000 are kept
+    assert 60_000 * 128 * 128 * 3 > decoded_memory_budget("auto") >= 15_000 * 128 * 128 * 3
+
+
 def test_unusable_budget_is_refused_quoting_it():
     with pytest.raises(ConfigError, match="decoded_memory='lots'"):
         decoded_memory_budget("lots")
