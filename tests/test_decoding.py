@@ -139,8 +139,8 @@ def test_decoded_memory_sizes(setting, expected):
 def test_auto_budget_is_a_share_of_available_memory(monkeypatch):
     import kerastl.decoding as decoding
 
-    monkeypatch.setattr(decoding, "available_memory", lambda: 10 * 2**30)
-    assert decoded_memory_budget("auto") == int(decoding.DECODED_MEMORY_SHARE * 10 * 2**30)
+    monkeypatch.setattr(decoding, "available_memory", lambda: 4 * 2**30)
+    assert decoded_memory_budget("auto") == int(decoding.DECODED_MEMORY_SHARE * 4 * 2**30)
 
 
 def test_auto_budget_is_capped_so_large_sets_stream(monkeypatch):
