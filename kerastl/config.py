@@ -83,15 +83,17 @@ class RunConfig:
     """
 
     # data
-    data: str | None = option(None, "training folder of class subfolders, or a .csv of "
+    data: str | None = option(None, "training folder of class subfolders, a .csv of "
                               "path,label rows (paths relative to it; a;b labels: "
-                              "multi-label) (default: the shipped data_samples/fashion)",
-                              group="data", metavar="DIR|CSV")
-    val_data: str | None = option(None, "validation folder or .csv with the same classes "
-                                  "(default: held out from --data, see --val-split)",
-                                  group="data", metavar="DIR|CSV")
-    test_data: str | None = option(None, "test folder or .csv with the same classes",
-                                   group="data", metavar="DIR|CSV")
+                              "multi-label), or TFRecord shards such as "
+                              "'gs://b/train-*.tfrecord' (image/encoded, image/class/label) "
+                              "(default: the shipped data_samples/fashion)",
+                              group="data", metavar="DIR|CSV|TFRECORDS")
+    val_data: str | None = option(None, "validation folder, .csv or TFRecord shards with the "
+                                  "same classes (default: held out from --data, see "
+                                  "--val-split)", group="data", metavar="DIR|CSV|TFRECORDS")
+    test_data: str | None = option(None, "test folder, .csv or TFRecord shards with the same "
+                                   "classes", group="data", metavar="DIR|CSV|TFRECORDS")
     val_split: float | str = option("auto", "fraction of --data held out (stratified) when "
                                     "there is no --val-data; 0: none; auto: 0.2 where that "
                                     "leaves each class 10 validation images, else none",

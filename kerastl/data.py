@@ -729,6 +729,29 @@ class DataSplits:
     notes: list[str] = field(default_factory=list)
 
 
+def read_data(path: str | os.PathLike, *, class_names: Sequence[str] | None = None,
+              **check: Any) -> ImageData:
+    """A folder of class subfolders, a ``.csv`` of ``path,label`` rows or TFRecord shards.
+
+    Args:
+        path: str or path. The folder, the CSV (:func:`kerastl.tables.from_csv`) or a
+            shard glob (:func:`kerastl.tfrecords.from_tfrecords`).
+        class_names: sequence of str, optional. The classes, in label order.
+        **check: ``on_bad_file``, ``image_size``, ``check_files``, ``decoded_memory``,
+            as in :func:`from_folder`.
+
+    Example:
+        >>> read_data("data_samples/fashion/train").class_names[:2]
+        ['ankle_boot', 'bag']
+    """
+    from .tables import from_csv, is_table
+    from .tfrecords import from_tfrecords, is_tfrecords
+
+    reader = (from_csv if is_table(path) else from_tfrecords if is_tfrecords(path)
+              else from_folder)
+    return reader(path, class_names=class_names, **check)
+
+
 def load_splits(
     train_dir: str | os.PathLike,
     *,
@@ -743,8 +766,9 @@ def load_splits(
 ) -> DataSplits:
     """Load training data and its validation/test data with the same classes.
 
-    Each of them is a folder of class subfolders or a ``.csv`` of ``path,label`` rows
-    (see :func:`kerastl.tables.from_csv`).
+    Each of them is a folder of class subfolders, a ``.csv`` of ``path,label`` rows
+    (see :func:`kerastl.tables.from_csv`) or TFRecord shards such as
+    ``"gs://bucket/train-*.tfrecord"`` (see :func:`kerastl.tfrecords.from_tfrecords`).
 
     Args:
         train_dir: str or path. Training folder, one subfolder per class, or a CSV.
@@ -774,13 +798,10 @@ def load_splits(
         >>> splits.class_names  # doctest: +SKIP
         ['cats', 'dogs']
     """
-    from .tables import from_csv, is_table
-
     def read(path, class_names=None):
-        reader = from_csv if is_table(path) else from_folder
-        return reader(path, class_names=class_names, on_bad_file=on_bad_file,
-                      image_size=image_size, check_files=check_files,
-                      decoded_memory=decoded_memory)
+        return read_data(path, class_names=class_names, on_bad_file=on_bad_file,
+                         image_size=image_size, check_files=check_files,
+                         decoded_memory=decoded_memory)
 
     train = read(train_dir)
     names = train.class_names

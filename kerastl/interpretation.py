@@ -359,7 +359,7 @@ def interpret(model_or_run: Any, data: Any, *, class_names: Sequence[str] | None
         >>> interp.most_confused()[:3]  # doctest: +SKIP
         >>> interp.plot_top_losses(9)  # doctest: +SKIP
     """
-    from .data import from_arrays, from_folder, is_image_data
+    from .data import from_arrays, is_image_data, read_data
 
     model, labels, notes = load_for_interpretation(model_or_run)
     outputs = int(model.output_shape[-1])
@@ -370,7 +370,7 @@ def interpret(model_or_run: Any, data: Any, *, class_names: Sequence[str] | None
     if isinstance(data, (str, os.PathLike)):
         root = Path(data)
         if names is None:
-            data = from_folder(root)
+            data = read_data(data)
             wanted = 2 if task == "binary" else outputs
             if len(data.class_names) != wanted:
                 raise DataError(
@@ -381,7 +381,7 @@ def interpret(model_or_run: Any, data: Any, *, class_names: Sequence[str] | None
             notes.append("no labels.json: class i is the i-th class folder in sorted order "
                          "(as keras.utils.image_dataset_from_directory)")
         else:
-            data = from_folder(root, class_names=names)
+            data = read_data(data, class_names=names)
     elif not is_image_data(data):
         images, ids = data if isinstance(data, tuple) else (data, None)
         if ids is None:
