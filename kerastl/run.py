@@ -617,7 +617,16 @@ def _phase_data_factory(config, runtime, model, splits, steps, notes):
                 drop_remainder=runtime.drop_remainder,
             )
 
-        return PhaseData(model, train, val, steps, description=why)
+        def train_for_worker(epoch: int, context):
+            epoch_seed = data_epoch_seed(seed, epoch)
+            return splits.train.worker_batches(
+                image_size, batch, context, shuffle_seed=epoch_seed,
+                augment=augmentation(config.augment, seed=epoch_seed) if config.augment else None,
+                drop_remainder=runtime.drop_remainder,
+            )
+
+        return PhaseData(model, train, val, steps, description=why,
+                         train_for_worker=train_for_worker)
 
     def data_for_phase(phase: Phase) -> PhaseData:
         if phase.fit == "probe":  # fitted on un-augmented features, cached or not
