@@ -134,8 +134,21 @@ def _fit_prepared(run: _Prepared, callbacks) -> RunResult:
         data_seconds.append(time.perf_counter() - started)
         return served[-1]
 
-    state = trainer.run(config.phases, data_for_phase, state, resume_from,
-                        on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
+    try:
+        state = trainer.run(config.phases, data_for_phase, state, resume_from,
+                            on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
+    except tf.errors.InvalidArgumentError as error:
+        # A header-only (or no) check lets a truncated file through to the decoder,
+        # whose error names no file: name it, in one line.
+        text = str(error).lower()
+        if config.check_files == "full" or not any(
+                word in text for word in ("decod", "uncompress", "invalid jpeg", "png")):
+            raise
+        from .decoding import decode_failure
+
+        files = [f for split in (run.splits.train, run.splits.val)
+                 if split is not None and split.files is not None for f in split.files]
+        raise decode_failure(error, files, config.check_files) from None
     clock.lap("train")
     clock.split("train", _train_parts(data_seconds, state.history[epochs_before:]))
     model, blend = _pixel_blend(config, run.runtime, run.model, run.splits, run.notes, log,

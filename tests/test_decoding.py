@@ -13,7 +13,7 @@ from kerastl.decoding import (
     decoded_memory_budget,
     file_pixels,
 )
-from kerastl.errors import ConfigError
+from kerastl.errors import ConfigError, DataError
 from kerastl.images import decoder_for, open_rgb, square_pixels
 from tests.test_doctor import (
     cmyk_jpeg,
@@ -180,3 +180,24 @@ def test_a_run_keeps_decoded_images_only_where_it_reads_them_again(settings, kep
 
     config = RunConfig(data="data_samples/fashion/train", **settings).resolve()
     assert _decoded_memory(config) == kept
+
+
+def test_a_truncated_file_met_in_training_after_a_header_check_is_named(tmp_path):
+    import kerastl
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i}.jpg", quality=90)
+    cut = tmp_path / "data" / "a" / "1.jpg"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    config = kerastl.RunConfig(data=str(tmp_path / "data"), backbone="MobileNetV2",
+                               backbone_kwargs={"alpha": 0.35}, weights="none",
+                               mode="frozen", feature_cache="off", image_size=32, epochs=1,
+                               batch_size=2, val_split=0, check_files="header",
+                               output=str(tmp_path / "run"), verbose=0)
+    with pytest.raises(DataError, match=r"--check-files header .*1 truncated file\(s\): "
+                                        r"'.*1\.jpg'\. Rerun with --check-files full"):
+        kerastl.fit(config)
