@@ -125,8 +125,12 @@ def from_tfrecords(pattern: str | os.PathLike, *, class_names: Sequence[str] | N
                              ".img")
             path = os.path.join(folder, f"{s:05d}-{r:07d}{extension}")
             if not os.path.isfile(path) or os.path.getsize(path) != len(encoded):
-                with open(path, "wb") as out:
+                # Written aside, then renamed: several workers unpacking the same shards
+                # never see (or check) a half-written file.
+                partial = f"{path}.{os.getpid()}.partial"
+                with open(partial, "wb") as out:
                     out.write(encoded)
+                os.replace(partial, path)
             files.append(path)
             ids.append((label, where))
     classes = (list(class_names) if class_names is not None
