@@ -294,3 +294,30 @@ def test_load_splits_says_what_it_held_out(tmp_path):
     split = load_splits(root, val_split=0.5)
     assert len(split.val) == 4 and len(split.train) == 4
     assert load_splits(root, val_split=0).val is None
+
+
+@pytest.mark.parametrize("replicas,pipelines,count", [(2, 2, 11), (4, 2, 13), (2, 2, 8)])
+def test_each_worker_reads_only_its_share_of_every_global_batch(replicas, pipelines, count):
+    # Pixel value = image index, so each batch says which images it holds.
+    images = np.repeat(np.arange(count, dtype=np.uint8), 8 * 8).reshape(count, 8, 8)
+    data = from_arrays(images, np.arange(count) % 2)
+    global_batch = 4
+
+    def ids(batch):
+        return sorted(int(v) for v in batch[0].numpy()[:, 0, 0, 0])
+
+    expected = [ids(b) for b in data.batches(8, global_batch, shuffle_seed=3)]
+    per_pipeline = []
+    for pipeline in range(pipelines):
+        context = tf.distribute.InputContext(pipelines, pipeline, replicas)
+        per_pipeline.append([ids(b) for b in data.worker_batches(
+            8, global_batch, context, shuffle_seed=3)])
+    local = replicas // pipelines
+    # Same number of per-replica batches everywhere: no worker waits on another.
+    assert {len(batches) for batches in per_pipeline} == {len(expected) * local}
+    read = [sorted(i for b in batches for i in b) for batches in per_pipeline]
+    assert sorted(sum(read, [])) == list(range(count))  # each image read exactly once
+    for step, wanted in enumerate(expected):  # each step trains on the same global batch
+        got = [i for batches in per_pipeline
+               for b in batches[step * local:(step + 1) * local] for i in b]
+        assert sorted(got) == wanted

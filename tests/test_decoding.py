@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kerastl.core.errors import ConfigError
+from kerastl.core.errors import ConfigError, DataError
 from kerastl.data.decoding import (
     DECODE_METHOD,
     check_files,
@@ -141,8 +141,18 @@ def test_decoded_memory_sizes(setting, expected):
 def test_auto_budget_is_a_share_of_available_memory(monkeypatch):
     import kerastl.data.decoding as decoding
 
-    monkeypatch.setattr(decoding, "available_memory", lambda: 10 * 2**30)
-    assert decoded_memory_budget("auto") == int(decoding.DECODED_MEMORY_SHARE * 10 * 2**30)
+    monkeypatch.setattr(decoding, "available_memory", lambda: 4 * 2**30)
+    assert decoded_memory_budget("auto") == int(decoding.DECODED_MEMORY_SHARE * 4 * 2**30)
+
+
+def test_auto_budget_is_capped_so_large_sets_stream(monkeypatch):
+    import kerastl.data.decoding as decoding
+
+    monkeypatch.setattr(decoding, "available_memory", lambda: 64 * 2**30)
+    assert decoded_memory_budget("auto") == 2**30
+    monkeypatch.setattr(decoding, "available_memory", lambda: 100 * 2**30)
+    # 60,000 images at 128 px (2.9 GB) stream even on a large machine; 15,000 are kept
+    assert 60_000 * 128 * 128 * 3 > decoded_memory_budget("auto") >= 15_000 * 128 * 128 * 3
 
 
 def test_unusable_budget_is_refused_quoting_it():
@@ -172,3 +182,24 @@ def test_a_run_keeps_decoded_images_only_where_it_reads_them_again(settings, kep
 
     config = resolve_config(RunConfig(data="data_samples/fashion/train", **settings))
     assert _decoded_memory(config) == kept
+
+
+def test_a_truncated_file_met_in_training_after_a_header_check_is_named(tmp_path):
+    import kerastl
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / name / f"{i}.jpg", quality=90)
+    cut = tmp_path / "data" / "a" / "1.jpg"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    config = kerastl.RunConfig(data=str(tmp_path / "data"), backbone="MobileNetV2",
+                               backbone_kwargs={"alpha": 0.35}, weights="none",
+                               mode="frozen", feature_cache="off", image_size=32, epochs=1,
+                               batch_size=2, val_split=0, check_files="header",
+                               output=str(tmp_path / "run"), verbose=0)
+    with pytest.raises(DataError, match=r"--check-files header .*1 truncated file\(s\): "
+                                        r"'.*1\.jpg'\. Rerun with --check-files full"):
+        kerastl.fit(config)

@@ -124,3 +124,22 @@ def test_a_csv_trains_like_a_folder(images, tmp_path):
                                val_split=0, output=str(tmp_path / "run"), verbose=0)
     result = kerastl.fit(config)
     assert result.metrics["accuracy"] >= 0 and (tmp_path / "run" / "model.keras").exists()
+
+
+def test_the_doctor_reads_a_csv_and_names_its_unusable_rows(images, capsys):
+    import json
+
+    from kerastl.commands.cli import doctor_main
+
+    bad = make_bad_files(images / "images" / "cats")
+    with open(images / "labels.csv", "a") as table:
+        table.write("images/cats/missing.png,cat\n")  # line 7
+        table.writelines(f"{path},cat\n" for path in bad)
+    assert doctor_main([str(images / "labels.csv"), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["class_counts"] == {"cat": 3, "dog": 2}
+    reasons = report["bad_files"]
+    missing = str(images / "images" / "cats" / "missing.png")
+    assert "file not found" in reasons[missing] and "labels.csv line 7" in reasons[missing]
+    for path, reason in bad.items():
+        assert reason in reasons[path]

@@ -346,8 +346,11 @@ def doctor_parser() -> argparse.ArgumentParser:
         description="Check an image-classification folder (one subfolder per class) "
         "for files that would break or skew training.",
     )
-    parser.add_argument("data", metavar="DIR", help="training folder, one subfolder per class")
-    parser.add_argument("--val-data", metavar="DIR", help="validation folder to compare")
+    parser.add_argument("data", metavar="DIR|CSV",
+                        help="training folder, one subfolder per class, or a .csv of "
+                        "path,label rows")
+    parser.add_argument("--val-data", metavar="DIR|CSV",
+                        help="validation folder or .csv to compare")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
                         help="refuse images larger than this many pixels (default: %(default)s)")

@@ -97,15 +97,17 @@ class RunConfig:
     """
 
     # data
-    data: str | None = option(None, "training folder of class subfolders, or a .csv of "
+    data: str | None = option(None, "training folder of class subfolders, a .csv of "
                               "path,label rows (paths relative to it; a;b labels: "
-                              "multi-label) (default: the shipped data_samples/fashion)",
-                              group="data", metavar="DIR|CSV")
-    val_data: str | None = option(None, "validation folder or .csv with the same classes "
-                                  "(default: held out from --data, see --val-split)",
-                                  group="data", metavar="DIR|CSV")
-    test_data: str | None = option(None, "test folder or .csv with the same classes",
-                                   group="data", metavar="DIR|CSV")
+                              "multi-label), or TFRecord shards such as "
+                              "'gs://b/train-*.tfrecord' (image/encoded, image/class/label) "
+                              "(default: the shipped data_samples/fashion)",
+                              group="data", metavar="DIR|CSV|TFRECORDS")
+    val_data: str | None = option(None, "validation folder, .csv or TFRecord shards with the "
+                                  "same classes (default: held out from --data, see "
+                                  "--val-split)", group="data", metavar="DIR|CSV|TFRECORDS")
+    test_data: str | None = option(None, "test folder, .csv or TFRecord shards with the same "
+                                   "classes", group="data", metavar="DIR|CSV|TFRECORDS")
     val_split: float | str = option("auto", "fraction of --data held out (stratified) when "
                                     "there is no --val-data; 0: none; auto: 0.2 where that "
                                     "leaves each class 10 validation images, else none",
@@ -132,8 +134,8 @@ class RunConfig:
                               "data then stops training when reached); none opens no file",
                               group="data", choices=CHECK_FILES)
     decoded_memory: str = option("auto", "RAM for decoded images kept between epochs: auto "
-                                 "(a fifth of the available memory), 0 (every epoch decodes "
-                                 "again, on every core) or a size such as 512M or 2G",
+                                 "(a fifth of the available memory, at most 1G), 0 (every "
+                                 "epoch decodes again, on every core) or a size such as 512M or 2G",
                                  group="data", metavar="auto|SIZE")
     # model
     backbone: str | None = option(None, "Keras Applications backbone, any case (default: the "

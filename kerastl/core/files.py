@@ -36,7 +36,7 @@ LATEST_LINK = "latest"
 
 # ---------------------------------------------------------------------------- files
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
+def atomic_file(path: str | os.PathLike, *, suffix: str = "", sync: bool = True) -> Iterator[Path]:
     """A temporary path next to ``path``; on success it is synced and renamed to ``path``.
 
     For writers that need a file name (``model.save``, ``save_weights``,
@@ -47,6 +47,8 @@ def atomic_file(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
         path: str or PathLike. Destination; its directory is created if missing.
         suffix: str. Ending the writer insists on (``".keras"``, ``".weights.h5"``).
             Defaults to the destination's own suffixes.
+        sync: bool. Flush the file to disk before the rename (off for caches that
+            can be rebuilt, where one fsync per small file would dominate).
 
     Yields:
         The temporary ``Path`` to write.
@@ -67,7 +69,8 @@ def atomic_file(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{suffix}")
     try:
         yield tmp
-        _fsync(tmp)
+        if sync:
+            _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..core.console import hint
 from .images import DEFAULT_MAX_PIXELS, FolderScan, inspect_all, scan_folder
+from .tables import is_table, scan_table
 
 IMBALANCE_WARNING_RATIO = 10.0
 
@@ -144,8 +145,9 @@ def diagnose(
     """Examine a training folder (and optionally its validation folder) file by file.
 
     Args:
-        train_dir: str or path. Folder with one subfolder per class.
-        val_dir: str or path, optional. Validation folder with the same classes.
+        train_dir: str or path. Folder with one subfolder per class, or a CSV of
+            ``path,label`` rows (see :func:`kerastl.data.tables.from_csv`).
+        val_dir: str or path, optional. Validation folder or CSV with the same classes.
         max_pixels: int. See :func:`inspect_image`.
 
     Returns:
@@ -159,11 +161,13 @@ def diagnose(
         >>> report.ok, report.bad_files  # doctest: +SKIP
         (False, {'data/train/cats/7.jpg': 'truncated or corrupt (...)'})
     """
-    train = scan_folder(train_dir)
+    train, problems = _scan(train_dir)
     report = DoctorReport(root=train.root, hidden_ignored=list(train.hidden))
+    report.bad_files.update(problems)
     train_hashes = _examine(train, report, report.class_counts, max_pixels)
     if val_dir is not None:
-        val = scan_folder(val_dir)
+        val, problems = _scan(val_dir)
+        report.bad_files.update(problems)
         report.val_root = val.root
         report.hidden_ignored += val.hidden
         val_hashes = _examine(val, report, report.val_class_counts, max_pixels)
@@ -172,6 +176,11 @@ def diagnose(
     report.imbalance_ratio = _imbalance(report.class_counts)
     report.warnings = _warnings(report, train)
     return report
+
+
+def _scan(path: str | os.PathLike) -> tuple[FolderScan, dict[str, str]]:
+    """A folder's scan, or a ``path,label`` CSV's (with the rows it cannot use)."""
+    return scan_table(path) if is_table(path) else (scan_folder(path), {})
 
 
 def _examine(scan: FolderScan, report: DoctorReport, counts: dict, max_pixels: int) -> dict:

@@ -247,6 +247,85 @@ class ImageData:
             )
         return batched.prefetch(tf.data.AUTOTUNE)
 
+    def worker_batches(
+        self,
+        image_size: int,
+        global_batch: int,
+        context: tf.distribute.InputContext,
+        *,
+        shuffle_seed: int | None = None,
+        augment: keras.layers.Layer | None = None,
+        drop_remainder: bool = False,
+    ) -> tf.data.Dataset:
+        """One input pipeline's share of :meth:`batches`: per-replica batches of its own
+        images only (``strategy.distribute_datasets_from_function``).
+
+        Replica ``r`` of ``R = context.num_replicas_in_sync`` (this pipeline holds
+        replicas ``id * R/P`` to ``(id+1) * R/P - 1`` of ``P`` pipelines) gets, at step
+        ``k``, the images of global batch ``k`` at positions ``r, r+R, r+2R, ...``, so
+        every step trains on exactly the global batch :meth:`batches` would give, and a
+        worker decodes only its images. Every pipeline yields the same number of
+        batches: where the last global batch leaves a replica nothing, it gets an
+        empty batch (the step counts examples, not batches).
+
+        Args:
+            image_size: int. Side of the square images.
+            global_batch: int. Images per step over all replicas.
+            context: tf.distribute.InputContext. Which pipeline this is.
+            shuffle_seed, augment, drop_remainder: as in :meth:`batches`.
+
+        Returns:
+            A prefetched ``tf.data.Dataset`` of per-replica batches, in replica order.
+
+        Example:
+            >>> data = from_arrays(np.zeros((5, 8, 8), "uint8"), [0, 1, 0, 1, 0])
+            >>> context = tf.distribute.InputContext(2, 1, 2)
+            >>> [int(x.shape[0]) for x, _ in data.worker_batches(8, 4, context)]
+            [2, 0]
+        """
+        _check_positive(image_size=image_size, global_batch=global_batch)
+        replicas, pipelines = context.num_replicas_in_sync, context.num_input_pipelines
+        if global_batch % replicas or replicas % pipelines:
+            raise ConfigError(
+                f"The global batch must split evenly over replicas and replicas over input "
+                f"pipelines; received global_batch={global_batch}, replicas={replicas}, "
+                f"input pipelines={pipelines}.")
+        order = np.arange(len(self))
+        if shuffle_seed is not None:
+            order = np.random.default_rng(shuffle_seed).permutation(len(self))
+        steps = len(order) // global_batch if drop_remainder else -(-len(order) // global_batch)
+        local = replicas // pipelines
+        mine = range(context.input_pipeline_id * local, (context.input_pipeline_id + 1) * local)
+        per_replica = global_batch // replicas
+        full = len(order) // global_batch
+        # Full steps: this pipeline's positions of each global batch, replica by replica.
+        rows = order[:full * global_batch].reshape(full, per_replica, replicas)
+        parts = [self._elements(rows[:, :, list(mine)].transpose(0, 2, 1).reshape(-1),
+                                image_size).batch(per_replica)] if full else []
+        if steps > full:  # the last, partial global batch: as evenly as it goes
+            rest = order[full * global_batch:]
+            for replica in mine:
+                share = rest[replica::replicas]
+                if len(share):
+                    parts.append(self._elements(share, image_size).batch(len(share)))
+                else:
+                    first = self._elements(order[:1], image_size).batch(1)
+                    parts.append(first.map(lambda x, y: (x[:0], y[:0])))
+        if not parts:
+            raise DataError(f"Expected at least one batch; received {len(order)} images for a "
+                            f"global batch of {global_batch} with drop_remainder.")
+        batched = parts[0]
+        for part in parts[1:]:
+            batched = batched.concatenate(part)
+        batched = batched.map(lambda images, labels: (tf.cast(images, tf.float32), labels),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if augment is not None:
+            batched = batched.map(
+                lambda images, labels: (augment(images, training=True), labels),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+        return batched.prefetch(tf.data.AUTOTUNE)
+
     def _elements(self, order: np.ndarray, image_size: int) -> tf.data.Dataset:
         """``(image, label)`` for each index in ``order``; images uint8 (files) or as stored.
 
@@ -404,8 +483,9 @@ def from_folder(
             ``"none"`` opens no file. Defaults to ``"full"``.
         decoded_memory: str, int or None. RAM for decoded images: ``"auto"``
             (:data:`kerastl.data.decoding.DECODED_MEMORY_SHARE` of the available
-            memory), bytes or a size like ``"2G"``; 0 keeps none (every epoch
-            decodes, on every core). Defaults to ``"auto"``.
+            memory, at most :data:`kerastl.data.decoding.DECODED_MEMORY_CAP`), bytes
+            or a size like ``"2G"``; 0 keeps none (every epoch decodes, on every
+            core). Defaults to ``"auto"``.
 
     Returns:
         An :class:`ImageData` of file paths and integer labels.

@@ -117,8 +117,8 @@ def scan_folder(root: str | os.PathLike) -> FolderScan:
     recursively, skipping hidden files and folders.
 
     Args:
-        root: str or path. Folder with one subfolder per class, or a CSV whose
-            ``path`` column names the files (relative to the CSV).
+        root: str or path. Folder with one subfolder per class, a CSV whose
+            ``path`` column names the files (relative to the CSV), or TFRecord shards.
 
     Returns:
         A :class:`FolderScan`.
@@ -424,32 +424,8 @@ def inspect_all(paths: Sequence[str], max_pixels: int = DEFAULT_MAX_PIXELS, *,
 SIZE_SAMPLE_FILES = 200
 
 
-def native_image_side(root: str | os.PathLike, *, sample: int = SIZE_SAMPLE_FILES) -> int | None:
-    """The median shorter side of a folder's images, from their headers alone.
-
-    What a run without pretrained weights trains at: nothing was trained at a
-    particular size, and upscaling 32 px images to 224 px costs about 50 times the
-    compute for no information (issue 27: 5 min 49 s against 88 s).
-
-    Args:
-        root: str or path. Folder with one subfolder per class, or a CSV whose
-            ``path`` column names the files (relative to the CSV).
-        sample: int. Files read at most, spread evenly over the sorted list.
-
-    Returns:
-        int, or None when no file could be opened (the data check reports why).
-
-    Example:
-        >>> native_image_side("data_samples/fashion/train")
-        28
-    """
-    files = (_table_files(root) if os.path.isfile(root) else
-             [path for paths in scan_folder(root).class_files.values() for path in paths])
-    return native_image_side_of(files, sample=sample)
-
-
 def native_image_side_of(files: Sequence[str], *, sample: int = SIZE_SAMPLE_FILES) -> int | None:
-    """:func:`native_image_side` of a list of image files (headers only)."""
+    """:func:`kerastl.data.sources.native_image_side` of a list of files (headers only)."""
     files = list(files)
     if len(files) > sample:
         files = [files[i * len(files) // sample] for i in range(sample)]
@@ -461,13 +437,3 @@ def native_image_side_of(files: Sequence[str], *, sample: int = SIZE_SAMPLE_FILE
         except (OSError, ValueError, Image.DecompressionBombError):
             continue
     return int(np.median(sides)) if sides else None
-
-
-def _table_files(table: str | os.PathLike) -> list[str]:
-    """The files a ``path,label`` CSV names, for a header-only look (no checks)."""
-    import csv
-
-    folder = os.path.dirname(os.path.abspath(table))
-    with open(table, newline="", encoding="utf-8-sig") as handle:
-        return [os.path.join(folder, row["path"]) for row in csv.DictReader(handle)
-                if row.get("path")]

@@ -14,8 +14,8 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from ..core.errors import ConfigError, DataError
-from .image_data import ImageData, from_folder
-from .tables import from_csv, is_table
+from .image_data import ImageData
+from .sources import read_data
 
 
 def train_val_split(data: ImageData, val_fraction: float, seed: int) -> tuple[ImageData, ImageData]:
@@ -98,8 +98,9 @@ def load_splits(
 ) -> DataSplits:
     """Load training data and its validation/test data with the same classes.
 
-    Each of them is a folder of class subfolders or a ``.csv`` of ``path,label`` rows
-    (see :func:`kerastl.data.tables.from_csv`).
+    Each of them is a folder of class subfolders, a ``.csv`` of ``path,label`` rows
+    (see :func:`kerastl.data.tables.from_csv`) or TFRecord shards such as
+    ``"gs://bucket/train-*.tfrecord"`` (see :func:`kerastl.data.tfrecords.from_tfrecords`).
 
     Args:
         train_dir: str or path. Training folder, one subfolder per class, or a CSV.
@@ -130,10 +131,9 @@ def load_splits(
         ['cats', 'dogs']
     """
     def read(path, class_names=None):
-        reader = from_csv if is_table(path) else from_folder
-        return reader(path, class_names=class_names, on_bad_file=on_bad_file,
-                      image_size=image_size, check_files=check_files,
-                      decoded_memory=decoded_memory)
+        return read_data(path, class_names=class_names, on_bad_file=on_bad_file,
+                         image_size=image_size, check_files=check_files,
+                         decoded_memory=decoded_memory)
 
     train = read(train_dir)
     names = train.class_names

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..core.errors import DataError
 from .image_data import ImageData, checked_files
+from .images import FolderScan
 
 PATH_COLUMN = "path"
 LABEL_COLUMN = "label"
@@ -136,6 +137,48 @@ def from_files(files: Sequence[str | os.PathLike], labels: Sequence, *,
     return _from_rows(rows, source="the file list", root=os.getcwd(),
                       where=lambda i: f"file {i} ({rows[i][0]!r})", class_names=class_names,
                       **check)
+
+
+def scan_table(path: str | os.PathLike) -> tuple[FolderScan, dict[str, str]]:
+    """A CSV's files grouped by label, as :func:`kerastl.data.images.scan_folder` groups a
+    folder's, for the doctor; rows that name no usable file are returned apart.
+
+    Returns:
+        ``(scan, problems)``: the files of each class (a multi-label row under each of
+        its classes), and path (or line) -> one-line reason for rows left out.
+
+    Raises:
+        DataError: no such file, or a missing column.
+
+    Example:
+        >>> scan, problems = scan_table("data/labels.csv")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"Label file not found: {path!r}.")
+    root = os.path.dirname(os.path.abspath(path))
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        _check_columns(path, reader.fieldnames or [])
+        rows = [(_text(row.get(PATH_COLUMN)), _text(row.get(LABEL_COLUMN))) for row in reader]
+    class_files: dict[str, list[str]] = {}
+    problems: dict[str, str] = {}
+    for i, (file, label) in enumerate(rows):
+        where = f"{path} line {i + 2}"
+        full = file if os.path.isabs(file) else os.path.join(root, file)
+        names = [name.strip() for name in label.split(MULTILABEL_SEPARATOR) if name.strip()]
+        if not file:
+            problems[where] = f"empty {PATH_COLUMN!r}"
+        elif not os.path.isfile(full):
+            problems[full] = f"file not found ({where})"
+        elif not names:
+            problems[full] = f"empty {LABEL_COLUMN!r} ({where})"
+        else:
+            for name in names:
+                class_files.setdefault(name, []).append(full)
+    scan = FolderScan(root=path, class_files=dict(sorted(class_files.items())), hidden=[],
+                      loose_files=[])
+    return scan, problems
 
 
 def _text(value: Any) -> str:

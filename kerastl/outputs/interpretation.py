@@ -44,7 +44,8 @@ from sklearn.metrics import confusion_matrix
 from ..core import backend as _backend  # noqa: F401
 from ..core.errors import ConfigError, DataError
 from ..core.files import atomic_write, atomic_write_json, atomic_write_text, save_figure
-from ..data.image_data import from_arrays, from_folder, is_image_data
+from ..data.image_data import from_arrays, is_image_data
+from ..data.sources import read_data
 from ..models.build import TASKS, load_model
 from ..models.gradcam import CamModel, cam_model, gradcam_heatmaps
 
@@ -376,7 +377,7 @@ def interpret(model_or_run: Any, data: Any, *, class_names: Sequence[str] | None
     if isinstance(data, (str, os.PathLike)):
         root = Path(data)
         if names is None:
-            data = from_folder(root)
+            data = read_data(data)
             wanted = 2 if task == "binary" else outputs
             if len(data.class_names) != wanted:
                 raise DataError(
@@ -387,7 +388,7 @@ def interpret(model_or_run: Any, data: Any, *, class_names: Sequence[str] | None
             notes.append("no labels.json: class i is the i-th class folder in sorted order "
                          "(as keras.utils.image_dataset_from_directory)")
         else:
-            data = from_folder(root, class_names=names)
+            data = read_data(data, class_names=names)
     elif not is_image_data(data):
         images, ids = data if isinstance(data, tuple) else (data, None)
         if ids is None:

@@ -37,6 +37,7 @@ from ..core.files import (
     new_run_dir,
 )
 from ..core.version import __version__
+from ..data.decoding import decode_failure
 from ..data.image_data import augmentation
 from ..data.image_data import epoch_seed as data_epoch_seed
 from ..data.mirror import resolve_augment
@@ -160,8 +161,20 @@ def _fit_prepared(run: _Prepared, callbacks) -> RunResult:
         data_seconds.append(time.perf_counter() - started)
         return served[-1]
 
-    state = trainer.run(config.phases, data_for_phase, state, resume_from,
-                        on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
+    try:
+        state = trainer.run(config.phases, data_for_phase, state, resume_from,
+                            on_epoch_end=lambda s: _epoch_outputs(out, s, writer))
+    except tf.errors.InvalidArgumentError as error:
+        # A header-only (or no) check lets a truncated file through to the decoder,
+        # whose error names no file: name it, in one line.
+        text = str(error).lower()
+        if config.check_files == "full" or not any(
+                word in text for word in ("decod", "uncompress", "invalid jpeg", "png")):
+            raise
+
+        files = [f for split in (run.splits.train, run.splits.val)
+                 if split is not None and split.files is not None for f in split.files]
+        raise decode_failure(error, files, config.check_files) from None
     clock.lap("train")
     clock.split("train", _train_parts(data_seconds, state.history[epochs_before:]))
     model, blend = _pixel_blend(config, run.runtime, run.model, run.splits, run.notes, log,
@@ -618,7 +631,16 @@ def _phase_data_factory(config, runtime, model, splits, steps, notes):
                 drop_remainder=runtime.drop_remainder,
             )
 
-        return PhaseData(model, train, val, steps, description=why)
+        def train_for_worker(epoch: int, context):
+            epoch_seed = data_epoch_seed(seed, epoch)
+            return splits.train.worker_batches(
+                image_size, batch, context, shuffle_seed=epoch_seed,
+                augment=augmentation(config.augment, seed=epoch_seed) if config.augment else None,
+                drop_remainder=runtime.drop_remainder,
+            )
+
+        return PhaseData(model, train, val, steps, description=why,
+                         train_for_worker=train_for_worker)
 
     def data_for_phase(phase: Phase) -> PhaseData:
         if phase.fit == "probe":  # fitted on un-augmented features, cached or not

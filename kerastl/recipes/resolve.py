@@ -21,8 +21,9 @@ from typing import Any
 
 from ..config.phases import Phase
 from ..config.schema import DEFAULT_BACKBONE, RunConfig, csv_list, validate
-from ..data.images import native_image_side, native_image_side_of
+from ..data.images import native_image_side_of
 from ..data.samples import apply_sample_defaults
+from ..data.sources import native_image_side
 from ..data.splits import DataSplits
 from ..models.backbones import Backbone, get_backbone
 from ..models.weights import has_pretrained_weights, weights_record

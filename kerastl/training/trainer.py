@@ -70,6 +70,10 @@ class PhaseData:
             training set, for probe phases (cached features only).
         steps_per_execution: int, optional. Train steps per compiled call for this
             phase, instead of the trainer's (cached features: a whole epoch).
+        train_for_worker: callable, optional. ``(epoch, InputContext) -> Dataset``: one
+            input pipeline's per-replica batches of the same global batches ``train``
+            gives (:meth:`kerastl.ImageData.worker_batches`). Used with several workers
+            or a TPU, so each worker reads and decodes only its share.
     """
 
     model: keras.Model
@@ -79,6 +83,7 @@ class PhaseData:
     description: str = ""
     arrays: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
     steps_per_execution: int | None = None
+    train_for_worker: Callable[[int, tf.distribute.InputContext], tf.data.Dataset] | None = None
 
 
 class StepHook:
@@ -335,6 +340,18 @@ def distribute_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Datase
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+def reads_per_worker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether each worker (or TPU host) should build its own input pipeline.
+
+    Under ``MultiWorkerMirroredStrategy`` and ``TPUStrategy`` a dataset handed to
+    ``experimental_distribute_dataset`` is read whole by every worker (auto-sharding
+    keeps every n-th element only after decoding it); ``distribute_datasets_from_function``
+    lets each read its own share.
+    """
+    return isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
+                                 tf.distribute.TPUStrategy))
 
 
 def _logs(sums: np.ndarray, prefix: str = "") -> dict[str, float]:
@@ -704,7 +721,11 @@ class Trainer:
     def _run_epoch(self, phase, data, epoch, callbacks, phase_epoch: int) -> dict[str, float]:
         callbacks.on_epoch_begin(epoch)
         started = time.perf_counter()
-        iterator = iter(distribute_dataset(self.strategy, data.train(epoch)))
+        if data.train_for_worker is not None and reads_per_worker(self.strategy):
+            iterator = iter(self.strategy.distribute_datasets_from_function(
+                lambda context: data.train_for_worker(epoch, context)))
+        else:
+            iterator = iter(distribute_dataset(self.strategy, data.train(epoch)))
         # A live bar in a terminal or notebook; one plain line per epoch in a log.
         progbar = None
         if self.verbose and interactive():
