@@ -87,11 +87,11 @@ def _dataset(spec, images, labels, epoch: int):
     import tensorflow as tf
 
     import kerastl
-    from kerastl.data.image_data import augmentation
+    from kerastl.data.augmentation import augmentation
 
     augment = augmentation(spec["augment"], seed=epoch) if spec["augment"] else None
     if spec["pipeline"] == "kerastl":
-        data = kerastl.data.image_data.from_arrays(images, labels)
+        data = kerastl.data.arrays.from_arrays(images, labels)
         dataset = data.batches(spec["size"], spec["batch"], shuffle_seed=epoch, augment=augment)
     else:
         count = spec["batch"] if spec["pipeline"] == "repeat" else len(images)
@@ -116,7 +116,8 @@ def _time_train(spec, runtime, model, images, labels) -> dict:
     import tensorflow as tf
 
     from kerastl.recipes.plan import Phase
-    from kerastl.training.trainer import PhaseData, Trainer
+    from kerastl.training.phase_data import PhaseData
+    from kerastl.training.trainer import Trainer
 
     trainer = Trainer(model, runtime.strategy, optimizer="adamw", schedule="constant",
                       jit_compile=spec["jit_compile"],

@@ -14,7 +14,7 @@ TensorFlow has started. Every variant differs from the baseline in one setting:
 * ``private_threadpool_size=1``: tf.data on one thread;
 * ``autotune=off``: tf.data without its autotuner (kerastl's extraction pass runs so);
 * ``precision``: float32 against mixed_bfloat16, which is the evidence for
-  ``kerastl.training.runtime.CPU_FLOAT32_FAMILIES`` (bfloat16 is emulated, and slower, on a CPU
+  ``kerastl.training.precision.CPU_FLOAT32_FAMILIES`` (bfloat16 is emulated, and slower, on a CPU
   without ``avx512_bf16``: the flags are recorded).
 
 Utilisation is process CPU seconds per wall second over the timed windows (2.0 = both

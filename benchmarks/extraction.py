@@ -117,7 +117,7 @@ def child(spec: dict) -> dict:
     extractor = feature_extractor(model)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (spec["images"], spec["size"], spec["size"], 3), np.uint8)
-    data = kerastl.data.image_data.from_arrays(images, rng.integers(0, 10, spec["images"]))
+    data = kerastl.data.arrays.from_arrays(images, rng.integers(0, 10, spec["images"]))
     peak_before = matmul_peak(spec["matmul"], spec["repeats"])
     timings = {}
     for batch in spec["batches"]:

@@ -35,7 +35,8 @@ def child(batch: int, xla: bool, steps: int, image_size: int, precision: str) ->
 
     import kerastl
     from kerastl.config.schema import Phase
-    from kerastl.training.trainer import PhaseData, Trainer
+    from kerastl.training.phase_data import PhaseData
+    from kerastl.training.trainer import Trainer
 
     runtime = kerastl.setup_runtime("default", precision, batch_size=batch, jit_compile=xla)
     with runtime.strategy.scope():

@@ -19,7 +19,7 @@ up once (tracing), then timed alternately; the best of ``--repeats`` is kept.
   interpretation itself. The goal is checked on this one; both ratios are written.
 * ``interpret``: :func:`kerastl.interpret` on the :class:`~kerastl.ImageData` (its own
   batched pass, resizing on the fly) and
-  :func:`kerastl.outputs.interpretation.write_interpretation` (``--gradcam top``, 16 images),
+  :func:`kerastl.outputs.interpretation_files.write_interpretation` (``--gradcam top``, 16 images),
   which includes the Grad-CAM pass, timed separately as ``gradcam``.
 
 Example:
@@ -44,7 +44,8 @@ from _common import load_average, write_results  # noqa: E402
 
 import kerastl  # noqa: E402
 from kerastl.data.samples import data_samples_dir, source_backbone  # noqa: E402
-from kerastl.outputs.interpretation import Interpretation, write_interpretation  # noqa: E402
+from kerastl.outputs.interpretation import Interpretation  # noqa: E402
+from kerastl.outputs.interpretation_files import write_interpretation
 
 GOAL_RATIO = 1.3
 SIZE = 64

@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transfer_suite import DEFAULT_ROOT, machine_facts  # noqa: E402
 
 import kerastl  # noqa: E402
+from kerastl.models.forward import predict
 from kerastl.outputs.inference import load_run_labels  # noqa: E402
 from kerastl.recipes import pixel_blend as blend  # noqa: E402
-from kerastl.training.trainer import predict  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pixel_blend.json"
 C_VALUES = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)

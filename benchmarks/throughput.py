@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import kerastl  # noqa: E402
-from kerastl.training.trainer import PhaseData, Trainer  # noqa: E402
+from kerastl.training.phase_data import PhaseData
+from kerastl.training.trainer import Trainer  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "throughput.json"
 TARGET_RATIO = 0.97

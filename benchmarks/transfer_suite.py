@@ -647,7 +647,7 @@ def _train(argv: list[str], output: Path, *, in_process: bool) -> tuple[float, i
 
             import keras
 
-            from kerastl.commands.cli import train_main
+            from kerastl.commands.train import train_main
 
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 rc = train_main(argv)
@@ -670,8 +670,8 @@ def evaluate_run(output: Path, task_dir: Path) -> dict[str, Any]:
     """Accuracy of a finished run on the task's ``val`` and ``test`` folders."""
     import keras
 
+    from kerastl.models.forward import predict
     from kerastl.outputs.inference import load_run_labels
-    from kerastl.training.trainer import predict
 
     started = time.perf_counter()
     sklearn_dir = output / "sklearn_classifier"
@@ -991,7 +991,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bare", action="store_true",
                         help="pass only --data and --weights (kerastl infers the backbone)")
     parser.add_argument("--in-process", action="store_true",
-                        help="run non-default candidates with kerastl.commands.cli.train_main in "
+                        help="run non-default candidates with kerastl.commands.train.train_main in "
                         "this "
                              "process (the default command always runs as a subprocess)")
     parser.add_argument("--retry-failed", action="store_true", help="rerun cached failures")

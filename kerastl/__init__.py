@@ -24,9 +24,12 @@ from .core.errors import (
     WeightsError,
 )
 from .core.version import __version__
+from .data.arrays import from_arrays
+from .data.augmentation import augmentation
 from .data.datasets import fashion_mnist
 from .data.doctor import DoctorReport, diagnose
-from .data.image_data import ImageData, augmentation, from_arrays, from_folder
+from .data.folders import from_folder
+from .data.image_data import ImageData
 from .data.mirror import MirrorCheck, mirror_check
 from .data.splits import DataSplits, load_splits
 from .deploy.export import ExportReport, export

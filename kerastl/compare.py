@@ -2,7 +2,7 @@
 
 import sys
 
-from .commands.cli import compare_main
+from .commands.compare import compare_main
 from .recipes.compare_regimes import compare
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """``python -m kerastl.doctor DIR``: see ``--help``. The function is ``kerastl.diagnose``."""
 
-from .commands.cli import doctor_main
+from .commands.doctor import doctor_main
 
 if __name__ == "__main__":
     raise SystemExit(doctor_main())

@@ -1,6 +1,6 @@
 """``python -m kerastl.evaluate``: see ``--help``."""
 
-from .commands.cli import evaluate_main
+from .commands.evaluate import evaluate_main
 
 if __name__ == "__main__":
     raise SystemExit(evaluate_main())

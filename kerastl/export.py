@@ -2,7 +2,7 @@
 
 import sys
 
-from .commands.cli import export_main
+from .commands.export import export_main
 from .deploy.export import export
 
 if __name__ == "__main__":

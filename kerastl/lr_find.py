@@ -2,7 +2,7 @@
 
 import sys
 
-from .commands.cli import lr_find_main
+from .commands.lr_find import lr_find_main
 from .recipes.fit import lr_find
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """``python -m kerastl.predict``: see ``--help``."""
 
-from .commands.cli import predict_main
+from .commands.predict import predict_main
 
 if __name__ == "__main__":
     raise SystemExit(predict_main())

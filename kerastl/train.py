@@ -1,6 +1,6 @@
 """``python -m kerastl.train``: see ``--help``."""
 
-from .commands.cli import train_main
+from .commands.train import train_main
 
 if __name__ == "__main__":
     raise SystemExit(train_main())

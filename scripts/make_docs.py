@@ -16,7 +16,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 def cli_reference() -> str:
     os.environ["COLUMNS"] = "100"  # stable wrapping for argparse
-    from kerastl.commands.cli import train_parser
+    from kerastl.commands.flags import train_parser
 
     help_text = train_parser().format_help()
     return (

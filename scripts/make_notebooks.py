@@ -758,7 +758,9 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
     code('''
         from IPython.display import Markdown, display
 
-        from kerastl.training.runtime import choose_precision, choose_strategy_name
+        from kerastl.training.runtime import choose_strategy_name
+
+        from kerastl.training.precision import choose_precision
 
         Facts = kerastl.training.runtime.DeviceFacts
         machines = {
@@ -811,7 +813,7 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
     code('''
         import keras
 
-        from kerastl.training.runtime import loss_scale_optimizer
+        from kerastl.training.precision import loss_scale_optimizer
 
         runtime = kerastl.setup_runtime("default", "mixed_bfloat16", batch_size=16)
         with runtime.strategy.scope():

@@ -32,15 +32,15 @@ HEADER_ENV = ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS")
 
 
 def pytest_report_header(config) -> list[str]:
-    from kerastl.training import runtime
+    from kerastl.training import device_facts, precision, runtime
 
-    flags = runtime._detect_cpu_flags()
+    flags = device_facts.detect_cpu_flags()
     shown = " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in HEADER_CPU_FLAGS)
     env = " ".join(f"{name}={os.environ.get(name, '(unset)')}" for name in HEADER_ENV)
     try:
-        facts = runtime.DeviceFacts.detect()
+        facts = device_facts.DeviceFacts.detect()
         strategy = runtime.choose_strategy_name("auto", facts)
-        precision, why = runtime._precision_and_reason("auto", facts, strategy)
+        precision, why = precision.precision_and_reason("auto", facts, strategy)
         policy = f"{precision} ({why})"
     except Exception as error:  # a header must never stop the run
         policy = f"unknown: {error}"

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 import kerastl
-from kerastl.commands.cli import evaluate_main, predict_main
+from kerastl.commands.evaluate import evaluate_main
+from kerastl.commands.predict import predict_main
 from kerastl.data.samples import data_samples_dir, source_backbone
-from kerastl.outputs.reports import read_history_csv
+from kerastl.outputs.history import read_history_csv
 from kerastl.recipes.fit import OUTPUT_FILES, fit
 
 from .numerics import assert_same_model
@@ -43,7 +44,7 @@ def _assert_same_model(expected: keras.Model, actual: keras.Model, images) -> No
 
 
 def _test_images(n: int = 8):
-    return next(iter(kerastl.data.image_data.from_folder(SAMPLES / "test").batches(32, n)))[0]
+    return next(iter(kerastl.data.folders.from_folder(SAMPLES / "test").batches(32, n)))[0]
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +152,7 @@ def test_resume_continues_with_same_phase_and_ends_with_same_weights(tmp_path):
 def test_help_is_grouped_and_bad_values_are_refused_in_one_line(capsys):
     # In this process: `python -m kerastl.train` itself runs in test_reliability and
     # test_distributed, and each extra interpreter costs a TensorFlow import.
-    from kerastl.commands.cli import train_main
+    from kerastl.commands.train import train_main
 
     with pytest.raises(SystemExit) as shown:
         train_main(["--help"])
@@ -166,7 +167,7 @@ def test_help_is_grouped_and_bad_values_are_refused_in_one_line(capsys):
 
 
 def test_config_file_values_are_defaults_that_flags_override(tmp_path):
-    from kerastl.commands.cli import config_from_args
+    from kerastl.commands.flags import config_from_args
 
     path = tmp_path / "run.yaml"
     path.write_text("epochs: 7\nlr: 0.01\nbackbone: ResNet50\n")
@@ -175,7 +176,7 @@ def test_config_file_values_are_defaults_that_flags_override(tmp_path):
 
 
 def test_unknown_config_key_is_refused(tmp_path):
-    from kerastl.commands.cli import config_from_args
+    from kerastl.commands.flags import config_from_args
 
     path = tmp_path / "run.yaml"
     path.write_text("epocs: 7\n")
@@ -202,7 +203,7 @@ def test_frozen_run_trains_the_head_on_cached_features_and_saves_the_full_model(
     assert any("cached base features" in note for note in result.notes)
     model = kerastl.load_model(result.output_dir / "model.keras")
     assert model.input_shape == (None, 32, 32, 3)  # end to end: raw images in
-    images = next(iter(kerastl.data.image_data.from_folder(SAMPLES / "val").batches(32, 16)))[0]
+    images = next(iter(kerastl.data.folders.from_folder(SAMPLES / "val").batches(32, 16)))[0]
     features = model.get_layer("backbone")(model.get_layer("preprocess")(images))
     head = kerastl.head_model(model)
     np.testing.assert_allclose(model.predict(images, verbose=0),
@@ -230,7 +231,7 @@ def test_output_paths_cannot_escape_the_output_directory(tmp_path):
 
 
 def test_sklearn_head_from_the_cli_saves_a_classifier_that_predicts_raw_images(tmp_path):
-    from kerastl.commands.cli import train_main
+    from kerastl.commands.train import train_main
 
     out = tmp_path / "sk"
     argv = ["--data", TINY["data"], "--val-data", TINY["val_data"], "--test-data",
@@ -241,7 +242,7 @@ def test_sklearn_head_from_the_cli_saves_a_classifier_that_predicts_raw_images(t
     assert train_main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     classifier = kerastl.SklearnClassifier.load(out / "sklearn_classifier")
-    test = kerastl.data.image_data.from_folder(SAMPLES / "test")
+    test = kerastl.data.folders.from_folder(SAMPLES / "test")
     accuracy = float(np.mean(classifier.predict(test) == test.labels))
     assert accuracy == pytest.approx(metrics["accuracy"])
     assert accuracy > 0.7  # source features: 0.887 measured; chance is 0.2

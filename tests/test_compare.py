@@ -7,7 +7,7 @@ import json
 import pytest
 
 import kerastl
-from kerastl.commands.cli import compare_main as main
+from kerastl.commands.compare import compare_main as main
 from kerastl.core.errors import ConfigError
 from kerastl.data.samples import data_samples_dir, source_backbone
 from kerastl.recipes.compare_regimes import REGIMES, compare

@@ -11,7 +11,10 @@ from PIL import Image
 
 import kerastl
 from kerastl.core.errors import ConfigError, DataError
-from kerastl.data.image_data import ImageData, augmentation, from_arrays, from_folder
+from kerastl.data.arrays import from_arrays
+from kerastl.data.augmentation import augmentation
+from kerastl.data.folders import from_folder
+from kerastl.data.image_data import ImageData
 from kerastl.data.splits import load_splits, train_val_split
 from tests.test_doctor import (
     cmyk_jpeg,

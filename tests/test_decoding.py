@@ -13,7 +13,7 @@ from kerastl.data.decoding import (
     decoded_memory_budget,
     file_pixels,
 )
-from kerastl.data.image_data import from_folder
+from kerastl.data.folders import from_folder
 from kerastl.data.images import decoder_for, open_rgb, square_pixels
 from kerastl.data.splits import load_splits
 from kerastl.recipes.resolve import resolve_config
@@ -178,10 +178,10 @@ def test_without_a_check_plain_files_give_the_same_pixels(tmp_path):
 ])
 def test_a_run_keeps_decoded_images_only_where_it_reads_them_again(settings, kept):
     from kerastl.config.schema import RunConfig
-    from kerastl.recipes.fit import _decoded_memory
+    from kerastl.recipes.run_setup import decoded_memory_setting
 
     config = resolve_config(RunConfig(data="data_samples/fashion/train", **settings))
-    assert _decoded_memory(config) == kept
+    assert decoded_memory_setting(config) == kept
 
 
 def test_a_truncated_file_met_in_training_after_a_header_check_is_named(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import kerastl
-from kerastl.commands.cli import export_main
+from kerastl.commands.export import export_main
 from kerastl.data.samples import REPO_ROOT, data_samples_dir
 from kerastl.deploy import export as deploy
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from kerastl.data.samples import REPO_ROOT, data_samples_dir
-from kerastl.outputs.reports import read_history_csv
+from kerastl.outputs.history import read_history_csv
 
 from .conftest import source_backbone
 from .numerics import (
@@ -54,7 +54,8 @@ TRAINER_SCRIPT = textwrap.dedent(
     import tensorflow as tf
 
     import kerastl
-    from kerastl.training.trainer import PhaseData, Trainer
+    from kerastl.training.trainer import Trainer
+    from kerastl.training.phase_data import PhaseData
 
     strategy_name, out, source = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     keras.utils.set_random_seed(0)
@@ -209,7 +210,7 @@ def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
     chief = kerastl.load_model(chief_out / "model.keras")
     other = kerastl.load_model(saved_by_worker1[0])
     alone = kerastl.load_model(tmp_path / "out2" / "model.keras")
-    images = next(iter(kerastl.data.image_data.from_folder(SAMPLES / "test").batches(32, 8)))[0]
+    images = next(iter(kerastl.data.folders.from_folder(SAMPLES / "test").batches(32, 8)))[0]
     assert_same_model(chief, other, images, rtol=0, atol=0)  # synchronised: identical
     # Two workers of 32 train like one process with batches of 64: gradients summed
     # across workers differ from one device's by float32 round-off only.

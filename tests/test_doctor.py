@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from kerastl.commands.cli import doctor_main as main
+from kerastl.commands.doctor import doctor_main as main
 from kerastl.data.doctor import diagnose
 from kerastl.data.images import find_bad_files, inspect_image, open_rgb
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 from sklearn.datasets import load_digits
 
 import kerastl
+import kerastl.core.version
 from kerastl.core.errors import ConfigError, DataError
 from kerastl.models.build import feature_extractor, head_model
 from kerastl.models.feature_cache import FeatureCache, cache_key, data_fingerprint
@@ -291,7 +292,7 @@ def test_cache_key_covers_library_versions_and_the_decoder(monkeypatch):
     monkeypatch.setattr(keras, "__version__", "0.0.0")
     assert cache_key(model, "data", SIZE) != key
     monkeypatch.undo()
-    monkeypatch.setattr(kerastl, "__version__", "0.0.0")
+    monkeypatch.setattr(kerastl.core.version, "__version__", "0.0.0")
     assert cache_key(model, "data", SIZE) != key
     monkeypatch.undo()
     data = kerastl.from_arrays(np.zeros((2, 8, 8), "uint8"), [0, 1])
@@ -311,7 +312,7 @@ def test_a_file_replaced_with_its_size_and_mtime_misses_the_disk_cache(tmp_path)
         for i in range(2):
             pixels = np.full((SIZE, SIZE, 3), 40 * i + (label == "b") * 100, "uint8")
             Image.fromarray(pixels).save(folder / label / f"{i}.bmp")  # fixed-size files
-    data = kerastl.data.image_data.from_folder(folder)
+    data = kerastl.data.folders.from_folder(folder)
     model = small_model()
 
     def features(data, cache):
@@ -325,7 +326,7 @@ def test_a_file_replaced_with_its_size_and_mtime_misses_the_disk_cache(tmp_path)
     Image.fromarray(np.full((SIZE, SIZE, 3), 255, "uint8")).save(target)
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert target.stat().st_size == stat.st_size
-    reread = kerastl.data.image_data.from_folder(folder)
+    reread = kerastl.data.folders.from_folder(folder)
     assert reread.fingerprint() == data.fingerprint()  # in memory: stat only, cheap
     cache = FeatureCache(tmp_path / "cache")
     after = features(reread, cache)

@@ -17,10 +17,12 @@ import pytest
 from PIL import Image
 
 import kerastl
-from kerastl.commands.cli import evaluate_main, predict_main
+from kerastl.commands.evaluate import evaluate_main
+from kerastl.commands.predict import predict_main
 from kerastl.data.samples import data_samples_dir, source_backbone
 from kerastl.models.gradcam import cam_model, gradcam_heatmaps
-from kerastl.outputs.interpretation import PREDICTIONS_HEADER, Progress
+from kerastl.outputs.interpretation import PREDICTIONS_HEADER
+from kerastl.outputs.prediction_pass import Progress
 from kerastl.recipes.pixel_blend import blend_pixels
 
 from .conftest import source_model

@@ -41,7 +41,8 @@ def test_range_test_restores_weights_and_optimizer_state():
     import tensorflow as tf
 
     from kerastl.training.lr_range_test import range_test
-    from kerastl.training.trainer import PhaseData, Trainer
+    from kerastl.training.phase_data import PhaseData
+    from kerastl.training.trainer import Trainer
 
     model = kerastl.build_model("MobileNetV2", 3, input_shape=32, weights=None,
                                 dense_units=(), backbone_kwargs={"alpha": 0.35})

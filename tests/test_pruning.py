@@ -18,6 +18,7 @@ from kerastl.config.schema import Phase
 from kerastl.recipes.plan import plan_phases
 from kerastl.recipes.resolve import resolve_config
 from kerastl.training.checkpoints import latest_readable_state
+from kerastl.training.phase_data import PhaseData
 from kerastl.training.pruning import (
     MagnitudePruning,
     magnitude_mask,
@@ -25,7 +26,7 @@ from kerastl.training.pruning import (
     prunable_weights,
     pruning_hooks,
 )
-from kerastl.training.trainer import PhaseData, Trainer
+from kerastl.training.trainer import Trainer
 
 from .conftest import source_backbone
 from .test_distributed import _child_env
@@ -86,7 +87,7 @@ def test_prune_configuration_is_validated_with_the_received_value():
     config = resolve_config(kerastl.RunConfig(mode="full", epochs=6))
     phases = plan_phases(config, steps_per_epoch=4).phases
     assert [h.phase_index for h in pruning_hooks(0.5, phases)] == [1]
-    config = kerastl.commands.cli.config_from_args(["--prune", "0.5"])
+    config = kerastl.commands.flags.config_from_args(["--prune", "0.5"])
     assert config.prune == 0.5 and resolve_config(config).prune == 0.5
 
 
@@ -255,7 +256,8 @@ MIRRORED_SCRIPT = textwrap.dedent(
 
     import kerastl
     from kerastl.training.pruning import MagnitudePruning, prunable_weights
-    from kerastl.training.trainer import PhaseData, Trainer
+    from kerastl.training.trainer import Trainer
+    from kerastl.training.phase_data import PhaseData
 
     source = json.loads(sys.argv[1])
     keras.utils.set_random_seed(0)

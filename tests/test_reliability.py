@@ -24,7 +24,7 @@ import pytest
 
 import kerastl
 from kerastl.data.samples import data_samples_dir, source_backbone
-from kerastl.outputs.reports import read_history_csv
+from kerastl.outputs.history import read_history_csv
 
 from .numerics import RESUMED, assert_close
 
@@ -119,7 +119,7 @@ def _weights(output: Path) -> dict[str, np.ndarray]:
 
     model = kerastl.load_model(output / "model.keras")
     values = {w.path: np.asarray(w) for w in model.weights}
-    images = next(iter(kerastl.data.image_data.from_folder(SAMPLES / "test").batches(32, 8)))[0]
+    images = next(iter(kerastl.data.folders.from_folder(SAMPLES / "test").batches(32, 8)))[0]
     for training in (True, False):
         for variable in model.variables:
             if variable.path.endswith("seed_generator_state"):

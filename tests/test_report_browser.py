@@ -15,7 +15,7 @@ import shutil
 import pytest
 
 import kerastl
-from kerastl.commands.cli import evaluate_main
+from kerastl.commands.evaluate import evaluate_main
 from kerastl.data.samples import data_samples_dir, source_backbone
 
 SAMPLES = data_samples_dir() / "fashion"

@@ -13,17 +13,15 @@ from PIL import Image
 from sklearn.metrics import precision_recall_fscore_support
 
 from kerastl.core.errors import ConfigError, DataError
-from kerastl.outputs import reports
+from kerastl.outputs import history, reports
+from kerastl.outputs.history import plot_curves, read_history_csv, write_history_csv
 from kerastl.outputs.reports import (
     atomic_write_json,
     atomic_write_text,
     classification_metrics,
-    plot_curves,
-    read_history_csv,
-    summary_text,
     write_evaluation,
-    write_history_csv,
 )
+from kerastl.outputs.summary import summary_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -215,14 +213,14 @@ def test_plot_curves_from_rows_csv_and_keras_history(tmp_path):
     csv_path = write_history_csv(rows, tmp_path / "history.csv")
     keras_history = {"loss": [0.9, 0.5], "binary_accuracy": [0.6, 0.7], "val_loss": [1.0, 0.6]}
 
-    for name, history in [("rows", rows), ("csv", csv_path), ("keras", keras_history)]:
-        path = plot_curves(history, tmp_path / f"{name}.png", phase_boundaries=[(1, "frozen")])
+    for name, given in [("rows", rows), ("csv", csv_path), ("keras", keras_history)]:
+        path = plot_curves(given, tmp_path / f"{name}.png", phase_boundaries=[(1, "frozen")])
         _assert_png(path)
 
 
 def test_phase_boundaries_are_drawn_between_phases_and_labelled():
-    boundaries = reports._check_boundaries([(1, "frozen"), (3, "finetune")])
-    fig = reports._curves_figure(_rows(), boundaries)
+    boundaries = history._check_boundaries([(1, "frozen"), (3, "finetune")])
+    fig = history._curves_figure(_rows(), boundaries)
 
     for ax in fig.axes:
         dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"
@@ -233,8 +231,8 @@ def test_phase_boundaries_are_drawn_between_phases_and_labelled():
 
 
 def test_phase_boundaries_default_to_where_the_phase_column_changes():
-    assert reports._phase_starts(_rows()) == [(1.0, "frozen"), (3.0, "finetune")]
-    assert reports._phase_starts([{"loss": 1.0}, {"loss": 0.5}]) == []
+    assert history._phase_starts(_rows()) == [(1.0, "frozen"), (3.0, "finetune")]
+    assert history._phase_starts([{"loss": 1.0}, {"loss": 0.5}]) == []
 
 
 def test_plot_curves_rejects_bad_boundaries_and_empty_history(tmp_path):

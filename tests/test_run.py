@@ -141,7 +141,7 @@ def test_a_cached_run_equals_an_uncached_run(cached_and_uncached):
 
 
 def test_final_loss_has_the_definition_of_val_loss(cached_and_uncached):
-    from kerastl.training.trainer import predict
+    from kerastl.models.forward import predict
 
     splits, result, _ = cached_and_uncached
     assert result.metrics["evaluated_on"] == "validation"

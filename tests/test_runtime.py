@@ -18,6 +18,7 @@ import tensorflow as tf
 import kerastl
 from kerastl.core.errors import ConfigError
 from kerastl.recipes.resolve import resolve_config
+from kerastl.training import device_facts, precision, strategies
 from kerastl.training import runtime as rt
 from kerastl.training.runtime import DeviceFacts
 
@@ -73,16 +74,16 @@ def test_explicit_strategy_overrides_auto():
     ],
 )
 def test_auto_precision_follows_the_hardware(facts, strategy, expected):
-    assert rt.choose_precision("auto", facts, strategy) == expected
+    assert precision.choose_precision("auto", facts, strategy) == expected
 
 
 def test_explicit_precision_overrides_auto():
-    assert rt.choose_precision("float32", ONE_A100, "default") == "float32"
+    assert precision.choose_precision("float32", ONE_A100, "default") == "float32"
 
 
 def test_float16_on_tpu_is_refused_with_the_fix():
     with pytest.raises(ConfigError, match="mixed_bfloat16") as info:
-        rt.choose_precision("mixed_float16", TPU_VM, "tpu")
+        precision.choose_precision("mixed_float16", TPU_VM, "tpu")
     assert "mixed_float16" in str(info.value)
 
 
@@ -90,14 +91,14 @@ def test_float16_on_tpu_is_refused_with_the_fix():
     "call, quoted",
     [
         (lambda: rt.choose_strategy_name("gpu", CPU), "'gpu'"),
-        (lambda: rt.choose_precision("float16", CPU, "default"), "'float16'"),
+        (lambda: precision.choose_precision("float16", CPU, "default"), "'float16'"),
         (lambda: rt.make_strategy("horovod"), "'horovod'"),
         (lambda: rt.setup_runtime("default", "float32", batch_size=0, facts=CPU), "0"),
         (lambda: rt.setup_runtime(batch_size=8, batch_size_is="total", facts=CPU), "'total'"),
         (lambda: rt.setup_runtime(batch_size=8, jit_compile="yes", facts=CPU), "'yes'"),
         (lambda: rt.scale_learning_rate(1e-3, 64, rule="cubic"), "'cubic'"),
         (lambda: rt.scale_learning_rate(-1.0, 64), "-1.0"),
-        (lambda: rt.loss_scale_optimizer(keras.optimizers.SGD(), "fp16"), "'fp16'"),
+        (lambda: precision.loss_scale_optimizer(keras.optimizers.SGD(), "fp16"), "'fp16'"),
     ],
 )
 def test_bad_values_raise_config_error_quoting_them(call, quoted):
@@ -149,12 +150,12 @@ def test_tpu_runtime_drops_remainder_and_runs_32_steps_per_call(monkeypatch):
 
 def test_float16_gets_a_loss_scale_optimizer_and_bfloat16_does_not():
     sgd = keras.optimizers.SGD()
-    wrapped = rt.loss_scale_optimizer(sgd, "mixed_float16")
+    wrapped = precision.loss_scale_optimizer(sgd, "mixed_float16")
     assert isinstance(wrapped, keras.optimizers.LossScaleOptimizer)
     assert wrapped.inner_optimizer is sgd
-    assert rt.loss_scale_optimizer(wrapped, "mixed_float16") is wrapped  # no double wrap
-    assert rt.loss_scale_optimizer(sgd, "mixed_bfloat16") is sgd
-    assert rt.loss_scale_optimizer(sgd, "float32") is sgd
+    assert precision.loss_scale_optimizer(wrapped, "mixed_float16") is wrapped  # no double wrap
+    assert precision.loss_scale_optimizer(sgd, "mixed_bfloat16") is sgd
+    assert precision.loss_scale_optimizer(sgd, "float32") is sgd
 
 
 def test_global_batch_size_is_split_over_replicas():
@@ -176,7 +177,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     import json
     import tensorflow as tf
     from kerastl.training import runtime as rt
-    devices = rt.split_logical_cpus(2)
+    devices = strategies.split_logical_cpus(2)
     per = rt.setup_runtime("mirrored", "float32", batch_size=4, facts=rt.DeviceFacts())
     glob = rt.setup_runtime("mirrored", "float32", batch_size=8, batch_size_is="global",
                             facts=rt.DeviceFacts())
@@ -219,10 +220,10 @@ def test_mirrored_strategy_over_two_logical_cpus_in_a_subprocess():
 def test_split_logical_cpus_too_late_says_call_it_first():
     tf.config.list_logical_devices("CPU")  # makes sure TF has initialised devices
     with pytest.raises(RuntimeError, match="first thing"):
-        rt.split_logical_cpus(3)
+        strategies.split_logical_cpus(3)
 
 
-def _tf_config(monkeypatch, cluster: dict, task_type: str, index: int) -> None:
+def read_tf_config(monkeypatch, cluster: dict, task_type: str, index: int) -> None:
     config = {"cluster": cluster, "task": {"type": task_type, "index": index}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(config))
 
@@ -242,7 +243,7 @@ WORKERS = ["h1:1", "h2:1"]
 def test_only_the_chief_writes_to_the_output_dir(
     monkeypatch, tmp_path, cluster, task_type, index, chief
 ):
-    _tf_config(monkeypatch, cluster, task_type, index)
+    read_tf_config(monkeypatch, cluster, task_type, index)
     runtime = rt.setup_runtime("default", "float32", batch_size=8, facts=CPU)
     assert (runtime.is_chief, runtime.worker_index) == (chief, index)
     out = rt.worker_output_dir(tmp_path / "run", runtime)
@@ -276,7 +277,7 @@ def test_malformed_tf_config_is_quoted(monkeypatch):
 
 
 def test_detect_counts_workers_and_chief_from_tf_config(monkeypatch):
-    _tf_config(monkeypatch, {"chief": ["h0:1"], "worker": WORKERS}, "worker", 1)
+    read_tf_config(monkeypatch, {"chief": ["h0:1"], "worker": WORKERS}, "worker", 1)
     facts = DeviceFacts.detect()
     assert facts.n_workers == 3
 
@@ -319,8 +320,8 @@ def test_capped_onednn_says_why_bfloat16_is_not_used():
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512_bf16\n")
-    assert rt._detect_cpu_flags(str(cpuinfo)) == frozenset({"fpu", "sse2", "avx512_bf16"})
-    assert rt._detect_cpu_flags(str(tmp_path / "missing")) == frozenset()
+    assert device_facts.detect_cpu_flags(str(cpuinfo)) == frozenset({"fpu", "sse2", "avx512_bf16"})
+    assert device_facts.detect_cpu_flags(str(tmp_path / "missing")) == frozenset()
 
 
 def _tpu_runtime(address: str) -> rt.Runtime:

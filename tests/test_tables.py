@@ -7,7 +7,7 @@ import pytest
 
 import kerastl
 from kerastl.core.errors import DataError
-from kerastl.data.image_data import from_folder
+from kerastl.data.folders import from_folder
 from kerastl.data.splits import load_splits
 from kerastl.data.tables import from_csv, from_dataframe, from_files
 from tests.test_doctor import make_bad_files, save_rgb
@@ -129,7 +129,7 @@ def test_a_csv_trains_like_a_folder(images, tmp_path):
 def test_the_doctor_reads_a_csv_and_names_its_unusable_rows(images, capsys):
     import json
 
-    from kerastl.commands.cli import doctor_main
+    from kerastl.commands.doctor import doctor_main
 
     bad = make_bad_files(images / "images" / "cats")
     with open(images / "labels.csv", "a") as table:

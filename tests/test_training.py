@@ -10,8 +10,9 @@ import tensorflow as tf
 import kerastl
 from kerastl.config.schema import Phase
 from kerastl.training.optimizers import make_schedule
-from kerastl.training.runtime import loss_scale_optimizer
-from kerastl.training.trainer import PhaseData, Trainer
+from kerastl.training.phase_data import PhaseData
+from kerastl.training.precision import loss_scale_optimizer
+from kerastl.training.trainer import Trainer
 
 from .conftest import source_model
 
@@ -146,8 +147,8 @@ def test_mixed_float16_loss_scaled_step_matches_float32(single_step_float32):
 # ------------------------------------------------------------------ reported numbers
 def test_multilabel_accuracy_in_history_is_the_accuracy_of_metrics_json():
     # One definition: an example counts as right when every one of its labels is.
+    from kerastl.models.forward import predict
     from kerastl.outputs.reports import classification_metrics
-    from kerastl.training.trainer import predict
 
     model = source_model(3, task="multilabel")
     rng = np.random.default_rng(1)
@@ -165,7 +166,7 @@ def test_multilabel_accuracy_in_history_is_the_accuracy_of_metrics_json():
 
 
 def test_binary_class_weights_weight_the_loss():
-    from kerastl.training.trainer import make_loss
+    from kerastl.training.losses import make_loss
 
     model = source_model(2, task="binary")
     rng = np.random.default_rng(2)

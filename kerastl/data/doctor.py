@@ -7,7 +7,7 @@ a ``.ipynb_checkpoints`` folder becomes a class. The doctor reads every file *be
 training, names each problem by path, and says what kerastl will do about it.
 
 :func:`kerastl.data.images.find_bad_files` is the fast pre-flight
-:func:`kerastl.data.image_data.from_folder` runs; :func:`diagnose` is the full report, also
+:func:`kerastl.data.folders.from_folder` runs; :func:`diagnose` is the full report, also
 available from the shell::
 
     python -m kerastl.doctor data/train --val-data data/val

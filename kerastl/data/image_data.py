@@ -31,7 +31,6 @@ import keras  # noqa: E402  (after the backend is pinned)
 import numpy as np
 import tensorflow as tf
 
-from ..config.choices import AUGMENTATIONS, BAD_FILE_POLICIES
 from ..core import backend as _backend  # noqa: F401  (pins the TensorFlow backend)
 from ..core.errors import ConfigError, DataError
 from .decoding import (  # noqa: F401  (CHECK_FILES, DECODE_METHOD: re-exported)
@@ -41,15 +40,12 @@ from .decoding import (  # noqa: F401  (CHECK_FILES, DECODE_METHOD: re-exported)
     decoded_memory_budget,
     file_pixels,
 )
-from .images import inspect_all, scan_folder
+from .images import inspect_all
 
 # DECODE_METHOD (kerastl.data.decoding) says how images become pixels; it is part of
 # every fingerprint, so caches of features never outlive a change of decoder.
 # Files hashed by content (``fingerprint(content=True)``) read this much of each end.
 CONTENT_SAMPLE_BYTES = 64 * 1024
-# Factor of each random augmentation: ±10% (of a full turn for rotation, of the size
-# for zoom, of the contrast), the values of the Keras transfer-learning guide.
-AUGMENTATION_FACTOR = 0.1
 
 
 @dataclass
@@ -71,6 +67,7 @@ class ImageData:
             (see :func:`kerastl.data.decoding.decoded_memory_budget`); None: ``"auto"``.
 
     Example:
+        >>> from kerastl.data.arrays import from_arrays
         >>> data = from_arrays(np.zeros((4, 28, 28), "uint8"), [0, 1, 0, 1])
         >>> len(data), data.class_names
         (4, ['0', '1'])
@@ -118,6 +115,7 @@ class ImageData:
         """The images at ``indices``, same classes (``skipped`` is carried over).
 
         Example:
+            >>> from kerastl.data.arrays import from_arrays
             >>> data = from_arrays(np.zeros((4, 8, 8), "uint8"), [0, 1, 0, 1])
             >>> len(data.subset([0, 2]))
             2
@@ -153,6 +151,7 @@ class ImageData:
             content: bool. Also hash the bytes of each file. Defaults to False.
 
         Example:
+            >>> from kerastl.data.arrays import from_arrays
             >>> data = from_arrays(np.zeros((2, 8, 8), "uint8"), [0, 1])
             >>> data.fingerprint() == data.subset([0, 1]).fingerprint()
             True
@@ -188,11 +187,12 @@ class ImageData:
             their labels.
 
         Example:
+            >>> from kerastl.data.arrays import from_arrays
             >>> data = from_arrays(np.zeros((2, 28, 28), "uint8"), [0, 1])
             >>> next(iter(data.decoded(32)))[0].shape
             TensorShape([32, 32, 3])
         """
-        _check_positive(image_size=image_size)
+        check_positive(image_size=image_size)
         if image_size not in self._decoded:
             elements = self._elements(np.arange(len(self)), image_size)
             self._decoded[image_size] = elements.map(
@@ -229,11 +229,12 @@ class ImageData:
             A prefetched ``tf.data.Dataset``.
 
         Example:
+            >>> from kerastl.data.arrays import from_arrays
             >>> data = from_arrays(np.zeros((5, 28, 28), "uint8"), [0, 1, 0, 1, 0])
             >>> [int(x.shape[0]) for x, _ in data.batches(32, 2, shuffle_seed=0)]
             [2, 2, 1]
         """
-        _check_positive(image_size=image_size, batch_size=batch_size)
+        check_positive(image_size=image_size, batch_size=batch_size)
         order = np.arange(len(self))
         if shuffle_seed is not None:
             order = np.random.default_rng(shuffle_seed).permutation(len(self))
@@ -278,12 +279,13 @@ class ImageData:
             A prefetched ``tf.data.Dataset`` of per-replica batches, in replica order.
 
         Example:
+            >>> from kerastl.data.arrays import from_arrays
             >>> data = from_arrays(np.zeros((5, 8, 8), "uint8"), [0, 1, 0, 1, 0])
             >>> context = tf.distribute.InputContext(2, 1, 2)
             >>> [int(x.shape[0]) for x, _ in data.worker_batches(8, 4, context)]
             [2, 0]
         """
-        _check_positive(image_size=image_size, global_batch=global_batch)
+        check_positive(image_size=image_size, global_batch=global_batch)
         replicas, pipelines = context.num_replicas_in_sync, context.num_input_pipelines
         if global_batch % replicas or replicas % pipelines:
             raise ConfigError(
@@ -445,350 +447,12 @@ def _image_shape(images: np.ndarray) -> tuple[int, int, int]:
     return images.shape[1], images.shape[2], images.shape[3]
 
 
-def _check_positive(**values: int) -> None:
+def check_positive(**values: int) -> None:
     for name, value in values.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ConfigError(f"{name} must be a positive integer; received {name}={value!r}.")
 
 
-def from_folder(
-    path: str | os.PathLike,
-    *,
-    class_names: Sequence[str] | None = None,
-    on_bad_file: str = "error",
-    image_size: int | None = None,
-    check_files: str = "full",
-    decoded_memory: str | int | None = "auto",
-) -> ImageData:
-    """Read a folder with one subfolder per class (``path/cats/*.jpg``, ...).
-
-    Files ending in .jpg, .jpeg, .png, .bmp or .gif (any case) are images; hidden
-    files and folders (``.ipynb_checkpoints``, ``.DS_Store``, ``__MACOSX``) are never
-    classes or images. Every other file is checked before anything is decoded.
-
-    Args:
-        path: str or path. The folder.
-        class_names: sequence of str, optional. Classes the folder must have, in label
-            order (give the training classes when reading a validation folder).
-            Defaults to the subfolder names, sorted.
-        on_bad_file: str. ``"error"`` raises naming every unusable file; ``"skip"``
-            leaves them out and records them in ``ImageData.skipped``.
-        image_size: int, optional. The full check decodes every file; with a size
-            it keeps them decoded at that size, so training at that size reads no
-            file (uint8, ``size * size * 3`` bytes an image, while they fit the
-            ``decoded_memory`` budget). Defaults to None.
-        check_files: str. ``"full"`` decodes every file before training (on every
-            core, once: the pixels are kept under the budget); ``"header"`` reads
-            only headers (a truncated file then stops training when reached);
-            ``"none"`` opens no file. Defaults to ``"full"``.
-        decoded_memory: str, int or None. RAM for decoded images: ``"auto"``
-            (:data:`kerastl.data.decoding.DECODED_MEMORY_SHARE` of the available
-            memory, at most :data:`kerastl.data.decoding.DECODED_MEMORY_CAP`), bytes
-            or a size like ``"2G"``; 0 keeps none (every epoch decodes, on every
-            core). Defaults to ``"auto"``.
-
-    Returns:
-        An :class:`ImageData` of file paths and integer labels.
-
-    Raises:
-        DataError: missing or empty folder, empty class folder, classes that differ
-            from ``class_names``, or bad files with ``on_bad_file="error"``.
-
-    Example:
-        >>> train = from_folder("data/train")  # doctest: +SKIP
-        >>> val = from_folder("data/val", class_names=train.class_names)  # doctest: +SKIP
-    """
-    if on_bad_file not in BAD_FILE_POLICIES:
-        raise ConfigError(
-            f"on_bad_file must be one of {BAD_FILE_POLICIES}; received on_bad_file={on_bad_file!r}."
-        )
-    scan = scan_folder(path)
-    names = _resolve_classes(scan.root, list(scan.class_files), class_names)
-    _check_no_empty_class(scan.root, names, [len(scan.class_files[name]) for name in names])
-    files = [file for name in names for file in scan.class_files[name]]
-    labels = [label for label, name in enumerate(names) for _ in scan.class_files[name]]
-    data = checked_files(files, labels, names, root=scan.root, on_bad_file=on_bad_file,
-                         image_size=image_size, check=check_files,
-                         decoded_memory=decoded_memory)
-    # Skipping may leave a class with nothing in it.
-    _check_no_empty_class(scan.root, names, np.bincount(data.labels, minlength=len(names)))
-    return data
-
-
-def checked_files(files: list[str], labels: Sequence | np.ndarray, class_names: list[str], *,
-                  root: str, on_bad_file: str = "error", image_size: int | None = None,
-                  check: str = "full",
-                  decoded_memory: str | int | None = "auto") -> ImageData:
-    """An :class:`ImageData` of ``files`` after the pre-flight check (every input's path).
-
-    Args:
-        files: list of str. Image files.
-        labels: array. One class id (or multi-hot row) per file.
-        class_names: list of str. Name of each class id.
-        root: str. What the files came from, for messages (a folder, a CSV).
-        on_bad_file, image_size, check, decoded_memory: see :func:`from_folder`
-            (``check`` is its ``check_files``).
-
-    Raises:
-        DataError: bad files with ``on_bad_file="error"``.
-
-    Example:
-        >>> checked_files([], [], ["a"], root="none", check="none").class_names
-        ['a']
-    """
-    if on_bad_file not in BAD_FILE_POLICIES:
-        raise ConfigError(
-            f"on_bad_file must be one of {BAD_FILE_POLICIES}; received on_bad_file={on_bad_file!r}."
-        )
-    labels = np.asarray(labels)
-    if image_size is not None:
-        _check_positive(image_size=image_size)
-    need = len(files) * (image_size or 0) ** 2 * 3
-    keep_now = (image_size is not None and check == "full"
-                and need <= decoded_memory_budget(decoded_memory))
-    pixels = np.zeros((len(files), image_size, image_size, 3), np.uint8) if keep_now else None
-    bad, use_pil = check_files(files, check, image_size=image_size, store=pixels)
-    if bad and on_bad_file == "error":
-        raise DataError(_bad_files_message(root, bad))
-    keep = np.asarray([i for i, file in enumerate(files) if file not in bad], np.int64)
-    data = ImageData(class_names=list(class_names), labels=labels[keep],
-                     files=[files[i] for i in keep], skipped=bad, use_pil=use_pil[keep],
-                     decoded_memory=decoded_memory)
-    if pixels is not None:  # a skipped file's row is simply never read
-        data._pixels[image_size] = (pixels, np.ones(len(pixels), bool),
-                                    np.asarray(keep, np.int64) if bad else None)
-    return data
-
-
-def _resolve_classes(root: str, found: list[str], expected: Sequence[str] | None) -> list[str]:
-    if not found:
-        raise DataError(
-            f"No class subfolders in {root!r}. Put the images in one subfolder per class, "
-            f"e.g. {os.path.join(root, 'cats', '1.jpg')}."
-        )
-    if expected is None:
-        return found
-    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    if missing or extra:
-        raise DataError(
-            f"The classes in {root!r} do not match the training classes {list(expected)}: "
-            f"missing here: {missing}; extra here: {extra}. Give every split the same "
-            "class subfolders."
-        )
-    return list(expected)
-
-
-def _check_no_empty_class(root: str, names: list[str], counts: Sequence[int]) -> None:
-    empty = [
-        os.path.join(root, name) for name, count in zip(names, counts, strict=True) if not count
-    ]
-    if empty:
-        raise DataError(
-            f"Class folder(s) with no usable image: {empty}. Add images to them or delete "
-            "the folders (run `python -m kerastl.doctor` on the data folder for details)."
-        )
-
-
-def _bad_files_message(root: str, bad: dict[str, str]) -> str:
-    listing = "\n".join(f"  {path}: {reason}" for path, reason in bad.items())
-    return (
-        f"{len(bad)} file(s) in {root!r} cannot be used for training:\n{listing}\n"
-        "Fix or delete them, or pass on_bad_file='skip' to leave them out."
-    )
-
-
-def from_arrays(
-    images: np.ndarray,
-    labels: Sequence | np.ndarray,
-    class_names: Sequence[str] | None = None,
-) -> ImageData:
-    """Wrap in-memory images (e.g. MNIST, CIFAR) and their labels.
-
-    Args:
-        images: array. ``(N, H, W)`` grayscale or ``(N, H, W, 1|3|4)`` pixels in
-            ``[0, 255]``, uint8 or float. Grayscale is repeated to 3 channels and
-            alpha dropped when batches are made.
-        labels: array. ``(N,)`` class ids or class-name strings, or ``(N, C)``
-            multi-hot rows for multi-label data.
-        class_names: sequence of str, optional. Name of each class id. Defaults to
-            ``"0"``, ``"1"``, ... (or the sorted label strings).
-
-    Returns:
-        An :class:`ImageData` holding the array.
-
-    Raises:
-        DataError: shapes, label count or pixel range are not usable.
-
-    Example:
-        >>> (x, y), _ = keras.datasets.mnist.load_data()  # doctest: +SKIP
-        >>> data = from_arrays(x, y)  # doctest: +SKIP
-    """
-    images = np.asarray(images)
-    labels = np.asarray(labels)
-    _check_images(images)
-    if labels.shape[:1] != images.shape[:1] or labels.ndim not in (1, 2):
-        raise DataError(
-            f"Expected one label per image (labels of shape ({len(images)},) or "
-            f"({len(images)}, num_classes)); received images of shape {images.shape} and "
-            f"labels of shape {labels.shape}."
-        )
-    if labels.dtype.kind in "USO":
-        class_names = sorted(set(labels.tolist())) if class_names is None else class_names
-        labels = _ids_from_names(labels, list(class_names))
-    names = _array_class_names(labels, class_names)
-    return ImageData(class_names=names, labels=labels, images=images)
-
-
-def _check_images(images: np.ndarray) -> None:
-    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)):
-        raise DataError(
-            "Expected images of shape (N, H, W) or (N, H, W, C) with C in 1, 3 or 4; "
-            f"received shape {images.shape}."
-        )
-    if images.dtype.kind not in "uif":
-        raise DataError(f"Expected numeric pixels; received dtype {images.dtype}.")
-    if images.dtype.kind == "f" and images.size:
-        low, high = float(images.min()), float(images.max())
-        # [0, 1] or [-1, 1] floats would train on near-black images without an error.
-        if low < 0 or 0 < high <= 1:
-            raise DataError(
-                f"Expected raw pixels in [0, 255]; received floats in [{low:g}, {high:g}]. "
-                "Pass the unscaled images (e.g. images * 255): the model applies the "
-                "backbone's own preprocessing."
-            )
-
-
-def _ids_from_names(labels: np.ndarray, class_names: list[str]) -> np.ndarray:
-    unknown = sorted(set(labels.tolist()) - set(class_names))
-    if unknown:
-        raise DataError(f"Labels {unknown} are not in class_names={class_names}.")
-    index = {name: i for i, name in enumerate(class_names)}
-    return np.asarray([index[label] for label in labels.tolist()], np.int64)
-
-
-def _array_class_names(labels: np.ndarray, class_names: Sequence[str] | None) -> list[str]:
-    if labels.ndim == 2:
-        count = labels.shape[1]
-    else:
-        if labels.size and (labels.dtype.kind not in "iu" or labels.min() < 0):
-            raise DataError(
-                "Expected integer class ids >= 0; received labels of dtype "
-                f"{labels.dtype} with minimum {labels.min()!r}."
-            )
-        count = int(labels.max()) + 1 if labels.size else 0
-    if class_names is None:
-        return [str(i) for i in range(count)]
-    if len(class_names) < count:
-        raise DataError(
-            f"Labels need {count} classes but class_names has {len(class_names)}: "
-            f"{list(class_names)}. Pass one name per class."
-        )
-    return [str(name) for name in class_names]
-
-
 def is_image_data(data: Any) -> bool:
     """Whether ``data`` is an :class:`ImageData` (or quacks like one)."""
     return hasattr(data, "batches") and hasattr(data, "fingerprint")
-
-
-def image_batches(
-    data: Any,
-    *,
-    image_size: int,
-    batch_size: int,
-    labels: np.ndarray | None = None,
-    augment: Any = None,
-) -> tf.data.Dataset:
-    """Batches in data order from anything kerastl accepts as images: the one front door.
-
-    Arrays go through :func:`from_arrays`, so every path accepts the same shapes
-    (``(N, H, W)`` grayscale or ``(N, H, W, 1|3|4)``), checks the pixel range and
-    resizes to ``image_size``; a ``tf.data.Dataset`` is used as it is.
-
-    Args:
-        data: an :class:`ImageData`, a batched ``tf.data.Dataset`` of ``(images,
-            labels)`` or of images, an image array, or an ``(images, labels)`` tuple.
-        image_size: int. Side images are resized to (ImageData and arrays).
-        batch_size: int. Batch size for ImageData and arrays.
-        labels: array, optional. Labels of an image array.
-        augment: callable, optional. Applied to each batch with ``training=True``.
-
-    Returns:
-        A ``tf.data.Dataset`` of ``(images, labels)``, or of images when there are no
-        labels.
-
-    Example:
-        >>> ds = image_batches(np.zeros((5, 8, 8), "uint8"), image_size=8, batch_size=2)
-        >>> [tuple(b.shape) for b in ds]
-        [(2, 8, 8, 3), (2, 8, 8, 3), (1, 8, 8, 3)]
-    """
-    if isinstance(data, tuple) and len(data) == 2 and labels is None:
-        data, labels = data
-    if isinstance(data, tf.data.Dataset):
-        dataset = data
-        if augment is not None:
-            labelled = isinstance(dataset.element_spec, tuple)
-            dataset = dataset.map(
-                (lambda x, y: (augment(x, training=True), y)) if labelled
-                else (lambda x: augment(x, training=True)))
-        return dataset.prefetch(tf.data.AUTOTUNE)
-    unlabelled = labels is None and not is_image_data(data)
-    if not is_image_data(data):
-        images = np.asarray(data)
-        data = from_arrays(images, np.zeros(len(images), np.int64) if labels is None
-                           else labels)
-    dataset = data.batches(image_size, batch_size, shuffle_seed=None, augment=augment)
-    return dataset.map(lambda x, y: x) if unlabelled else dataset
-
-
-def augmentation(
-    names: Sequence[str] | str = AUGMENTATIONS, seed: int | None = None
-) -> keras.Sequential | None:
-    """Random augmentation layers for training batches of pixels in ``[0, 255]``.
-
-    Args:
-        names: sequence of str, or a comma-separated str. Any of ``"flip"``
-            (horizontal), ``"rotation"``, ``"zoom"``, ``"contrast"``, ``"translate"``,
-            each by ±10%. Defaults to all five.
-        seed: int or None. Seed of the random layers.
-
-    Returns:
-        A ``keras.Sequential`` named ``"augmentation"``, or None when ``names`` is empty.
-
-    Raises:
-        ConfigError: an unknown name.
-
-    Example:
-        >>> [layer.name for layer in augmentation("flip,zoom").layers]
-        ['flip', 'zoom']
-    """
-    if isinstance(names, str):
-        names = [name.strip() for name in names.split(",") if name.strip()]
-    unknown = [name for name in names if name not in AUGMENTATIONS]
-    if unknown:
-        raise ConfigError(f"Unknown augmentation(s) {unknown}; choose from {list(AUGMENTATIONS)}.")
-    if not names:
-        return None
-    return keras.Sequential(
-        [_augmentation_layer(name, _offset(seed, i)) for i, name in enumerate(names)],
-        name="augmentation",
-    )
-
-
-def _offset(seed: int | None, index: int) -> int | None:
-    # Distinct seeds per layer: equal seeds would correlate flips with rotations.
-    return None if seed is None else seed + index
-
-
-def _augmentation_layer(name: str, seed: int | None) -> keras.layers.Layer:
-    layers = keras.layers
-    if name == "flip":
-        return layers.RandomFlip("horizontal", seed=seed, name=name)
-    if name == "rotation":
-        return layers.RandomRotation(AUGMENTATION_FACTOR, seed=seed, name=name)
-    if name == "zoom":
-        return layers.RandomZoom(AUGMENTATION_FACTOR, seed=seed, name=name)
-    if name == "translate":
-        return layers.RandomTranslation(AUGMENTATION_FACTOR, AUGMENTATION_FACTOR, seed=seed,
-                                        name=name)
-    return layers.RandomContrast(AUGMENTATION_FACTOR, seed=seed, name=name)

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .image_data import ImageData, from_folder
+from .folders import from_folder
+from .image_data import ImageData
 from .images import SIZE_SAMPLE_FILES, native_image_side_of, scan_folder
 from .tables import from_csv, is_table
 from .tfrecords import from_tfrecords, is_tfrecords, record_image_sides

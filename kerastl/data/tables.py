@@ -3,7 +3,7 @@
 Every Kaggle competition and fastai's ``from_csv``/``from_df`` bring labels as a
 table of file names. :func:`from_csv`, :func:`from_dataframe` and :func:`from_files`
 turn one into the same :class:`kerastl.ImageData` a class folder gives, through the
-same pre-flight check (:func:`kerastl.data.image_data.checked_files`), so bad files, skipping
+same pre-flight check (:func:`kerastl.data.folders.checked_files`), so bad files, skipping
 and the decoded-memory budget behave exactly as for folders. A row that cannot be
 used (missing file, empty or unknown label) stops loading with one line naming it.
 
@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import DataError
-from .image_data import ImageData, checked_files
+from .folders import checked_files
+from .image_data import ImageData
 from .images import FolderScan
 
 PATH_COLUMN = "path"

@@ -31,18 +31,14 @@ import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
-import logging
 import os
 import platform
 import shutil
-import statistics
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import keras  # noqa: E402
 import numpy as np
@@ -50,26 +46,32 @@ import tensorflow as tf  # noqa: E402
 
 from ..config.schema import load_yaml
 from ..core import backend as _backend  # noqa: F401
-from ..core.errors import ConfigError, DataError, MissingDependencyError
+from ..core.errors import ConfigError, DataError
 from ..core.files import atomic_directory, atomic_write_json
 from ..core.version import __version__
 from ..data.image_data import ImageData
 from ..data.splits import DataSplits, load_splits
 from ..models.build import load_model
+from ..models.forward import predict as keras_predict
 from ..outputs.reports import classification_metrics
-from ..training.pruning import gzip_size
-from ..training.trainer import predict as keras_predict
+from .convert import convert, float32_copy, policy_name, strip_tensor_names
+from .exported_runtime import (
+    DISTRIBUTIONS,
+    LATENCY_RUNS,
+    RUN_NEEDS,
+    agreeing,
+    file_sizes,
+    latency,
+    load_runtime,
+    require_modules,
+)
 
 FORMATS = ("savedmodel", "litert", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-INSTALL_HINT = "pip install 'kerastl[export]'"
 CALIBRATION_IMAGES = 200  # the TensorFlow Lite guide suggests a few hundred
-LATENCY_RUNS = 50
 RUN_FILES = ("model.keras", "labels.json", "config.yaml")
 # Packages each format needs: to convert, and to run the result for verification.
 _CONVERT_NEEDS = {"savedmodel": (), "litert": (), "onnx": ("tf2onnx", "onnx")}
-_RUN_NEEDS = {"savedmodel": (), "litert": ("ai_edge_litert",), "onnx": ("onnxruntime",)}
-_DISTRIBUTIONS = {"ai_edge_litert": "ai-edge-litert"}
 
 
 @dataclass
@@ -201,7 +203,7 @@ def export(
     run = _read_run(run_dir)
     target = Path(output) if output is not None else default_output(run.directory, format,
                                                                     quantize)
-    _require(_CONVERT_NEEDS[format] + (_RUN_NEEDS[format] if verify else ()), format)
+    require_modules(_CONVERT_NEEDS[format] + (RUN_NEEDS[format] if verify else ()), format)
     _check_target(target, overwrite)
     splits = splits if splits is not None else (
         _run_splits(run, need_train=quantize == "int8", need_eval=verify)
@@ -230,8 +232,8 @@ def export(
                    == "multiclass" else "sigmoid probabilities"},
             calibration=calibration[1] if calibration else None,
             tensor_names=names,
-            bytes=_sizes(run.directory / "model.keras", staging / name),
-            keras_policy=_policy(run.model),
+            bytes=file_sizes(run.directory / "model.keras", staging / name),
+            keras_policy=policy_name(run.model),
             versions=_versions(format),
         )
         if verify:
@@ -324,15 +326,6 @@ def _check_target(target: Path, overwrite: bool) -> None:
         )
 
 
-def _require(modules: tuple[str, ...], format: str) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise MissingDependencyError(
-            f"Exporting to {format} needs {', '.join(missing)}, which is not installed. "
-            f"Install the export extra: {INSTALL_HINT}."
-        )
-
-
 # ------------------------------------------------------------------ data
 def run_splits_from(run_dir: str | os.PathLike, data: str | None = None,
                     val_data: str | None = None, test_data: str | None = None
@@ -418,194 +411,6 @@ def _digest(values: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(values, np.int64).tobytes()).hexdigest()
 
 
-# ------------------------------------------------------------------ conversion
-def convert(model: keras.Model, directory: Path, format: str, quantize: str = "none",
-            calibration: np.ndarray | None = None) -> str:
-    """Write ``model`` in ``format`` into ``directory``; return the file's name.
-
-    Args:
-        model: keras.Model.
-        directory: Path. An existing folder.
-        format: str. ``"savedmodel"``, ``"litert"`` or ``"onnx"``.
-        quantize: str. LiteRT quantization (see :func:`export`).
-        calibration: np.ndarray, optional. Raw-pixel images for ``"int8"``.
-
-    Example:
-        >>> convert(model, Path("out"), "litert", "float16")  # doctest: +SKIP
-        'model_float16.tflite'
-    """
-    model = float32_copy(model)
-    if format == "savedmodel":
-        name = "saved_model"
-        with _quiet():
-            model.export(str(directory / name), format="tf_saved_model", verbose=False)
-        return name
-    if format == "onnx":
-        name = "model.onnx"
-        with _quiet():
-            model.export(str(directory / name), format="onnx", verbose=False)
-        return name
-    name = "model.tflite" if quantize == "none" else f"model_{quantize}.tflite"
-    with _quiet():
-        model.export(str(directory / name), format="litert", verbose=False,
-                     **litert_options(quantize, calibration))
-    return name
-
-
-def strip_tensor_names(path: str | os.PathLike) -> int:
-    """Drop the tensor names of a ``.tflite`` file in place; return the bytes saved.
-
-    The converter names every tensor after its Keras layer path
-    (``kerastl_mobilenetv3small_1/backbone_1/expanded_conv_9_...``): about 6 % of an
-    int8 MobileNetV3Small, which the runtime never reads. Unlike TensorFlow's
-    ``flatbuffer_utils.strip_strings``, the signature (``serving_default``, input
-    ``image``) is kept, so ``get_signature_runner`` still works.
-
-    Example:
-        >>> strip_tensor_names("exports/litert-int8/model_int8.tflite")  # doctest: +SKIP
-        49368
-    """
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    path = Path(path)
-    before = path.stat().st_size
-    model = flatbuffer_utils.read_model(str(path))
-    for subgraph in model.subgraphs:
-        for tensor in subgraph.tensors:
-            tensor.name = None
-    flatbuffer_utils.write_model(model, str(path))
-    return before - path.stat().st_size
-
-
-def float32_copy(model: keras.Model) -> keras.Model:
-    """The model with every layer computing in float32, called once, for converters.
-
-    A run trained under ``mixed_bfloat16`` (kerastl's choice on CPUs with AVX-512
-    BF16) or ``mixed_float16`` saves layers that compute in 16 bits; TensorFlow Lite
-    has no bfloat16 kernels (they would need the Flex delegate) and ONNX export
-    requires float32. The variables are float32 already, so the copy holds the very
-    same weights.
-
-    Example:
-        >>> float32_copy(model).layers[-1].compute_dtype  # doctest: +SKIP
-        'float32'
-    """
-    if _policy(model) != "float32":
-        copy = model.__class__.from_config(_float32_config(model.get_config()))
-        copy.set_weights(model.get_weights())
-        model = copy
-    # Keras's ONNX exporter refuses a model that was never called (a freshly loaded one).
-    model(np.zeros((1, *model.input_shape[1:]), np.float32), training=False)
-    return model
-
-
-def _float32_config(config: Any) -> Any:
-    if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy" and isinstance(config.get("config"), dict):
-            return {**config, "config": {**config["config"], "name": "float32"}}
-        return {key: _float32_config(value) for key, value in config.items()}
-    if isinstance(config, list):
-        return [_float32_config(value) for value in config]
-    return config
-
-
-def litert_options(quantize: str, calibration: np.ndarray | None = None) -> dict[str, Any]:
-    """TensorFlow Lite converter settings for a quantization (Keras passes them on).
-
-    Example:
-        >>> sorted(litert_options("float16"))
-        ['optimizations', 'target_spec']
-    """
-    if quantize == "none":
-        return {}
-    options: dict[str, Any] = {"optimizations": [tf.lite.Optimize.DEFAULT]}
-    if quantize == "float16":
-        options["target_spec"] = {"supported_types": [tf.float16]}
-    elif quantize == "int8":
-        if calibration is None or not len(calibration):
-            raise DataError("quantize='int8' needs calibration images; received none.")
-
-        def representative_dataset() -> Iterator[list[np.ndarray]]:
-            for image in calibration:
-                yield [image[None].astype(np.float32)]
-
-        options["representative_dataset"] = representative_dataset
-        # Full integer: every op in int8, or the conversion fails (no silent float
-        # fallback that would leave the model slow on integer-only accelerators).
-        options["target_spec"] = {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]}
-    return options
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Keep converter chatter (tf2onnx's optimizer tracebacks, NumPy 2 shims) off."""
-    loggers = [logging.getLogger(name) for name in ("tf2onnx", "absl")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-# ------------------------------------------------------------------ runtimes
-def load_runtime(path: str | os.PathLike, format: str, num_threads: int | None = None
-                 ) -> Callable[[np.ndarray], np.ndarray]:
-    """A ``predict(batch) -> outputs`` function running an exported file in its own runtime.
-
-    LiteRT: ``ai_edge_litert.interpreter.Interpreter``; ONNX: ``onnxruntime``;
-    SavedModel: ``tf.saved_model.load`` and its ``serve`` endpoint.
-
-    Example:
-        >>> predict = load_runtime("runs/a/exports/litert/model.tflite", "litert")  # doctest: +SKIP
-        >>> predict(images).shape  # doctest: +SKIP
-        (8, 5)
-    """
-    _require(_RUN_NEEDS[format], format)
-    threads = num_threads or os.cpu_count() or 1
-    path = str(path)
-    if format == "savedmodel":
-        loaded = tf.saved_model.load(path)  # keep it: its functions need its variables
-
-        return lambda batch: np.asarray(loaded.serve(tf.constant(batch, tf.float32)))
-    if format == "onnx":
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = onnxruntime.InferenceSession(path, options,
-                                               providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return lambda batch: session.run(None, {name: np.asarray(batch, np.float32)})[0]
-    return _litert_predict(path, threads)
-
-
-def _litert_predict(path: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=path, num_threads=threads)
-    source = interpreter.get_input_details()[0]["index"]
-    target = interpreter.get_output_details()[0]["index"]
-    shape: list[tuple] = [()]
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, np.float32)
-        if batch.shape != shape[0]:  # the batch dimension is dynamic: resize once per shape
-            interpreter.resize_tensor_input(source, batch.shape)
-            interpreter.allocate_tensors()
-            shape[0] = batch.shape
-        interpreter.set_tensor(source, batch)
-        interpreter.invoke()
-        return interpreter.get_tensor(target).copy()
-
-    return predict
-
-
 # ------------------------------------------------------------------ verification
 def _verify(report: ExportReport, run: _Run, path: Path, splits: DataSplits, size: int,
             latency_runs: int, threads: int) -> None:
@@ -630,82 +435,22 @@ def _verify(report: ExportReport, run: _Run, path: Path, splits: DataSplits, siz
     report.evaluated_on = "test" if splits.test is not None else "validation"
     report.examples = int(len(labels))
     report.keras_accuracy, report.exported_accuracy = accuracy(expected), accuracy(outputs)
-    report.agreement = float(np.mean(_agree(task, expected, outputs)))
+    report.agreement = float(np.mean(agreeing(task, expected, outputs)))
     reference = expected
     if report.keras_policy != "float32":
         reference = keras_predict(float32_copy(run.model), batches)[0]
         report.keras_float32_accuracy = accuracy(reference)
-        report.agreement_float32 = float(np.mean(_agree(task, reference, outputs)))
+        report.agreement_float32 = float(np.mean(agreeing(task, reference, outputs)))
     report.max_abs_difference = float(np.max(np.abs(reference - outputs)))
     report.latency_ms = latency(run.model, runtime, images[:1], latency_runs)
     report.latency_ms["threads"] = threads
-
-
-def _policy(model: keras.Model) -> str:
-    names = {layer.dtype_policy.name for layer in model._flatten_layers(include_self=False)}
-    return next((n for n in sorted(names) if n != "float32"), "float32")
-
-
-def _agree(task: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if task == "multiclass":
-        return a.argmax(-1) == b.argmax(-1)
-    same = (a >= 0.5) == (b >= 0.5)
-    return same.reshape(len(a), -1).all(axis=1)
-
-
-def latency(model: keras.Model, runtime: Callable[[np.ndarray], np.ndarray], image: np.ndarray,
-            runs: int = LATENCY_RUNS) -> dict[str, float]:
-    """Median milliseconds of one-image inference: Keras predict, a compiled call, the export.
-
-    ``model.predict`` is what most Keras code calls (its per-call overhead is part
-    of the number); ``keras_call`` is a compiled ``tf.function`` call, the fastest
-    way to run the Keras model in Python.
-    """
-    compiled = tf.function(lambda x: model(x, training=False))
-    tensor = tf.constant(image)
-    return {
-        "keras_predict": _median_ms(lambda: model.predict(image, verbose=0), runs),
-        "keras_call": _median_ms(lambda: np.asarray(compiled(tensor)), runs),
-        "exported": _median_ms(lambda: runtime(image), runs),
-        "runs": int(runs),
-    }
-
-
-def _median_ms(call: Callable[[], Any], runs: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(max(1, int(runs))):
-        started = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - started) * 1e3)
-    return float(statistics.median(times))
-
-
-# ------------------------------------------------------------------ outputs
-def _sizes(keras_file: Path, exported: Path) -> dict[str, Any]:
-    exported_bytes = _size(exported)
-    sizes = {"keras": keras_file.stat().st_size, "exported": exported_bytes,
-             "keras_gzip": gzip_size(keras_file)}
-    if exported.is_file():
-        sizes["exported_gzip"] = gzip_size(exported)
-    sizes["ratio"] = sizes["keras"] / max(1, exported_bytes)
-    return sizes
-
-
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _versions(format: str) -> dict[str, str]:
     versions = {"kerastl": __version__, "tensorflow": tf.__version__,
                 "keras": keras.__version__, "numpy": np.__version__,
                 "python": sys.version.split()[0], "platform": platform.platform()}
-    for module in _CONVERT_NEEDS[format] + _RUN_NEEDS[format]:
+    for module in _CONVERT_NEEDS[format] + RUN_NEEDS[format]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[module] = importlib.metadata.version(_DISTRIBUTIONS.get(module, module))
+            versions[module] = importlib.metadata.version(DISTRIBUTIONS.get(module, module))
     return versions
-
-

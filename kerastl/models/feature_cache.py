@@ -33,9 +33,9 @@ import numpy as np
 import tensorflow as tf
 
 from ..core import backend as _backend  # noqa: F401
+from ..core import version
 from ..core.errors import ConfigError, DataError
 from ..core.files import atomic_write
-from ..core.version import __version__
 from ..data import image_data as data_module
 from ..data.image_data import is_image_data
 from .freezing import PREPROCESS_LAYER, find_backbone
@@ -159,7 +159,7 @@ def _architecture_digest(base: keras.Model) -> str:
 
 def _versions() -> tuple[str, str, str]:
     """kerastl, Keras and TensorFlow versions: kernels and layers change between them."""
-    return __version__, keras.__version__, tf.__version__
+    return version.__version__, keras.__version__, tf.__version__
 
 
 def _augment_description(augment: Any) -> str | None:

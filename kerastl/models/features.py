@@ -7,7 +7,7 @@ cost (the Keras transfer-learning guide's "feature extraction" recipe, made safe
 
 * :func:`extract_features` / :func:`run_extractor` run the model's own
   preprocessing and base (:func:`kerastl.models.build.feature_extractor`) over any data
-  :func:`kerastl.data.image_data.image_batches` accepts.
+  :func:`kerastl.data.arrays.image_batches` accepts.
 * :func:`cache_applies` says whether the cache trains the same model (frozen base,
   no active dropout, no augmentation unless K augmented passes are cached).
 * :func:`cached_feature_datasets` gives a trainer what it needs: a reproducibly
@@ -29,7 +29,8 @@ import tensorflow as tf
 from ..core import backend as _backend  # noqa: F401
 from ..core.console import batches_in, progress
 from ..core.errors import ConfigError, DataError
-from ..data.image_data import epoch_seed, image_batches
+from ..data.arrays import image_batches
+from ..data.image_data import epoch_seed
 from .build import build_model, feature_extractor
 from .feature_cache import FeatureCache, Features, base_digest, cache_key, data_fingerprint
 from .freezing import PREPROCESS_LAYER, base_called_in_inference, find_backbone

@@ -16,8 +16,10 @@ from ..core.errors import DataError
 from ..core.files import atomic_write_text
 from ..data.image_data import ImageData
 from ..data.images import SUPPORTED_EXTENSIONS, find_bad_files
-from ..training.trainer import evaluation_losses, predict
-from .interpretation import Interpretation, interpret, load_for_interpretation, write_interpretation
+from ..models.forward import predict
+from ..training.losses import evaluation_losses
+from .interpretation import Interpretation, interpret, load_for_interpretation
+from .interpretation_files import write_interpretation
 from .report_page import write_report
 from .reports import classification_metrics, write_evaluation
 
@@ -63,7 +65,7 @@ def evaluate_folder(model_path, data_dir, *, output=None, batch_size: int = 64,
 
     With ``output``: also ``predictions.csv``, ``interpretation.json``,
     ``top_losses.png``, ``gradcam.npz``
-    (:func:`kerastl.outputs.interpretation.write_interpretation`) and ``report.html``
+    (:func:`kerastl.outputs.interpretation_files.write_interpretation`) and ``report.html``
     (with the unfreeze plan and choices of the run that holds the model, and this
     evaluation's timings). A plain Keras model without ``labels.json`` is evaluated with
     the folder's sorted class folders as its classes (noted in the report).

@@ -28,7 +28,6 @@ import csv
 import io
 import json
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -43,11 +42,12 @@ from sklearn.metrics import confusion_matrix
 
 from ..core import backend as _backend  # noqa: F401
 from ..core.errors import ConfigError, DataError
-from ..core.files import atomic_write, atomic_write_json, atomic_write_text, save_figure
-from ..data.image_data import from_arrays, is_image_data
+from ..data.arrays import from_arrays
+from ..data.image_data import is_image_data
 from ..data.sources import read_data
 from ..models.build import TASKS, load_model
 from ..models.gradcam import CamModel, cam_model, gradcam_heatmaps
+from .prediction_pass import Progress, predict_probabilities
 
 # What --gradcam writes: the top losses' heatmaps, every image's, or none.
 GRADCAM_CHOICES = ("top", "all", "none")
@@ -441,118 +441,3 @@ def display_names(data: Any, root: str | os.PathLike | None = None) -> list[str]
         root = os.path.commonpath(sorted(parents))
     return [Path(os.path.relpath(os.path.abspath(f), os.path.abspath(root))).as_posix()
             for f in data.files]
-
-
-def predict_probabilities(model: keras.Model, data: Any, *, batch_size: int = 64,
-                          progress: bool = True) -> np.ndarray:
-    """The model's outputs on every image of ``data``: one batched pass, in data order.
-
-    ``model.predict`` itself, so the pass costs what a plain Keras prediction costs
-    (its compiled predict function is kept on the model between calls).
-    """
-    callbacks = [_ProgressCallback(Progress(len(data), "predict"), batch_size,
-                                   len(data))] if progress else []
-    outputs = model.predict(data.batches(int(model.input_shape[1]), batch_size), verbose=0,
-                            callbacks=callbacks)
-    return np.asarray(outputs, np.float32)
-
-
-class _ProgressCallback(keras.callbacks.Callback):
-    def __init__(self, bar: Progress, batch_size: int, total: int) -> None:
-        super().__init__()
-        self.bar, self.batch_size, self.total = bar, batch_size, total
-
-    def on_predict_batch_end(self, batch, logs=None) -> None:
-        self.bar.update(min(self.batch_size, self.total - self.bar.done))
-
-    def on_predict_end(self, logs=None) -> None:
-        self.bar.close()
-
-
-class Progress:
-    """A progress bar on a terminal; one line at the end when stdout is redirected.
-
-    No ANSI escape and no carriage return ever reaches a log file.
-
-    Example:
-        >>> bar = Progress(10, "predict", stream=io.StringIO())
-        >>> bar.update(10); bar.close()
-    """
-
-    def __init__(self, total: int, label: str, stream=None) -> None:
-        self.total, self.label, self.done = int(total), label, 0
-        self.stream = stream or sys.stdout
-        self.started = time.perf_counter()
-        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
-
-    def update(self, count: int) -> None:
-        self.done += int(count)
-        if self.live:
-            width = 30
-            filled = int(width * self.done / max(self.total, 1))
-            self.stream.write(f"\r{self.label} [{'=' * filled}{' ' * (width - filled)}] "
-                              f"{self.done}/{self.total}")
-            self.stream.flush()
-
-    def close(self) -> None:
-        seconds = time.perf_counter() - self.started
-        if self.live:
-            self.stream.write("\n")
-        if self.live or self.total >= 1000:  # short passes stay quiet in logs
-            self.stream.write(f"{self.label}: {self.done} images in {seconds:.1f} s\n")
-            self.stream.flush()
-
-
-def write_interpretation(out: str | os.PathLike, interp: Interpretation, *,
-                         top_losses: int = TOP_LOSSES, gradcam: str = "top",
-                         gradcam_layer: str | None = None) -> dict:
-    """Write ``predictions.csv``, ``interpretation.json``, ``top_losses.png``, ``gradcam.npz``.
-
-    Args:
-        out: folder (created if missing).
-        interp: Interpretation. Labelled images (unlabelled: only predictions.csv).
-        top_losses: int. Images in the top losses. Defaults to 16.
-        gradcam: str. ``"top"`` (the top losses), ``"all"`` (every image) or
-            ``"none"``. A model with no spatial map gets a note instead.
-        gradcam_layer: str, optional. Layer of the feature map.
-
-    Returns:
-        The dict written to ``interpretation.json`` (plus, in ``gradcam``, which
-        layer, whose logits, or why none).
-    """
-    if gradcam not in GRADCAM_CHOICES:
-        raise ConfigError(f"gradcam must be one of {GRADCAM_CHOICES}; received {gradcam!r}.")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "predictions.csv", interp.to_csv())
-    if not interp.labelled:
-        return {}
-    summary = interp.summary(top_losses)
-    top = interp.top_loss_indices(top_losses)
-    heatmaps, chosen = None, None
-    if gradcam != "none":
-        chosen = np.arange(len(interp.files)) if gradcam == "all" else top
-        try:
-            cam = interp.cam(gradcam_layer)
-            heatmaps = interp.gradcam(chosen, layer=gradcam_layer)
-            summary["gradcam"] = {"layer": cam.layer, "feature_map": list(cam.map_shape),
-                                  "explains": cam.explains, "class": "predicted",
-                                  "images": gradcam}
-        except ConfigError as error:
-            summary["gradcam"] = {"none": str(error)}
-            interp.notes.append(f"no Grad-CAM: {error}")
-            summary["notes"] = list(interp.notes)
-    if heatmaps is not None:
-        files = np.asarray([interp.files[i] for i in chosen])
-        atomic_write(out / "gradcam.npz",
-                     lambda f: np.savez_compressed(f, files=files, heatmaps=heatmaps))
-    top_maps = None
-    if heatmaps is not None:
-        top_maps = heatmaps[:len(top)] if gradcam == "top" else heatmaps[top]
-    figure = interp.plot_top_losses(top_losses, gradcam=top_maps is not None,
-                                    heatmaps=top_maps)
-    save_figure(figure, out / "top_losses.png")
-    # Again, now with the Grad-CAM pass.
-    summary["seconds"] = {name: round(value, 3) for name, value in interp.seconds.items()}
-    atomic_write_json(out / "interpretation.json", summary)
-    return summary

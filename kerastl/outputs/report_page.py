@@ -33,7 +33,8 @@ from typing import Any
 from ..core.errors import KerastlError
 from ..core.files import atomic_write_text
 from ..core.version import __version__
-from .interpretation import Interpretation, display_names, write_interpretation
+from .interpretation import Interpretation, display_names
+from .interpretation_files import write_interpretation
 
 REPORT_FILE = "report.html"
 # Figures the page shows, in order, when the folder has them.

@@ -46,8 +46,9 @@ from ..core.backend import single_threaded_blas
 from ..core.console import batches_in, progress
 from ..core.errors import ConfigError
 from ..models.build import find_backbone
+from ..models.forward import predict
 from ..models.linear_probe import PREDICTIONS_LAYER, logistic_kernel_and_bias, stratified_folds
-from ..training.trainer import correct_count, predict
+from ..training.losses import correct_count
 
 # Pixels are average-pooled to at most this side before the linear model: enough for
 # the shapes a linear model can use, and a pixel model of at most ~3k x classes weights

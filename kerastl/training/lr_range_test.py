@@ -29,7 +29,9 @@ import numpy as np
 from ..core import backend as _backend  # noqa: F401
 from ..core.errors import ConfigError
 from ..core.files import save_figure
-from .trainer import PhaseData, Trainer, distribute_dataset
+from .phase_data import PhaseData
+from .steps import distribute_dataset
+from .trainer import Trainer
 
 START_LR = 1e-7
 END_LR = 10.0

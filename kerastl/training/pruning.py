@@ -3,7 +3,7 @@
 The TensorFlow Model Optimization toolkit does not support Keras 3, so kerastl owns a
 small implementation of gradual magnitude pruning (Zhu & Gupta 2017, "To prune, or
 not to prune"). It runs inside kerastl's one training loop as a
-:class:`~kerastl.training.trainer.StepHook`:
+:class:`~kerastl.training.phase_data.StepHook`:
 
 * **Schedule.** Over the first half of the pruned phase's epochs the target
   sparsity rises as ``s_e = s_final * (1 - (1 - t_e) ** 3)``, ``t_e = (e + 1) / ramp``:
@@ -57,7 +57,7 @@ from ..core import backend as _backend  # noqa: F401
 from ..core.errors import ConfigError
 from ..core.files import atomic_write_json
 from ..models.freezing import PREPROCESS_LAYER
-from .trainer import StepHook
+from .phase_data import StepHook
 
 RAMP_FRACTION = 0.5  # share of the phase's epochs over which sparsity rises
 MAX_LAYER_SPARSITY = 0.99  # a kernel pruned harder to make up for kept depthwise ones
@@ -160,7 +160,7 @@ def prunable_weights(model: keras.Model, *, trainable_only: bool = True) -> list
 
 
 class MagnitudePruning(StepHook):
-    """Gradual magnitude pruning of one phase, as a :class:`~kerastl.training.trainer.StepHook`.
+    """Gradual magnitude pruning of one phase, as a :class:`~kerastl.training.phase_data.StepHook`.
 
     Args:
         sparsity: float in ``(0, 1)``. Final share of zeros over the prunable kernels

@@ -23,340 +23,27 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras  # noqa: E402
 import numpy as np
 import tensorflow as tf  # noqa: E402
 
-from ..config.choices import CLASS_WEIGHTS, KEEP_WEIGHTS
+from ..config.choices import KEEP_WEIGHTS
 from ..config.phases import Phase
 from ..core import backend as _backend  # noqa: F401
-from ..core.console import batches_in, epoch_in_phase, epoch_line, interactive, progress
+from ..core.console import epoch_in_phase, epoch_line, interactive
 from ..core.errors import ConfigError, DataError, NonFiniteLossError, StaleTrainableError
 from ..models.freezing import UnfreezePlan, set_regime, trainable_signature
-from ..models.linear_probe import fit_probe
-from .checkpoints import (
-    MODEL_WEIGHTS_FILE,
-    TrainState,
-    read_best_weights,
-    restore_optimizer,
-    restore_weights,
-    save_checkpoint,
-)
+from .best_weights import BestWeights
+from .checkpoints import TrainState, restore_optimizer, restore_weights, save_checkpoint
+from .losses import make_loss
 from .optimizers import block_lr_multipliers, make_optimizer, make_schedule
+from .phase_data import PhaseData, Preempted, StepHook
+from .probe_phase import probe_epoch
+from .steps import CompiledSteps, distribute_dataset, reads_per_worker, step_logs
 
 # What a run ends with: the weights of its best validated epoch, or the last ones.
-
-
-class Preempted(Exception):
-    """SIGTERM arrived; the message says which epoch a resumed run continues from."""
-
-
-@dataclass
-class PhaseData:
-    """What one phase trains on.
-
-    Attributes:
-        model: keras.Model. What the step calls: the full model on images, or the
-            head model on cached features (same layer objects as the full model).
-        train: callable. ``epoch -> tf.data.Dataset`` of ``(x, y)`` batches; the
-            order must depend only on the epoch so resumed runs see the same data.
-        val: tf.data.Dataset, optional. Validation batches.
-        steps_per_epoch: int. Batches per epoch.
-        description: str. For the run log (e.g. why the feature cache is used).
-        arrays: callable, optional. ``() -> (features, labels)`` of the whole
-            training set, for probe phases (cached features only).
-        steps_per_execution: int, optional. Train steps per compiled call for this
-            phase, instead of the trainer's (cached features: a whole epoch).
-        train_for_worker: callable, optional. ``(epoch, InputContext) -> Dataset``: one
-            input pipeline's per-replica batches of the same global batches ``train``
-            gives (:meth:`kerastl.ImageData.worker_batches`). Used with several workers
-            or a TPU, so each worker reads and decodes only its share.
-    """
-
-    model: keras.Model
-    train: Callable[[int], tf.data.Dataset]
-    val: tf.data.Dataset | None
-    steps_per_epoch: int
-    description: str = ""
-    arrays: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
-    steps_per_execution: int | None = None
-    train_for_worker: Callable[[int, tf.distribute.InputContext], tf.data.Dataset] | None = None
-
-
-class StepHook:
-    """Something that runs with every optimizer step, such as magnitude pruning.
-
-    The one training loop serves every strategy, resumed runs and the cached-feature
-    path; a hook joins it instead of a second loop. Override what you need:
-
-    * ``on_phase_begin(trainer, phase, index, state)``: on the host, after the phase's
-      optimizer is built and a resumed checkpoint restored, before the step is traced
-      (create variables here, inside ``trainer.strategy.scope()``).
-    * ``on_epoch_begin(phase_epoch)``: on the host, before each epoch of the phase.
-    * ``after_step()``: traced into the compiled train function right after each
-      ``strategy.run`` step, in cross-replica context (assign to mirrored variables
-      there; nothing is returned).
-    * ``on_phase_end()``: on the host, after the phase's callbacks ended (after an
-      early-stopping restore).
-    * ``keeps_epoch()``: on the host, after each epoch: whether that epoch may become
-      the best one kept (pruning: only epochs at the final sparsity, since an earlier,
-      denser epoch restored at the end would be pruned again without recovering).
-    """
-
-    def on_phase_begin(self, trainer, phase: Phase, index: int, state: TrainState) -> None:
-        pass
-
-    def on_epoch_begin(self, phase_epoch: int) -> None:
-        pass
-
-    def after_step(self) -> None:
-        pass
-
-    def on_phase_end(self) -> None:
-        pass
-
-    def keeps_epoch(self) -> bool:
-        return True
-
-
-# ------------------------------------------------------------------ losses
-def class_weights_for(kind: str, task: str, labels: np.ndarray,
-                      n_classes: int) -> list[float] | None:
-    """Per-class loss weights: None for ``"none"``, inverse frequency for ``"balanced"``.
-
-    Multiclass and binary tasks (binary 0/1 labels are class ids); multilabel
-    examples have no single class and are refused.
-
-    Example:
-        >>> class_weights_for("balanced", "multiclass", np.array([0, 0, 0, 1]), 2)
-        [0.6666666666666666, 2.0]
-    """
-    if kind not in CLASS_WEIGHTS:
-        raise ConfigError(f"class_weight must be one of {CLASS_WEIGHTS}; received "
-                          f"class_weight={kind!r}.")
-    if kind == "none":
-        return None
-    if task == "multilabel":
-        raise ConfigError(
-            "class_weight='balanced' weights each example by its class, which a multilabel "
-            "example does not have; received task='multilabel', class_weight='balanced'. "
-            "Use --class-weight none."
-        )
-    from sklearn.utils.class_weight import compute_class_weight
-
-    present = np.unique(labels)
-    weights = np.ones(n_classes)
-    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
-    return weights.tolist()
-
-
-def make_loss(task: str, label_smoothing: float = 0.0) -> Callable:
-    """Per-example loss ``(y_true, y_pred) -> (batch,)`` for the task."""
-    if task == "multiclass":
-        loss = keras.losses.CategoricalCrossentropy(
-            label_smoothing=label_smoothing, reduction=None
-        )
-
-        def multiclass(y_true, y_pred):
-            depth = tf.shape(y_pred)[-1]
-            one_hot = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), depth)
-            return loss(one_hot, y_pred)
-
-        return multiclass
-    binary = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing, reduction=None)
-    if task == "binary":
-        return lambda y_true, y_pred: binary(
-            tf.reshape(tf.cast(y_true, y_pred.dtype), [-1, 1]), y_pred
-        )
-    return lambda y_true, y_pred: binary(tf.cast(y_true, y_pred.dtype), y_pred)
-
-
-def correct_count(task: str, y_true, y_pred):
-    """Correctly predicted examples in a batch, and the number of examples.
-
-    The ``accuracy`` of :func:`kerastl.outputs.reports.classification_metrics`: the arg-max
-    class, or ``sigmoid >= 0.5``; a multilabel example counts when every label is
-    right (exact match), so history and ``metrics.json`` report the same number.
-    """
-    if task == "multiclass":
-        hits = tf.equal(tf.argmax(y_pred, -1, output_type=tf.int32),
-                        tf.cast(tf.reshape(y_true, [-1]), tf.int32))
-    elif task == "binary":
-        hits = tf.equal(tf.reshape(y_pred, [-1]) >= 0.5,
-                        tf.reshape(tf.cast(y_true, tf.float32), [-1]) > 0.5)
-    else:
-        hits = tf.reduce_all(tf.equal(y_pred >= 0.5, tf.cast(y_true, tf.float32) > 0.5), -1)
-    hits = tf.cast(hits, tf.float32)
-    return tf.reduce_sum(hits), tf.cast(tf.size(hits), tf.float32)
-
-
-def evaluation_losses(task: str, y_true, y_prob, *, label_smoothing: float = 0.0,
-                      class_weights: Sequence[float] | None = None) -> dict:
-    """``loss`` as the trainer reports it, plain ``cross_entropy``, and their definitions.
-
-    ``loss`` is the training objective: the mean per-example loss with the run's
-    label smoothing and class weights, which is what ``history.csv``'s ``loss`` and
-    ``val_loss`` are. ``cross_entropy`` has neither, to compare runs that differ in them.
-
-    Example:
-        >>> out = evaluation_losses("binary", [0, 1], [[0.2], [0.9]], label_smoothing=0.1)
-        >>> round(out["cross_entropy"], 4), out["loss"] > out["cross_entropy"]
-        (0.1643, True)
-    """
-    y_prob = tf.constant(np.asarray(y_prob, dtype=np.float32))
-    per_example = np.asarray(make_loss(task, label_smoothing)(y_true, y_prob))
-    weighting = ""
-    if class_weights is not None:
-        ids = np.asarray(y_true).reshape(-1).astype(np.int64)
-        per_example = per_example * np.asarray(class_weights)[ids]
-        weighting = ", weighted by class_weight"
-    cross_entropy = np.asarray(make_loss(task)(y_true, y_prob))
-    kind = "categorical" if task == "multiclass" else "binary"
-    every = " (every label right)" if task == "multilabel" else ""
-    return {
-        "loss": float(np.mean(per_example)),
-        "cross_entropy": float(np.mean(cross_entropy)),
-        "definitions": {
-            "loss": f"mean {kind} cross-entropy with label_smoothing={label_smoothing:g}"
-                    f"{weighting}: the training objective, as history.csv's loss and val_loss",
-            "cross_entropy": f"mean {kind} cross-entropy, no label smoothing or class weights",
-            "accuracy": f"share of examples predicted right{every}, as history.csv's accuracy",
-        },
-    }
-
-
-# ------------------------------------------------------------------ the step
-class _Steps:
-    """Distributed train/eval functions for one phase (rebuilt every phase)."""
-
-    def __init__(self, model, optimizer, strategy, loss_fn, task, class_weights, jit_compile,
-                 steps_per_execution=1, hooks=()):
-        self.model, self.optimizer, self.strategy = model, optimizer, strategy
-        self.hooks = list(hooks)
-        self.loss_fn, self.task = loss_fn, task
-        self.class_weights = (
-            None if class_weights is None else tf.constant(class_weights, tf.float32)
-        )
-        self.signature = trainable_signature(model)
-        # XLA is opt-in: on CPU it is several times slower (measured ~8x here).
-        self.steps_per_execution = steps_per_execution
-        # No autograph: Keras layers need none (they also trace under JAX), and
-        # converting the model's Python costs ~0.7 s per trace (measured, issue 11).
-        # Step hooks are user code, which may need it.
-        autograph = bool(self.hooks)
-        train = self._train_one if steps_per_execution == 1 else self._train
-        self.train = tf.function(train, jit_compile=jit_compile, autograph=autograph)
-        # Called once per batch: the last, smaller batch would retrace it every epoch.
-        self.evaluate = tf.function(self._evaluate, jit_compile=jit_compile,
-                                    reduce_retracing=True, autograph=autograph)
-
-    def _weights(self, y):
-        if self.class_weights is None:
-            return None
-        return tf.gather(self.class_weights, tf.cast(tf.reshape(y, [-1]), tf.int32))
-
-    def _replica_train(self, x, y):
-        weights = self._weights(y)
-        with tf.GradientTape() as tape:
-            y_pred = self.model(x, training=True)
-            per_example = self.loss_fn(y, y_pred)
-            loss = tf.nn.compute_average_loss(per_example, sample_weight=weights,
-                                              global_batch_size=self._global_count(y))
-            if self.model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
-            scaled = self.optimizer.scale_loss(loss)
-        variables = self.model.trainable_variables
-        gradients = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
-        return self._sums(per_example, weights, y, y_pred)
-
-    def _global_count(self, y):
-        """Examples in this step over all replicas.
-
-        Without it ``compute_average_loss`` divides by this replica's batch size times
-        the replica count, which is wrong on a last batch split unevenly (3 examples
-        as 2 + 1 would be divided by 4 and by 2 instead of 3).
-        """
-        local = tf.shape(y)[0]
-        if self.strategy.num_replicas_in_sync == 1:
-            return local
-        context = tf.distribute.get_replica_context()
-        # Summed as float32, which every device's all-reduce supports (TPU included).
-        total = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(local, tf.float32))
-        return tf.maximum(tf.cast(total, tf.int32), 1)
-
-    def _replica_eval(self, x, y):
-        # Class weights included: val_loss has the definition of the training loss.
-        y_pred = self.model(x, training=False)
-        return self._sums(self.loss_fn(y, y_pred), self._weights(y), y, y_pred)
-
-    def _sums(self, per_example, weights, y, y_pred):
-        per_example = tf.cast(per_example, tf.float32)
-        if weights is not None:
-            per_example = per_example * weights
-        correct, total = correct_count(self.task, y, y_pred)
-        n = tf.cast(tf.shape(per_example)[0], tf.float32)
-        return tf.stack([tf.reduce_sum(per_example), n, correct, total])
-
-    def _reduce(self, per_replica):
-        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-    def _train(self, iterator, steps):
-        # Several steps per call (steps_per_execution) keep a TPU busy between host
-        # round trips; the sums are reduced once per step, as Keras does. A while_loop
-        # written out, so the function needs no autograph.
-        def step(i, totals):
-            x, y = next(iterator)
-            totals += self._reduce(self.strategy.run(self._replica_train, args=(x, y)))
-            self._after_step()
-            return i + 1, totals
-
-        return tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), tf.zeros([4])))[1]
-
-    def _train_one(self, iterator, steps):
-        del steps  # always 1
-        x, y = next(iterator)
-        sums = self._reduce(self.strategy.run(self._replica_train, args=(x, y)))
-        self._after_step()
-        return sums
-
-    def _after_step(self):
-        # Cross-replica context: the optimizer step of every replica is done, so a
-        # hook's assignment to a mirrored variable reaches all of them.
-        for hook in self.hooks:
-            hook.after_step()
-
-    def _evaluate(self, x, y):
-        return self._reduce(self.strategy.run(self._replica_eval, args=(x, y)))
-
-
-def distribute_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset):
-    """``dataset`` as the strategy's replicas read it (unchanged on one device)."""
-    if strategy is tf.distribute.get_strategy() and strategy.num_replicas_in_sync == 1:
-        return dataset  # the default strategy: nothing to shard or rebatch
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return strategy.experimental_distribute_dataset(dataset.with_options(options))
-
-
-def reads_per_worker(strategy: tf.distribute.Strategy) -> bool:
-    """Whether each worker (or TPU host) should build its own input pipeline.
-
-    Under ``MultiWorkerMirroredStrategy`` and ``TPUStrategy`` a dataset handed to
-    ``experimental_distribute_dataset`` is read whole by every worker (auto-sharding
-    keeps every n-th element only after decoding it); ``distribute_datasets_from_function``
-    lets each read its own share.
-    """
-    return isinstance(strategy, (tf.distribute.MultiWorkerMirroredStrategy,
-                                 tf.distribute.TPUStrategy))
-
-
-def _logs(sums: np.ndarray, prefix: str = "") -> dict[str, float]:
-    loss_sum, n, correct, total = (float(v) for v in sums)
-    return {f"{prefix}loss": loss_sum / max(n, 1.0), f"{prefix}accuracy": correct / max(total, 1.0)}
 
 
 # ------------------------------------------------------------------ the trainer
@@ -477,9 +164,9 @@ class Trainer:
         self.log = log
         self.step_hooks = list(step_hooks)
         self.optimizer = None
-        self._steps: _Steps | None = None
+        self._steps: CompiledSteps | None = None
         self._stop_requested = threading.Event()
-        self._best = _BestWeights()
+        self._best = BestWeights()
         self._last_checkpoint = time.monotonic()
         self._unsaved_epochs = 0
 
@@ -559,7 +246,7 @@ class Trainer:
         """Fit a probe phase's head (logistic regression), without history or checkpoint."""
         self.prepare_phase(phase, data)
         callbacks = self._callback_list(phase)
-        return self._probe_epoch(phase, data, 0, callbacks)
+        return probe_epoch(self, phase, data, 0, callbacks)
 
     # -- phases -------------------------------------------------------------------
     def _compile_phase(self, phase: Phase, data: PhaseData, schedule_kind: str) -> None:
@@ -580,7 +267,7 @@ class Trainer:
                 optimizer = self.wrap_optimizer(optimizer)
             optimizer.build(data.model.trainable_variables)
         self.optimizer = optimizer
-        self._steps = _Steps(data.model, optimizer, self.strategy, self.loss_fn, self.task,
+        self._steps = CompiledSteps(data.model, optimizer, self.strategy, self.loss_fn, self.task,
                              self.class_weights, self.jit_compile,
                              data.steps_per_execution or self.steps_per_execution,
                              self.step_hooks)
@@ -612,7 +299,7 @@ class Trainer:
             self.assert_fresh()
             for hook in self.step_hooks:
                 hook.on_epoch_begin(state.phase_epoch)
-            logs = (self._probe_epoch(phase, data, state.epoch, callbacks)
+            logs = (probe_epoch(self, phase, data, state.epoch, callbacks)
                     if phase.fit == "probe" else
                     self._run_epoch(phase, data, state.epoch, callbacks,
                                     phase_epoch=state.phase_epoch + 1))
@@ -691,33 +378,6 @@ class Trainer:
         return keras.callbacks.CallbackList(list(self.callbacks), model=self.model,
                                             epochs=phase.epochs)
 
-    def _probe_epoch(self, phase, data, epoch, callbacks) -> dict[str, float]:
-        """A probe phase's one epoch: logistic regression on cached features."""
-        callbacks.on_epoch_begin(epoch)
-        started = time.perf_counter()
-        if data.arrays is None:
-            raise ConfigError(f"Phase {phase.name!r} is a probe, which needs cached features; "
-                              "this phase trains on images (--feature-cache off?).")
-        features, labels = data.arrays()
-        facts = fit_probe(data.model, features, labels, task=self.task,
-                          class_weight=self.class_weight, seed=self.seed,
-                          label_smoothing=self.label_smoothing)
-        self.probe_facts = facts
-        train = self.evaluate(data.train(epoch))
-        logs = {key[len("val_"):]: value for key, value in train.items()}
-        if data.val is not None:
-            logs.update(self.evaluate(data.val))
-        logs["lr"] = 0.0
-        logs["seconds"] = round(time.perf_counter() - started, 3)
-        if self.verbose:
-            cv = ("" if facts["cv_accuracy"] is None
-                  else f", cross-validated accuracy {facts['cv_accuracy']:.4f}")
-            self.log(f"Linear probe ({phase.name}): logistic regression C={facts['C']:g}"
-                     f"{cv}; " + " - ".join(f"{k} {v:.4f}" for k, v in logs.items()
-                                            if k not in ("seconds", "lr")))
-        callbacks.on_epoch_end(epoch, logs)
-        return logs
-
     def _run_epoch(self, phase, data, epoch, callbacks, phase_epoch: int) -> dict[str, float]:
         callbacks.on_epoch_begin(epoch)
         started = time.perf_counter()
@@ -737,7 +397,7 @@ class Trainer:
             chunk = min(self._steps.steps_per_execution, data.steps_per_epoch - step)
             totals += self._steps.train(iterator, tf.constant(chunk)).numpy()
             step += chunk
-            logs = _logs(totals)
+            logs = step_logs(totals)
             if not math.isfinite(logs["loss"]):
                 raise NonFiniteLossError(
                     f"Loss became {logs['loss']} in phase '{phase.name}', epoch {epoch + 1}, "
@@ -762,7 +422,7 @@ class Trainer:
         callbacks.on_epoch_end(epoch, logs)
         return logs
 
-    def evaluate(self, dataset: tf.data.Dataset, model_steps: _Steps | None = None) -> dict:
+    def evaluate(self, dataset: tf.data.Dataset, model_steps: CompiledSteps | None = None) -> dict:
         """Loss and accuracy over a batched dataset read to its end, over replicas.
 
         Raises:
@@ -784,7 +444,7 @@ class Trainer:
         if totals[1] == 0:
             raise DataError("The evaluation dataset yielded no examples; received an empty "
                             "dataset. Check the validation split.")
-        return _logs(totals, prefix="val_")
+        return step_logs(totals, prefix="val_")
 
     def _current_lr(self) -> float:
         return float(np.asarray(self.optimizer.learning_rate))
@@ -834,125 +494,3 @@ class Trainer:
 # Seconds of work a preempted run may still do to finish its epoch and checkpoint it
 # (schedulers give some 30 s between SIGTERM and SIGKILL).
 PREEMPTION_GRACE_SECONDS = 10.0
-
-
-class _BestWeights:
-    """The weights of the best validated epoch, of the run and of the current phase.
-
-    "Best" is the highest ``val_accuracy``, ties broken by the lower ``val_loss``.
-    Kept in memory (every worker of a distributed run tracks the same epochs, since
-    validation metrics are reduced over replicas) and saved with each checkpoint.
-    """
-
-    def __init__(self) -> None:
-        self.overall: list[np.ndarray] | None = None
-        self.phase: list[np.ndarray] | None = None
-        self._constant: tuple[tuple, dict[int, np.ndarray]] | None = None
-        # (epoch, snapshot) when a phase ended by restoring its best snapshot: until
-        # the next epoch the checkpoint's own weights are that snapshot.
-        self._held: tuple[int, list[np.ndarray]] | None = None
-
-    def restore_phase(self, model: keras.Model, state: TrainState) -> None:
-        """Give ``model`` the weights of the phase's best epoch."""
-        model.set_weights(self.phase)
-        self._held = (state.epoch, self.phase)
-
-    def update(self, model: keras.Model, state: TrainState, phase: str, logs: dict, *,
-               counts_for_run: bool = True) -> None:
-        if "val_accuracy" not in logs or not math.isfinite(logs.get("val_loss", math.nan)):
-            return
-        entry = {"epoch": state.epoch, "phase": phase, "val_accuracy": logs["val_accuracy"],
-                 "val_loss": logs["val_loss"]}
-        improves_phase = _better(entry, state.phase_best)
-        improves_run = counts_for_run and _better(entry, state.best)
-        if improves_phase or improves_run:
-            weights = self._snapshot(model, phase)
-            if improves_phase:
-                state.phase_best, self.phase = entry, weights
-            if improves_run:
-                state.best, self.overall = entry, weights
-
-    def _snapshot(self, model: keras.Model, phase: str) -> list[np.ndarray]:
-        """``model.get_weights()``, copying the weights of frozen layers once per phase.
-
-        No step changes the variables of a layer with ``trainable=False`` (Keras 3
-        keeps a frozen BatchNorm in inference mode), so a frozen base is copied at
-        its phase's first better epoch only (VGG16: 59 MB per epoch otherwise).
-        """
-        frozen = [w for layer in _leaf_layers(model) if not layer.trainable
-                  for w in layer.weights]
-        key = (phase, tuple(id(w) for w in frozen))
-        if self._constant is None or self._constant[0] != key:
-            self._constant = (key, {id(w): w.numpy() for w in frozen})
-        constant = self._constant[1]
-        return [constant[id(w)] if id(w) in constant else w.numpy() for w in model.weights]
-
-    def to_save(self, state: TrainState, model: keras.Model) -> dict[str, list[np.ndarray]]:
-        """Best weights a checkpoint of ``state`` must carry besides ``model``'s own.
-
-        None when the best epoch is the checkpointed one or the phase ended on it:
-        :meth:`load` then reads them from the checkpoint's model weights. After a
-        frozen VGG16 phase that saves 118 MB of the 177 MB checkpoint (issue 11).
-        """
-        saved = {}
-        for key, entry, weights in (("best", state.best, self.overall),
-                                    ("phase_best", state.phase_best, self.phase)):
-            if entry is None or weights is None or entry["epoch"] == state.epoch:
-                continue
-            if not self._model_holds(weights, state, model):
-                saved[key] = weights
-        return saved
-
-    def _model_holds(self, weights: list[np.ndarray], state: TrainState,
-                     model: keras.Model) -> bool:
-        if self._held is None or self._held[0] != state.epoch or self._held[1] is not weights:
-            return False
-        # Checked, not assumed: a phase hook may have changed the weights since.
-        return all(np.array_equal(w.numpy(), saved)
-                   for w, saved in zip(model.weights, weights, strict=True))
-
-    def load(self, checkpoint: Path, state: TrainState, model: keras.Model) -> None:
-        """Best weights of a resumed run: saved beside the checkpoint, or its own."""
-        saved = read_best_weights(checkpoint)
-        own = None
-        for key, attr in (("best", "overall"), ("phase_best", "phase")):
-            entry = getattr(state, key)
-            if entry is None:
-                continue
-            if key not in saved:  # the checkpoint's own weights are the best epoch's
-                if own is None:
-                    model.load_weights(str(checkpoint / MODEL_WEIGHTS_FILE))
-                    own = model.get_weights()
-                saved[key] = own
-            setattr(self, attr, saved[key])
-
-
-def _leaf_layers(model: keras.Model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model) or getattr(layer, "layers", None):
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
-
-
-def _better(entry: dict, best: dict | None) -> bool:
-    if best is None:
-        return True
-    if entry["val_accuracy"] != best["val_accuracy"]:
-        return entry["val_accuracy"] > best["val_accuracy"]
-    return entry["val_loss"] < best["val_loss"]
-
-
-def predict(model: keras.Model, dataset: tf.data.Dataset,
-            label: str = "Predicting") -> tuple[np.ndarray, np.ndarray]:
-    """Predictions and labels over a batched ``(x, y)`` dataset, on this process.
-
-    A progress bar (``label``) is drawn where a person watches the output live.
-    """
-    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
-                       autograph=False)
-    outputs, labels = [], []
-    for x, y in progress(dataset, total=batches_in(dataset), label=label):
-        outputs.append(np.asarray(call(x)))
-        labels.append(np.asarray(y))
-    return np.concatenate(outputs), np.concatenate(labels)
