@@ -177,6 +177,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     import json
     import tensorflow as tf
     from kerastl.training import runtime as rt
+    from kerastl.training import strategies
     devices = strategies.split_logical_cpus(2)
     per = rt.setup_runtime("mirrored", "float32", batch_size=4, facts=rt.DeviceFacts())
     glob = rt.setup_runtime("mirrored", "float32", batch_size=8, batch_size_is="global",

@@ -20,7 +20,7 @@ tasks, ~6 s on 1,800 ten-class images on busy cores).
 
 Example:
     >>> from sklearn.datasets import load_digits
-    >>> from kerastl.data.image_data import from_arrays
+    >>> from kerastl.data.arrays import from_arrays
     >>> digits = load_digits()
     >>> mirror_check(from_arrays((digits.images[:300] * 15).astype("uint8"),
     ...                          digits.target[:300])).flip
@@ -92,7 +92,7 @@ def mirror_check(data: ImageData, *, seed: int = 0) -> MirrorCheck:
 
     Example:
         >>> import numpy as np
-        >>> from kerastl.data.image_data import from_arrays
+        >>> from kerastl.data.arrays import from_arrays
         >>> rng = np.random.default_rng(0)
         >>> left = np.zeros((40, 16, 16), "uint8"); left[:, :, :4] = 200  # a bar on the left
         >>> noise = rng.integers(0, 50, (80, 16, 16)).astype("uint8")

@@ -34,7 +34,7 @@ def train_val_split(data: ImageData, val_fraction: float, seed: int) -> tuple[Im
         DataError: a class has too few images to appear in both parts.
 
     Example:
-        >>> from kerastl.data.image_data import from_arrays
+        >>> from kerastl.data.arrays import from_arrays
         >>> data = from_arrays(np.zeros((10, 8, 8), "uint8"), [0, 1] * 5)
         >>> [len(part) for part in train_val_split(data, 0.2, seed=0)]
         [8, 2]
@@ -167,7 +167,7 @@ def auto_val_share(data: ImageData) -> tuple[float, str]:
     image, keep the last epoch).
 
     Example:
-        >>> from kerastl.data.image_data import from_arrays
+        >>> from kerastl.data.arrays import from_arrays
         >>> auto_val_share(from_arrays(np.zeros((20, 8, 8), "uint8"), [0, 1] * 10))[0]
         0.0
     """

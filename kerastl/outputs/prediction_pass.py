@@ -45,6 +45,7 @@ class Progress:
     No ANSI escape and no carriage return ever reaches a log file.
 
     Example:
+        >>> import io
         >>> bar = Progress(10, "predict", stream=io.StringIO())
         >>> bar.update(10); bar.close()
     """

@@ -31,6 +31,7 @@ class DeviceFacts:
     Example:
         >>> facts = DeviceFacts(gpus=((8, 0),), tpu=False, tpu_address=None,
         ...                     cpu_flags=frozenset(), n_workers=1)
+        >>> from kerastl.training.precision import choose_precision
         >>> choose_precision("auto", facts, "default")
         'mixed_float16'
     """
