@@ -64,7 +64,7 @@ COLAB_TPU = [
     ),
     new_code_cell(
         "import kerastl\n"
-        "facts = kerastl.training.runtime.DeviceFacts.detect()\n"
+        "facts = kerastl.training.device_facts.DeviceFacts.detect()\n"
         "print(facts)\n"
         "HAS_TPU = facts.tpu\n"
         "strategy = \"tpu\" if HAS_TPU else \"default\"\n"
@@ -727,7 +727,7 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
     '''),
     code('''
         import kerastl
-        from kerastl.training.runtime import split_logical_cpus
+        from kerastl.training.strategies import split_logical_cpus
 
         print(split_logical_cpus(2))
     '''),
@@ -738,7 +738,7 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
         TPU, CPU flags, the worker count in `TF_CONFIG`); it creates no strategy.
     '''),
     code('''
-        facts = kerastl.training.runtime.DeviceFacts.detect()
+        facts = kerastl.training.device_facts.DeviceFacts.detect()
         print(facts.gpus, facts.tpu, facts.n_workers,
               sorted(facts.cpu_flags & {"avx512f", "avx512_bf16", "amx_bf16"}))
     '''),
@@ -762,7 +762,7 @@ DISTRIBUTED_AND_MIXED_PRECISION = [
 
         from kerastl.training.precision import choose_precision
 
-        Facts = kerastl.training.runtime.DeviceFacts
+        Facts = kerastl.training.device_facts.DeviceFacts
         machines = {
             "1 GPU, compute capability 8.0 (A100)": Facts(gpus=((8, 0),)),
             "2 GPUs, compute capability 8.0": Facts(gpus=((8, 0), (8, 0))),

@@ -45,7 +45,7 @@ TRAINER_SCRIPT = textwrap.dedent(
     import json
     import sys
 
-    from kerastl.training.runtime import make_strategy, split_logical_cpus
+    from kerastl.training.strategies import make_strategy, split_logical_cpus
 
     devices = split_logical_cpus(2)
 

@@ -246,7 +246,7 @@ MIRRORED_SCRIPT = textwrap.dedent(
     """
     import json, sys
 
-    from kerastl.training.runtime import make_strategy, split_logical_cpus
+    from kerastl.training.strategies import make_strategy, split_logical_cpus
 
     devices = split_logical_cpus(2)
 

@@ -20,7 +20,7 @@ from kerastl.core.errors import ConfigError
 from kerastl.recipes.resolve import resolve_config
 from kerastl.training import device_facts, precision, strategies
 from kerastl.training import runtime as rt
-from kerastl.training.runtime import DeviceFacts
+from kerastl.training.device_facts import DeviceFacts
 
 CPU = DeviceFacts()
 CPU_BF16 = DeviceFacts(cpu_flags=frozenset({"avx2", "avx512f", "avx512_bf16"}))
@@ -382,7 +382,8 @@ THREADS_SCRIPT = textwrap.dedent(
     """
     import json
     import tensorflow as tf
-    from kerastl.training.runtime import DeviceFacts, setup_runtime
+    from kerastl.training.runtime import setup_runtime
+    from kerastl.training.device_facts import DeviceFacts
     runtime = setup_runtime("default", "float32", batch_size=8, facts=DeviceFacts(),
                             intra_op_threads="auto", image_size=32, backbone="MobileNetV2")
     print(json.dumps({"threads": tf.config.threading.get_intra_op_parallelism_threads(),

@@ -73,7 +73,7 @@ class Backbone:
         Args:
             input_shape: tuple. ``(height, width, channels)``.
             weights: ``"imagenet"``, ``None`` or a path. See
-                :func:`kerastl.models.weights.build_base_with_weights` for friendly errors.
+                :func:`kerastl.models.weights.build_base` for friendly errors.
             **kwargs: extra constructor arguments (e.g. ``alpha=0.35``).
 
         Returns:
