@@ -102,8 +102,8 @@ def _run_child(model_name: str, precision: str, args: argparse.Namespace) -> dic
 
 
 def _auto_precision() -> str:
-    from kerastl.training.precision import choose_precision
     from kerastl.training.device_facts import DeviceFacts
+    from kerastl.training.precision import choose_precision
 
     return choose_precision("auto", DeviceFacts.detect(), "default")
 
