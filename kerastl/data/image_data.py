@@ -239,14 +239,7 @@ class ImageData:
         if shuffle_seed is not None:
             order = np.random.default_rng(shuffle_seed).permutation(len(self))
         batched = self._elements(order, image_size).batch(batch_size, drop_remainder=drop_remainder)
-        batched = batched.map(lambda images, labels: (tf.cast(images, tf.float32), labels),
-                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if augment is not None:
-            batched = batched.map(
-                lambda images, labels: (augment(images, training=True), labels),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
-        return batched.prefetch(tf.data.AUTOTUNE)
+        return _training_batches(batched, augment)
 
     def worker_batches(
         self,
@@ -319,14 +312,7 @@ class ImageData:
         batched = parts[0]
         for part in parts[1:]:
             batched = batched.concatenate(part)
-        batched = batched.map(lambda images, labels: (tf.cast(images, tf.float32), labels),
-                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if augment is not None:
-            batched = batched.map(
-                lambda images, labels: (augment(images, training=True), labels),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
-        return batched.prefetch(tf.data.AUTOTUNE)
+        return _training_batches(batched, augment)
 
     def _elements(self, order: np.ndarray, image_size: int) -> tf.data.Dataset:
         """``(image, label)`` for each index in ``order``; images uint8 (files) or as stored.
@@ -456,3 +442,13 @@ def check_positive(**values: int) -> None:
 def is_image_data(data: Any) -> bool:
     """Whether ``data`` is an :class:`ImageData` (or quacks like one)."""
     return hasattr(data, "batches") and hasattr(data, "fingerprint")
+
+
+def _training_batches(batched: tf.data.Dataset, augment: Any) -> tf.data.Dataset:
+    """uint8 batches as float32 pixels in [0, 255], augmented when asked, prefetched."""
+    batched = batched.map(lambda images, labels: (tf.cast(images, tf.float32), labels),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if augment is not None:
+        batched = batched.map(lambda images, labels: (augment(images, training=True), labels),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    return batched.prefetch(tf.data.AUTOTUNE)
