@@ -10,6 +10,7 @@ own subpackage and the subpackages before it in :data:`LAYERS`, never one after 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,13 +145,7 @@ def test_lazy_third_party_imports_are_the_listed_optional_ones():
     assert not found, found
 
 
-_STDLIB = {"dataclasses", "types", "json", "os", "sys", "time", "io", "csv", "re",
-           "math", "shutil", "tempfile", "subprocess", "signal", "threading", "platform",
-           "importlib", "contextlib", "functools", "itertools", "collections", "hashlib",
-           "gzip", "glob", "warnings", "logging", "statistics", "base64", "html", "random",
-           "traceback", "argparse", "textwrap", "struct", "zipfile", "multiprocessing",
-           "concurrent", "difflib", "socket", "select", "pathlib", "typing", "datetime", "inspect",
-           "ast", "string", "uuid", "pickle", "queue", "stat", "errno", "shlex"}
+_STDLIB = sys.stdlib_module_names
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
