@@ -178,7 +178,7 @@ def test_without_a_check_plain_files_give_the_same_pixels(tmp_path):
 ])
 def test_a_run_keeps_decoded_images_only_where_it_reads_them_again(settings, kept):
     from kerastl.config.schema import RunConfig
-    from kerastl.recipes.run_setup import decoded_memory_setting
+    from kerastl.recipes.resolve import decoded_memory_setting
 
     config = resolve_config(RunConfig(data="data_samples/fashion/train", **settings))
     assert decoded_memory_setting(config) == kept

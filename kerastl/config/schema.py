@@ -3,13 +3,9 @@
 :class:`RunConfig` is the single room for a run's options. Each field carries its
 default, its help text, its CLI group and (for closed choices) the constant of the
 module that implements it, so the ``train``/``compare`` parsers are generated from it
-and nothing is typed twice. :meth:`RunConfig.resolve` fills in every default that
-depends on other values (the shipped samples, the backbone a weights file was saved
-from, the input size, scratch means random weights) and validates everything once;
-:func:`kerastl.fit`, :func:`kerastl.compare` and every CLI use the resolved config.
-
-The resolved config is written next to the outputs as ``config.yaml``, and
-``python -m kerastl.train --config that.yaml`` reproduces the run.
+and nothing is typed twice. :func:`kerastl.recipes.resolve.resolve_run` decides every
+``auto`` once and returns it read-only (:meth:`RunConfig.frozen`), which is written
+next to the outputs as ``config.yaml``: ``--config that.yaml`` reproduces the run.
 
 Example:
     >>> config = RunConfig(data="data_samples/fashion/train", epochs=3)
@@ -269,6 +265,15 @@ class RunConfig:
     def __init__(self, **values: Any) -> None:
         _init_fields(self, values)
 
+    def frozen(self) -> RunConfig:
+        """A read-only copy (lists as tuples): what a resolved run carries.
+
+        :meth:`replace` makes a changed, writable copy."""
+        frozen = object.__new__(_FrozenRunConfig)
+        frozen.__dict__.update({key: tuple(value) if isinstance(value, list) else value
+                                for key, value in self.__dict__.items()})
+        return frozen
+
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:
         """Plain values of every field (phases as dicts), for YAML and JSON."""
@@ -297,6 +302,7 @@ class RunConfig:
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes`` applied; they join ``given``."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
         copy = RunConfig(**{**values, **changes})
         copy.given = frozenset(self.given | set(changes))
         return copy
@@ -319,6 +325,15 @@ class RunConfig:
     def sklearn_head(self) -> str | None:
         """``"logreg"`` for ``head="sklearn-logreg"``, None for a Keras head."""
         return self.head[len("sklearn-"):] if self.head.startswith("sklearn-") else None
+
+
+class _FrozenRunConfig(RunConfig):
+    """A resolved :class:`RunConfig`: reading is the same, setting raises."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise dataclasses.FrozenInstanceError(
+            f"a resolved RunConfig is read-only (setting {name!r}); "
+            f"config.replace({name}=...) makes a changed copy.")
 
 
 def csv_list(text: str) -> list[str]:

@@ -180,7 +180,7 @@ def resolve_augment(augment: list[str], data: ImageData, *,
         >>> resolve_augment(["translate"], None)
         (['translate'], None)
     """
-    if list(augment) != ["auto"]:  # RunConfig.resolve made it a list
+    if list(augment) != ["auto"]:  # resolve_config made it a list
         return list(augment), None
     check = mirror_check(data, seed=seed)
     chosen = ["flip", "translate"] if check.flip else ["translate"]

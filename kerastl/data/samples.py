@@ -14,12 +14,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core.errors import ConfigError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..config.schema import RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,19 +40,34 @@ def source_backbone() -> dict[str, Any] | None:
     return None
 
 
-def apply_sample_defaults(config: RunConfig) -> None:
-    """Point a config without ``data`` at the shipped samples and source backbone."""
+def sample_defaults(*, backbone: str | None, weights: Any, val_data: str | None,
+                    test_data: str | None) -> dict[str, Any]:
+    """What a run without ``data`` uses: the shipped samples and source backbone.
+
+    Args:
+        backbone, weights, val_data, test_data: the run's values; given ones are kept.
+
+    Returns:
+        The field values to set (``data``, and the folders and weights not given).
+
+    Example:
+        >>> sample_defaults(backbone=None, weights="imagenet", val_data=None,
+        ...                 test_data=None)["data"].endswith("fashion/train")
+        True
+    """
     fashion = data_samples_dir() / "fashion"
     if not (fashion / "train").is_dir():
         raise ConfigError(
             f"No --data given and the shipped samples are missing at {str(fashion)!r}. "
             "Pass --data DIR (a folder of class subfolders), or set KERASTL_DATA_SAMPLES."
         )
-    config.data = str(fashion / "train")
-    for key, folder in (("val_data", fashion / "val"), ("test_data", fashion / "test")):
-        if getattr(config, key) is None and folder.is_dir():
-            setattr(config, key, str(folder))
+    values: dict[str, Any] = {"data": str(fashion / "train")}
+    for key, given, folder in (("val_data", val_data, fashion / "val"),
+                               ("test_data", test_data, fashion / "test")):
+        if given is None and folder.is_dir():
+            values[key] = str(folder)
     source = source_backbone()
-    if source and config.backbone is None and config.weights == "imagenet":
-        config.weights = source["weights"]
-        config.weights_hash = source.get("weights_sha256")
+    if source and backbone is None and weights == "imagenet":
+        values["weights"] = source["weights"]
+        values["weights_hash"] = source.get("weights_sha256")
+    return values

@@ -83,6 +83,14 @@ class DataSplits:
     class_names: list[str]
     notes: list[str] = field(default_factory=list)
 
+    def skipped(self) -> dict[str, str]:
+        """Every file ``on_bad_file='skip'`` left out, over all splits (path -> reason)."""
+        skipped: dict[str, str] = {}
+        for data in (self.train, self.val, self.test):
+            if data is not None:
+                skipped.update(data.skipped)
+        return skipped
+
 
 def load_splits(
     train_dir: str | os.PathLike,

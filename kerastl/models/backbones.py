@@ -65,6 +65,9 @@ class Backbone:
     max_crossing: int = 1
     extra_kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def __str__(self) -> str:  # messages name the backbone, whatever carried it
+        return self.name
+
     def build_base(
         self, input_shape: tuple[int, int, int], weights: str | None, **kwargs: Any
     ) -> keras.Model:
@@ -200,6 +203,30 @@ def list_backbones() -> list[str]:
     return list(REGISTRY)
 
 
+def as_backbone(backbone: Backbone | str) -> Backbone:
+    """The registry record: ``backbone`` itself, or the record its name looks up.
+
+    A resolved run carries its :class:`Backbone` record from
+    :func:`kerastl.recipes.resolve.resolve_run` down to the model, so the registry is
+    searched once per run; names (from a user, or a model file) are looked up.
+
+    Example:
+        >>> as_backbone("vgg16") is as_backbone(as_backbone("vgg16"))
+        True
+    """
+    return backbone if isinstance(backbone, Backbone) else get_backbone(backbone)
+
+
+def registry_key(name: str) -> str:
+    """How names are compared: case, ``-`` and ``_`` do not count.
+
+    Example:
+        >>> registry_key("Mobile-Net_V2") == registry_key("mobilenetv2")
+        True
+    """
+    return str(name).lower().replace("-", "").replace("_", "")
+
+
 def get_backbone(name: str) -> Backbone:
     """Look up a backbone by name, case-insensitively.
 
@@ -221,7 +248,7 @@ def get_backbone(name: str) -> Backbone:
     if isinstance(name, Backbone):
         return name
     by_lower = {key.lower(): entry for key, entry in REGISTRY.items()}
-    key = str(name).lower().replace("-", "").replace("_", "")
+    key = registry_key(name)
     if key in by_lower:
         return by_lower[key]
     close = difflib.get_close_matches(key, list(by_lower), n=3, cutoff=0.5)

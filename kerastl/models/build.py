@@ -24,7 +24,7 @@ import numpy as np
 from ..config.choices import HEAD_NORMS, HEADS, TASKS
 from ..core import backend as _backend  # noqa: F401
 from ..core.errors import ConfigError
-from .backbones import get_backbone
+from .backbones import Backbone, as_backbone
 from .freezing import (
     BACKBONE_LAYER,
     MODEL_PREFIX,
@@ -49,7 +49,7 @@ TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 TORCH_STD_RGB = (0.229, 0.224, 0.225)
 
 
-def preprocessing_layer(backbone: str) -> keras.layers.Layer:
+def preprocessing_layer(backbone: Backbone | str) -> keras.layers.Layer:
     """The backbone's own ``preprocess_input`` as one Keras built-in layer.
 
     Built-in layers only (no Lambda, no custom class), so a saved model loads with
@@ -67,7 +67,7 @@ def preprocessing_layer(backbone: str) -> keras.layers.Layer:
       normalise inside their own graph): ``Identity``.
 
     Args:
-        backbone: str. Registry name.
+        backbone: Backbone or str. Its registry record or name.
 
     Returns:
         A non-trainable layer named ``"preprocess"``.
@@ -78,7 +78,7 @@ def preprocessing_layer(backbone: str) -> keras.layers.Layer:
         >>> np.asarray(layer(np.array([[[[255.0, 0.0, 0.0]]]]))).astype(float).round(3).tolist()
         [[[[-103.939, -116.779, 131.32]]]]
     """
-    kind = get_backbone(backbone).preprocessing
+    kind = as_backbone(backbone).preprocessing
     common = {"name": PREPROCESS_LAYER, "dtype": "float32", "trainable": False}
     if kind == "tf":
         return keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, **common)
@@ -95,9 +95,9 @@ def preprocessing_layer(backbone: str) -> keras.layers.Layer:
     return keras.layers.Identity(**common)
 
 
-def resolve_input_shape(backbone: str, input_shape: Sequence[int] | int | None) -> tuple:
+def resolve_input_shape(backbone: Backbone | str, input_shape: Sequence[int] | int | None) -> tuple:
     """Validate ``input_shape`` (or a side length) against the backbone's limits."""
-    entry = get_backbone(backbone)
+    entry = as_backbone(backbone)
     if input_shape is None:
         return (entry.default_size, entry.default_size, 3)
     if isinstance(input_shape, int):
@@ -117,7 +117,7 @@ def resolve_input_shape(backbone: str, input_shape: Sequence[int] | int | None) 
 
 
 def build_model(
-    backbone: str,
+    backbone: Backbone | str,
     num_classes: int,
     *,
     input_shape: Sequence[int] | int | None = None,
@@ -138,7 +138,8 @@ def build_model(
     """Build a transfer-learning model from a Keras Applications backbone.
 
     Args:
-        backbone: str. Registry name (see :func:`kerastl.list_backbones`).
+        backbone: Backbone or str. Registry record or name (see
+            :func:`kerastl.list_backbones`).
         num_classes: int. Classes (``multiclass``/``multilabel``); 1 or 2 for
             ``binary``.
         input_shape: tuple or int, optional. ``(height, width, 3)`` or a side
@@ -180,8 +181,8 @@ def build_model(
         >>> model.output.shape, model.output.dtype
         ((None, 5), 'float32')
     """
-    entry = get_backbone(backbone)
-    shape = resolve_input_shape(entry.name, input_shape)
+    entry = as_backbone(backbone)
+    shape = resolve_input_shape(entry, input_shape)
     validate_regime(mode, unfreeze_top, unfreeze_blocks, bn_policy)
     _validate_head(num_classes, head, dense_units, dropout, task)
     if head_norm not in HEAD_NORMS:
@@ -199,13 +200,14 @@ def build_model(
                 layer.momentum = scratch_bn_momentum
 
     images = keras.Input(shape=shape, name="image")
-    x = preprocessing_layer(entry.name)(images)
+    x = preprocessing_layer(entry)(images)
     # With frozen BatchNorm the base always runs in inference mode, as the Keras
     # transfer-learning guide prescribes: BatchNorm keeps its statistics and any
     # dropout inside the base (EfficientNet drop-connect) stays off while frozen.
     x = base(x, training=False if bn_policy == "frozen" else None)
     outputs = _head(x, num_classes, head, dense_units, dropout, task, head_norm)
     model = keras.Model(images, outputs, name=f"{MODEL_PREFIX}{entry.name.lower()}")
+    model.kerastl_backbone = entry  # carried, so the registry is not searched again
     model.plan = set_regime(
         model, mode, unfreeze_top=unfreeze_top, unfreeze_blocks=unfreeze_blocks,
         bn_policy=bn_policy, recompile=False,

@@ -25,7 +25,7 @@ import keras  # noqa: E402
 from ..config.choices import BN_POLICIES, REGIMES
 from ..core import backend as _backend  # noqa: F401
 from ..core.errors import ConfigError, UnknownBackboneError
-from .backbones import Backbone, get_backbone
+from .backbones import Backbone, as_backbone, get_backbone
 
 BACKBONE_LAYER = "backbone"
 PREPROCESS_LAYER = "preprocess"
@@ -202,7 +202,7 @@ def backbone_blocks(base: keras.Model, backbone: Backbone | str) -> list[Block]:
         >>> [b.name for b in backbone_blocks(base, "VGG16")]
         ['stem', 'block1', 'block2', 'block3', 'block4', 'block5']
     """
-    backbone = get_backbone(backbone)
+    backbone = as_backbone(backbone)
     # Operations, not just layers: `x + 3.0` inside MobileNetV3 is an op node that
     # a residual tensor can flow through.
     layers = list(base.operations)
@@ -235,9 +235,10 @@ def _is_batchnorm(layer: keras.layers.Layer) -> bool:
 def find_backbone(model: keras.Model) -> tuple[keras.Model, Backbone]:
     """Return the base model inside a kerastl model and its registry entry.
 
-    The registry entry comes from the model's name, ``kerastl_<backbone>``, which
-    :func:`kerastl.build_model` sets and ``model.keras`` keeps: the model file holds
-    only Keras built-in layers, so nothing else in it names the backbone.
+    The registry entry is the record :func:`kerastl.build_model` attached to the
+    model; a model loaded from a file names it in ``model.name``
+    (``kerastl_<backbone>``, which ``model.keras`` keeps): the file holds only Keras
+    built-in layers, so nothing else in it names the backbone.
 
     Raises:
         ConfigError: the model was not built by :func:`kerastl.build_model`.
@@ -250,6 +251,9 @@ def find_backbone(model: keras.Model) -> tuple[keras.Model, Backbone]:
             f"Model {model.name!r} has no '{BACKBONE_LAYER}'/'{PREPROCESS_LAYER}' layers; "
             "set_regime works on models built by kerastl.build_model."
         ) from error
+    carried = getattr(model, "kerastl_backbone", None)
+    if isinstance(carried, Backbone) and model.name == f"{MODEL_PREFIX}{carried.name.lower()}":
+        return base, carried  # as built: the record, not a second lookup
     return base, get_backbone(backbone_name(model))
 
 

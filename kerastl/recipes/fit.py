@@ -117,11 +117,10 @@ def _fit_prepared(run: PreparedRun, callbacks) -> RunResult:
     if config.sklearn_head:
         return _fit_sklearn(config, run.runtime, run.model, run.splits, out, clock, log)
     prune_hooks = pruning_hooks(config.prune, config.phases, log)
-    trainer = make_trainer(config, run.runtime, run.model, run.splits, out, callbacks, log,
-                            step_hooks=prune_hooks)
+    trainer = make_trainer(run, callbacks, step_hooks=prune_hooks)
     if prune_hooks:  # the run ends pruned: its best epoch is one of the pruned phase
         trainer.final_from_phase = prune_hooks[0].phase_index
-    state, resume_from = resume_state_of(run.resume_point, log)
+    state, resume_from = resume_state_of(run.resolved.resume_point, log)
     writer = tf.summary.create_file_writer(str(inside_output(out, "tensorboard")))
     served: list[PhaseData] = []  # what each phase trained on, in order
     data_seconds: list[float] = []
@@ -176,7 +175,7 @@ def _pixel_blend(config: RunConfig, runtime, model, splits, notes: list[str], lo
     (:mod:`kerastl.recipes.pixel_blend`),
     unless the run's linear probe cross-validated better than the pixel model.
     """
-    if config.pixel_blend != "on":  # "auto" was resolved by prepare_run
+    if config.pixel_blend != "on":  # "auto" was resolved by resolve_run
         return model, None
     ok, why = blend_applies(model)
     if not ok:  # said, not raised: the trained network is still written
@@ -245,8 +244,7 @@ def lr_find(
     run = prepare_run(config, splits, overrides, kind="lr_find")
     if run.config.sklearn_head:
         raise ConfigError("lr_find tests a Keras head; --head sklearn-* has no learning rate.")
-    trainer = make_trainer(run.config, run.runtime, run.model, run.splits, run.out, (),
-                            run.log, checkpoints=False)
+    trainer = make_trainer(run, (), checkpoints=False)
     trained = [(i, p) for i, p in enumerate(run.config.phases) if p.fit == "train"]
     if not trained:
         raise ConfigError("This run has no phase trained with gradient steps to test.")

@@ -208,6 +208,7 @@ def blended_model(model: keras.Model, pixels: PixelModel, weight: float) -> kera
     outputs = keras.layers.Activation(dense.activation, dtype="float32",
                                       name=PREDICTIONS_LAYER)(logits)
     blended = keras.Model(model.inputs[0], outputs, name=model.name)  # one tensor in, as built
+    blended.kerastl_backbone = find_backbone(model)[1]  # carried, not looked up again
     find_backbone(blended)  # still a kerastl model: one backbone layer
     return blended
 

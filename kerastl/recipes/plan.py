@@ -56,7 +56,7 @@ def plan_phases(config: RunConfig, steps_per_epoch: int) -> Plan:
     ``epochs="auto"`` sizes the budget in optimizer steps (:func:`epoch_budget`).
 
     Args:
-        config: RunConfig. Resolved (:meth:`RunConfig.resolve`).
+        config: RunConfig. Resolved (:func:`~kerastl.recipes.resolve.resolve_config`).
         steps_per_epoch: int. Optimizer steps in one pass over the training data.
 
     Returns:

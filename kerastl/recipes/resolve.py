@@ -1,11 +1,14 @@
-"""Resolve a run's configuration once: every derived default filled in, then validated.
+"""Resolve a run once: every derived default and every ``auto`` decided, then frozen.
 
 What the user gave (a :class:`~kerastl.config.schema.RunConfig` from flags, YAML or a
-notebook) still has holes that depend on other values and on files: no data means the
-shipped samples, no backbone means the one a weights file was saved from, no image
-size means the size those weights were trained at. :func:`resolve_config` fills them
-in one place; :func:`kerastl.fit`, :func:`kerastl.compare` and every command use what
-it returns, and ``config.yaml`` records it.
+notebook) still has holes that depend on other values, on files, on the device and
+on the data: no data means the shipped samples, no backbone means the one a weights
+file was saved from, no image size means the size those weights were trained at,
+``mode="auto"`` means phases sized by the number of images. :func:`resolve_config`
+fills in what needs neither data nor device; :func:`resolve_run` does that, sets up
+the runtime, reads the data and returns a read-only
+:class:`~kerastl.recipes.run_spec.ResolvedRun`, which :func:`kerastl.fit` and
+:func:`kerastl.lr_find` use and ``config.yaml`` records.
 
 Example:
     >>> from kerastl.config.schema import RunConfig
@@ -16,17 +19,289 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
 from ..config.phases import Phase
-from ..config.schema import DEFAULT_BACKBONE, RunConfig, csv_list, validate
+from ..config.schema import (
+    DEFAULT_BACKBONE,
+    RESUME_OVERRIDES,
+    RunConfig,
+    csv_list,
+    load_yaml,
+    validate,
+)
+from ..core import backend as _backend  # noqa: F401
+from ..core.console import hint
+from ..core.errors import ConfigError, DataError
+from ..core.files import inside_output, mark_latest, new_run_dir
+from ..core.stopwatch import Stopwatch
 from ..data.images import native_image_side_of
-from ..data.samples import apply_sample_defaults
+from ..data.mirror import resolve_augment
+from ..data.samples import sample_defaults
 from ..data.sources import native_image_side
-from ..data.splits import DataSplits
-from ..models.backbones import Backbone, get_backbone
+from ..data.splits import DataSplits, load_splits
+from ..models.backbones import Backbone, get_backbone, registry_key
 from ..models.weights import has_pretrained_weights, weights_record
+from ..training.checkpoints import latest_readable_state, list_checkpoints
+from ..training.losses import class_weights_for
+from ..training.runtime import Runtime, setup_runtime, warn_if_local_data, worker_output_dir
+from .plan import plan_phases
+from .run_spec import DataPlan, ModelSpec, OptimizerSpec, OutputPlan, Recipe, ResolvedRun
+
+
+def resolve_run(config: RunConfig | None, splits: DataSplits | None = None, *,
+                overrides: dict[str, Any] | None = None, kind: str = "train",
+                clock: Stopwatch | None = None) -> tuple[ResolvedRun, DataSplits]:
+    """Every choice of a run, made once: what :func:`kerastl.fit` trains by.
+
+    In order: the saved config of a run to resume (``--resume``), the fields
+    (:func:`resolve_config`), the runtime (strategy, precision, batch; seeds set
+    after it), the output folder, the data (read here: the plan depends on it),
+    augmentation (``auto``: the mirror check), the pixel blend, the phases
+    (:func:`~kerastl.recipes.plan.plan_phases`), the class weights.
+
+    Args:
+        config: RunConfig, optional. What the user gave; defaults to ``RunConfig()``.
+        splits: DataSplits, optional. In-memory data instead of the data folders.
+        overrides: dict, optional. Field values replacing those of ``config``.
+        kind: str. ``"train"`` or ``"lr_find"`` (new folders are ``runs/<kind>N``).
+        clock: Stopwatch, optional. Gets the ``setup`` and ``load_data`` laps.
+
+    Returns:
+        ``(ResolvedRun, DataSplits)``: the frozen run and the data it reads.
+
+    Raises:
+        KerastlError: a bad value, folder or file, quoting it; nothing already in the
+            output folder is touched.
+    """
+    clock = clock or Stopwatch()
+    config = (config or RunConfig()).replace(**(overrides or {}))
+    if splits is not None:
+        _check_no_folders(config)
+    config, resume_point = _resumed(config) if kind == "train" else (config, None)
+    config, backbone = _resolved_fields(
+        config, splits is not None, lambda resolved: native_size(resolved, splits))
+    runtime = setup_runtime(config.strategy, config.precision, batch_size=config.batch_size,
+                            jit_compile=config.jit_compile,
+                            steps_per_execution=config.steps_per_execution,
+                            backbone=backbone, intra_op_threads=config.intra_op_threads,
+                            image_size=config.image_size,
+                            trains_base=config.mode != "frozen" and not config.sklearn_head)
+    _seed_everything(config.seed, config.deterministic)  # after TensorFlow's threads are set
+    for path in (config.data, config.val_data, config.test_data):
+        if path:
+            warn_if_local_data(path, runtime)
+    resumed = resume_point is not None or config.resume
+    config.output = str(_output_dir(config, runtime, kind=kind, resumed=resumed))
+    clock.lap("setup")
+    if splits is None:
+        splits = load_splits(config.data, val_dir=config.val_data, test_dir=config.test_data,
+                             val_split=config.val_split, seed=config.seed,
+                             on_bad_file=config.on_bad_file, image_size=config.image_size,
+                             check_files=config.check_files,
+                             decoded_memory=decoded_memory_setting(config))
+    clock.lap("load_data")
+    _check_two_classes(splits, config.data)
+    notes = [*splits.notes, *_resolve_augment(config, splits, clock)]
+    if splits.val is None and config.keep == "best" and not config.sklearn_head:
+        notes = _with_keep_note(notes)
+    notes += _skipped_notes(splits)
+    if config.pixel_blend == "auto":  # resolved once, so a resumed run keeps the choice
+        # The default recipe only: explicit regimes and phases compare networks.
+        config.pixel_blend = "on" if (config.mode == "auto" and config.phases is None
+                                      and config.prune is None
+                                      and not config.sklearn_head) else "off"
+    steps = steps_per_epoch(len(splits.train), runtime)
+    reasons: list[str] = []
+    if not config.sklearn_head:
+        plan = plan_phases(config, steps)
+        config.phases, reasons = plan.phases, plan.reasons
+    frozen = config.frozen()
+    run = ResolvedRun(
+        config=frozen, backbone=backbone, runtime=runtime,
+        data=_data_plan(frozen, runtime, steps),
+        model=_model_spec(frozen, backbone, len(splits.class_names)),
+        optimizer=_optimizer_spec(frozen, runtime, splits),
+        recipe=Recipe(tuple(frozen.phases or ()), tuple(reasons),
+                      frozen.pixel_blend == "on", frozen.prune, frozen.sklearn_head),
+        output=OutputPlan(Path(frozen.output), worker_output_dir(frozen.output, runtime),
+                          kind, resumed),
+        resume_point=resume_point, notes=(*notes, *reasons))
+    return run, splits
+
+
+def _resolve_augment(config: RunConfig, splits: DataSplits, clock: Stopwatch) -> list[str]:
+    """``augment="auto"`` decided on the training images; the note says why."""
+    if config.sklearn_head:
+        config.augment = [name for name in config.augment if name != "auto"]  # never augments
+        return []
+    # Seed 0, not the run's: the decision depends on the data alone, so runs that
+    # differ only in seed (draws, --compare) train with the same augmentation.
+    config.augment, reason = resolve_augment(config.augment, splits.train, seed=0)
+    if not reason:
+        return []
+    clock.lap("augment_check")
+    return [reason]
+
+
+def _data_plan(config: RunConfig, runtime: Runtime, steps: int) -> DataPlan:
+    cache_dir = config.feature_cache_dir
+    if cache_dir is not None and not Path(cache_dir).is_absolute():
+        cache_dir = inside_output(Path(config.output), cache_dir)  # relative: inside the run
+    return DataPlan(
+        image_size=config.image_size, batch_size=runtime.global_batch,
+        drop_remainder=runtime.drop_remainder, steps_per_epoch=steps, seed=config.seed,
+        augment=tuple(config.augment), augment_passes=config.augment_passes,
+        feature_cache=config.feature_cache,
+        feature_cache_dir=None if cache_dir is None else Path(cache_dir),
+        check_files=config.check_files)
+
+
+def _model_spec(config: RunConfig, backbone: Backbone, num_classes: int) -> ModelSpec:
+    phases = config.phases or [Phase(config.mode, 1, mode=config.mode
+                                     if config.mode in ("frozen", "scratch") else "frozen",
+                                     bn_policy=config.bn_policy)]
+    # The base is called with training=False unless some phase trains BatchNorm.
+    trains_bn = any(p.bn_policy == "train" or p.mode == "scratch" for p in phases)
+    return ModelSpec(backbone, num_classes, MappingProxyType(config.build_model_kwargs()),
+                     bn_policy="train" if trains_bn else "frozen",
+                     first_mode="scratch" if phases[0].mode == "scratch" else "frozen")
+
+
+def _optimizer_spec(config: RunConfig, runtime: Runtime, splits: DataSplits) -> OptimizerSpec:
+    weights = class_weights_for(config.class_weight, config.task, splits.train.labels,
+                                len(splits.class_names))
+    return OptimizerSpec(
+        task=config.task, optimizer=config.optimizer, schedule=config.schedule,
+        weight_decay=config.weight_decay, momentum=config.momentum,
+        label_smoothing=config.label_smoothing, warmup_fraction=config.warmup_fraction,
+        class_weight=config.class_weight,
+        class_weights=None if weights is None else tuple(float(w) for w in weights),
+        early_stopping=config.early_stopping, keep=config.keep,
+        block_lr_decay=config.block_lr_decay, anchor_decay=config.anchor_decay,
+        checkpoint_interval=config.checkpoint_interval, seed=config.seed,
+        verbose=config.verbose if runtime.is_chief else 0)
+
+
+def decoded_memory_setting(config: RunConfig) -> str:
+    """``config.decoded_memory``, with ``auto`` keeping nothing where the pixels are read
+    once after the check: a frozen base without augmentation trains on cached features,
+    so keeping N * size * size * 3 bytes would only save one decode pass (on every core)
+    and make the run's memory grow with its data."""
+    reads_once = ((config.mode == "frozen" or config.sklearn_head) and not config.augment
+                  and config.feature_cache != "off" and config.pixel_blend != "on"
+                  and config.phases is None)
+    return "0" if config.decoded_memory == "auto" and reads_once else config.decoded_memory
+
+
+def steps_per_epoch(n_train: int, runtime: Runtime) -> int:
+    """Optimizer steps in one pass over ``n_train`` images at the runtime's batch."""
+    batch = runtime.global_batch
+    steps = n_train // batch if runtime.drop_remainder else math.ceil(n_train / batch)
+    if steps < 1:
+        raise ConfigError(
+            f"batch_size {batch} is larger than the {n_train} training images with "
+            "drop_remainder; lower --batch-size."
+        )
+    return steps
+
+
+def _check_no_folders(config: RunConfig) -> None:
+    folders = {key: getattr(config, key) for key in ("data", "val_data", "test_data")
+               if getattr(config, key) is not None}
+    if folders:
+        raise ConfigError(
+            f"fit() received splits= and data folders {folders}; pass one or the other."
+        )
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        # Same seed, same weights: TensorFlow's deterministic kernels (opt-in; they
+        # cost throughput, see benchmarks/throughput.py).
+        tf.config.experimental.enable_op_determinism()
+
+
+def _check_two_classes(splits: DataSplits, data: str | None) -> None:
+    names = splits.class_names
+    if len(names) < 2:
+        where = f" in {data!r}" if data else ""
+        found = f"one class ({names[0]!r})" if names else "no class"
+        raise DataError(f"found {found}{where}: at least two are needed, one subfolder "
+                        "(or label) per class.")
+
+
+def _skipped_notes(splits: DataSplits, shown: int = 3) -> list[str]:
+    skipped = splits.skipped()
+    if not skipped:
+        return []
+    first = "; ".join(f"{path} ({reason})" for path, reason in list(skipped.items())[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return [f"{len(skipped)} unreadable file(s) left out ({hint('on_bad_file', 'skip')}): "
+            f"{first}{more}; all listed in skipped_files.txt"]
+
+
+def _with_keep_note(notes: list[str]) -> list[str]:
+    """Say once that without validation data the run keeps its last epoch."""
+    keep = "the run keeps the weights of its last epoch"
+    merged = [f"{note}; {keep}" if note.startswith("validation: none") else note
+              for note in notes]
+    return merged if merged != notes else [*notes, f"no validation data: {keep}"]
+
+
+def _resumed(config: RunConfig) -> tuple[RunConfig, tuple[Path, Any] | None]:
+    """On ``--resume``: the saved config of ``--output`` plus the recovery knobs given."""
+    if not config.resume:
+        return config, None
+    if config.output is None:
+        raise ConfigError("--resume needs --output DIR: the run to continue.")
+    out = Path(config.output)
+    saved_path = out / "config.yaml"
+    if not saved_path.is_file():
+        raise ConfigError(
+            f"--resume: {str(out)!r} holds no config.yaml from an earlier run. Check "
+            "--output, or drop --resume to start a new run there."
+        )
+    # A resumed run keeps its saved settings (same phases, schedule, data), except the
+    # knobs one changes to recover from a failure, when given (whatever their value).
+    fixes = {key: getattr(config, key) for key in RESUME_OVERRIDES if key in config.given}
+    saved = load_yaml(saved_path)
+    if "lr" in fixes and saved.get("phases"):
+        scale = fixes["lr"] / saved["lr"]  # phases store resolved learning rates
+        for phase in saved["phases"]:
+            phase["lr"] = phase["lr"] * scale if phase.get("lr") else phase.get("lr")
+    resumed = RunConfig.from_dict({**saved, **fixes, "resume": True, "output": str(out)})
+    return resumed, latest_readable_state(out / "checkpoints")
+
+
+def _output_dir(config: RunConfig, runtime: Runtime, *, kind: str, resumed: bool) -> Path:
+    """The run's directory: given, resumed, or a new numbered ``runs/<kind>N``."""
+    if resumed:
+        return Path(config.output)
+    if config.output is None:
+        if not runtime.is_chief:  # workers write to a throw-away directory anyway
+            return Path("runs") / kind
+        out = new_run_dir(kind)
+        if kind == "train":
+            mark_latest(out)
+        return out
+    out = Path(config.output)
+    if kind == "train" and (list_checkpoints(out / "checkpoints")
+                            or (out / "model.keras").exists()):
+        raise ConfigError(
+            f"Output directory {str(out)!r} already holds a run. Pass --resume to continue "
+            "it, or choose another --output (or none: each run then gets a new "
+            "runs/trainN); kerastl never overwrites a finished run."
+        )
+    return out
 
 
 def resolve_config(config: RunConfig, *, in_memory_data: bool = False,
@@ -45,6 +320,9 @@ def resolve_config(config: RunConfig, *, in_memory_data: bool = False,
       (trained from scratch), the images' own side from ``native_size(config)``,
       within the backbone's minimum and default sizes.
 
+    These are the choices that need no data and no device;
+    :func:`resolve_run` makes the rest.
+
     Args:
         config: RunConfig. What the user gave; it is not changed.
         in_memory_data: bool. The data comes as arrays (no ``data`` folder).
@@ -57,11 +335,20 @@ def resolve_config(config: RunConfig, *, in_memory_data: bool = False,
     Raises:
         ConfigError: a value outside its choices or range, quoting it.
     """
+    return _resolved_fields(config, in_memory_data, native_size)[0]
+
+
+def _resolved_fields(config: RunConfig, in_memory_data: bool,
+                     native_size: Callable[[RunConfig], int | None] | None
+                     ) -> tuple[RunConfig, Backbone]:
     resolved = config.replace()
     resolved.given = config.given
     resolved.weights = _none_weights(resolved.weights)
     if resolved.data is None and not in_memory_data:
-        apply_sample_defaults(resolved)
+        for key, value in sample_defaults(
+                backbone=resolved.backbone, weights=resolved.weights,
+                val_data=resolved.val_data, test_data=resolved.test_data).items():
+            setattr(resolved, key, value)
     backbone = _backbone_of(resolved)
     resolved.backbone = backbone.name
     if resolved.image_size is None:
@@ -79,22 +366,24 @@ def resolve_config(config: RunConfig, *, in_memory_data: bool = False,
         resolved.phases = [p if isinstance(p, Phase) else Phase(**p)
                            for p in resolved.phases]
     validate(resolved)
-    return resolved
+    return resolved, backbone
 
 
 def _backbone_of(config: RunConfig) -> Backbone:
-    """The registry record of the run's backbone; a weights file's record fills gaps."""
-    given = get_backbone(config.backbone) if config.backbone else None
+    """The registry record of the run's backbone; a weights file's record fills gaps.
+
+    One lookup: a weights file's backbone is looked up only when none was given or
+    it names the same one."""
     record = weights_record(config.weights)
-    if record is not None:
-        saved = get_backbone(record["backbone"])
-        if given is None or given.name == saved.name:
-            if "backbone_kwargs" not in config.given:
-                config.backbone_kwargs = dict(record.get("backbone_kwargs") or {})
-            if config.image_size is None and record.get("input_size"):
-                config.image_size = int(record["input_size"])
-            return saved
-    return given or get_backbone(DEFAULT_BACKBONE)
+    saved_name = record["backbone"] if record is not None else None
+    if saved_name is not None and (not config.backbone
+                                   or registry_key(config.backbone) == registry_key(saved_name)):
+        if "backbone_kwargs" not in config.given:
+            config.backbone_kwargs = dict(record.get("backbone_kwargs") or {})
+        if config.image_size is None and record.get("input_size"):
+            config.image_size = int(record["input_size"])
+        return get_backbone(saved_name)
+    return get_backbone(config.backbone or DEFAULT_BACKBONE)
 
 
 def _none_weights(weights: Any) -> Any:

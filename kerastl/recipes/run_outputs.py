@@ -35,15 +35,6 @@ from ..training.losses import class_weights_for, correct_count, evaluation_losse
 from .pixel_blend import LOGITS
 
 
-def skipped_by_reason(splits: DataSplits) -> dict[str, str]:
-    """Every file ``on_bad_file='skip'`` left out, over all splits (path -> reason)."""
-    skipped: dict[str, str] = {}
-    for data in (splits.train, splits.val, splits.test):
-        if data is not None:
-            skipped.update(data.skipped)
-    return skipped
-
-
 def write_epoch_outputs(out: Path, state: TrainState, writer) -> None:
     write_history_csv(state.history, out / "history.csv")
     row = state.history[-1]
@@ -128,7 +119,7 @@ def write_final_outputs(out, config, runtime, model, splits, state, notes, clock
                                             "task": config.task,
                                             "image_size": config.image_size,
                                             "loss": loss_settings})
-    skipped = skipped_by_reason(splits)
+    skipped = splits.skipped()
     if skipped:
         atomic_write_text(out / "skipped_files.txt", "".join(
             f"{path}\t{reason}\n" for path, reason in skipped.items()))

@@ -7,7 +7,7 @@ import keras  # noqa: E402
 from ..config.choices import PRECISIONS, STRATEGIES
 from ..core import backend as _backend  # noqa: F401
 from ..core.errors import ConfigError
-from ..models.backbones import get_backbone
+from ..models.backbones import Backbone, as_backbone
 from .device_facts import DeviceFacts
 from .strategies import check_choice
 
@@ -45,7 +45,7 @@ CPU_FLOAT32_FAMILIES = frozenset({"mobilenet", "mobilenet_v2", "mobilenet_v3", "
 
 
 def choose_precision(requested: str, facts: DeviceFacts, strategy_name: str,
-                     backbone: str | None = None) -> str:
+                     backbone: Backbone | str | None = None) -> str:
     """Resolve ``"auto"`` to a Keras dtype policy name; validate anything else.
 
     Args:
@@ -83,7 +83,7 @@ def choose_precision(requested: str, facts: DeviceFacts, strategy_name: str,
 
 
 def precision_and_reason(requested: str, facts: DeviceFacts, strategy_name: str,
-                          backbone: str | None = None):
+                          backbone: Backbone | str | None = None):
     check_choice("precision", requested, PRECISIONS)
     check_choice("strategy", strategy_name, STRATEGIES[1:])
     on_tpu = strategy_name == "tpu"
@@ -129,11 +129,8 @@ def precision_and_reason(requested: str, facts: DeviceFacts, strategy_name: str,
     return "mixed_bfloat16", f"the CPU has native bfloat16 ({bf16_flags})"
 
 
-def backbone_family(backbone: str | None) -> str | None:
-    if backbone is None:
-        return None
-
-    return get_backbone(backbone).family
+def backbone_family(backbone: Backbone | str | None) -> str | None:
+    return None if backbone is None else as_backbone(backbone).family
 
 
 def loss_scale_optimizer(

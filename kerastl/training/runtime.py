@@ -35,6 +35,7 @@ import tensorflow as tf
 from ..config.choices import CPU_ONE_THREAD_MAX_SIDE, JIT_CHOICES, STRATEGIES
 from ..core import backend as _backend  # noqa: F401
 from ..core.errors import ConfigError, check_int
+from ..models.backbones import Backbone
 from .device_facts import DeviceFacts, chief_and_index, read_tf_config
 from .precision import CPU_FLOAT32_FAMILIES, backbone_family, precision_and_reason
 from .strategies import check_choice, make_strategy, tpu_master
@@ -176,7 +177,7 @@ def setup_runtime(
     jit_compile: bool | str = "auto",
     steps_per_execution: int | None = None,
     facts: DeviceFacts | None = None,
-    backbone: str | None = None,
+    backbone: Backbone | str | None = None,
     intra_op_threads: int | str = 0,
     image_size: int | None = None,
     trains_base: bool = True,
@@ -197,7 +198,7 @@ def setup_runtime(
             ``"auto"``.
         steps_per_execution: int or None. None means 32 on TPU, else 1.
         facts: DeviceFacts or None. None detects this machine.
-        backbone: str or None. Registry name of the backbone to be built; ``"auto"``
+        backbone: Backbone, str or None. The backbone to be built (record or name); ``"auto"``
             precision on CPU depends on it (see :func:`choose_precision`).
         intra_op_threads: int or ``"auto"``. TensorFlow's intra-op thread pool; 0
             leaves TensorFlow's default (every core); ``"auto"`` picks by
@@ -263,7 +264,7 @@ def setup_runtime(
 
 
 def choose_intra_op_threads(requested: int | str, facts: DeviceFacts, strategy_name: str,
-                            image_size: int | None, backbone: str | None = None,
+                            image_size: int | None, backbone: Backbone | str | None = None,
                             trains_base: bool = True) -> tuple[int, str]:
     """Intra-op threads to ask TensorFlow for (0: its default, every core), and why.
 
