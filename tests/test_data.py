@@ -299,8 +299,10 @@ def test_load_splits_says_what_it_held_out(tmp_path):
     assert load_splits(root, val_split=0).val is None
 
 
+@pytest.mark.parametrize("shuffle_seed", [3, None])  # None: validation batches
 @pytest.mark.parametrize("replicas,pipelines,count", [(2, 2, 11), (4, 2, 13), (2, 2, 8)])
-def test_each_worker_reads_only_its_share_of_every_global_batch(replicas, pipelines, count):
+def test_each_worker_reads_only_its_share_of_every_global_batch(replicas, pipelines, count,
+                                                                 shuffle_seed):
     # Pixel value = image index, so each batch says which images it holds.
     images = np.repeat(np.arange(count, dtype=np.uint8), 8 * 8).reshape(count, 8, 8)
     data = from_arrays(images, np.arange(count) % 2)
@@ -309,12 +311,12 @@ def test_each_worker_reads_only_its_share_of_every_global_batch(replicas, pipeli
     def ids(batch):
         return sorted(int(v) for v in batch[0].numpy()[:, 0, 0, 0])
 
-    expected = [ids(b) for b in data.batches(8, global_batch, shuffle_seed=3)]
+    expected = [ids(b) for b in data.batches(8, global_batch, shuffle_seed=shuffle_seed)]
     per_pipeline = []
     for pipeline in range(pipelines):
         context = tf.distribute.InputContext(pipelines, pipeline, replicas)
         per_pipeline.append([ids(b) for b in data.worker_batches(
-            8, global_batch, context, shuffle_seed=3)])
+            8, global_batch, context, shuffle_seed=shuffle_seed)])
     local = replicas // pipelines
     # Same number of per-replica batches everywhere: no worker waits on another.
     assert {len(batches) for batches in per_pipeline} == {len(expected) * local}

@@ -136,7 +136,10 @@ def _phase_data_factory(resolved: ResolvedRun, model, splits, notes: list[str]):
             )
 
         return PhaseData(model, train, val, steps, description=why,
-                         train_for_worker=train_for_worker)
+                         train_for_worker=train_for_worker,
+                         val_for_worker=None if splits.val is None else (
+                             lambda context: splits.val.worker_batches(image_size, batch,
+                                                                       context)))
 
     def data_for_phase(phase: Phase) -> PhaseData:
         if phase.fit == "probe":  # fitted on un-augmented features, cached or not

@@ -40,6 +40,8 @@ class PhaseData:
             input pipeline's per-replica batches of the same global batches ``train``
             gives (:meth:`kerastl.ImageData.worker_batches`). Used with several workers
             or a TPU, so each worker reads and decodes only its share.
+        val_for_worker: callable, optional. ``InputContext -> Dataset``: the same for
+            the validation batches.
     """
 
     model: keras.Model
@@ -50,6 +52,7 @@ class PhaseData:
     arrays: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
     steps_per_execution: int | None = None
     train_for_worker: Callable[[int, tf.distribute.InputContext], tf.data.Dataset] | None = None
+    val_for_worker: Callable[[tf.distribute.InputContext], tf.data.Dataset] | None = None
 
 
 class StepHook:

@@ -411,7 +411,8 @@ class Trainer:
                     started, step, data.steps_per_epoch):
                 raise Preempted(self._saved_epoch_text(epoch))
         if data.val is not None:
-            logs.update(self.evaluate(data.val, model_steps=self._steps))
+            logs.update(self.evaluate(data.val, model_steps=self._steps,
+                                      for_worker=data.val_for_worker))
         logs["lr"] = self._current_lr()
         logs["seconds"] = round(time.perf_counter() - started, 3)
         if progbar is not None:
@@ -422,8 +423,14 @@ class Trainer:
         callbacks.on_epoch_end(epoch, logs)
         return logs
 
-    def evaluate(self, dataset: tf.data.Dataset, model_steps: CompiledSteps | None = None) -> dict:
+    def evaluate(self, dataset: tf.data.Dataset, model_steps: CompiledSteps | None = None,
+                 for_worker: Callable[[tf.distribute.InputContext], tf.data.Dataset] | None
+                 = None) -> dict:
         """Loss and accuracy over a batched dataset read to its end, over replicas.
+
+        With ``for_worker`` (one input pipeline's per-replica batches of the same
+        global batches) and several workers or a TPU, each worker reads and decodes
+        only its share; the sums are the same.
 
         Raises:
             ConfigError: the dataset repeats forever.
@@ -439,7 +446,11 @@ class Trainer:
         # Read to the end, not range(cardinality): after filter() the cardinality is
         # unknown (-2) and nothing would be evaluated. A distributed dataset ends on
         # every replica at once, its last batch split as evenly as it goes.
-        for x, y in distribute_dataset(self.strategy, dataset):
+        if for_worker is not None and reads_per_worker(self.strategy):
+            batches = self.strategy.distribute_datasets_from_function(for_worker)
+        else:
+            batches = distribute_dataset(self.strategy, dataset)
+        for x, y in batches:
             totals += steps.evaluate(x, y).numpy()
         if totals[1] == 0:
             raise DataError("The evaluation dataset yielded no examples; received an empty "
