@@ -235,9 +235,10 @@ def test_cli_exports_never_replaces_silently_and_reports_errors_as_one_line(
 
 def test_kerastl_export_is_the_function_and_python_m_kerastl_export_runs():
     import kerastl.export  # noqa: F401  (the module must not shadow the function)
+    from kerastl.commands.cli import COMMANDS
 
     assert kerastl.export is deploy.export
-    assert "export" in kerastl.commands.cli.COMMANDS
+    assert "export" in COMMANDS
     done = subprocess.run([sys.executable, "-m", "kerastl.export", "--help"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "--quantize" in done.stdout

@@ -21,6 +21,7 @@ from kerastl.outputs.reports import (
     classification_metrics,
     write_evaluation,
 )
+from kerastl.outputs.run_dir import RunDir
 from kerastl.outputs.summary import summary_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -331,3 +332,20 @@ def test_summary_text_skips_missing_facts():
     assert text.splitlines()[1:] == ["  backbone   ResNet50", "  time       42.0 s"]
     with pytest.raises(ConfigError, match="list"):
         summary_text(["ResNet50"])
+
+
+# ------------------------------------------------------------------ the run folder
+def test_a_run_folder_is_read_through_one_contract(tmp_path):
+    run = RunDir.of(tmp_path / "model.keras")
+    assert run.path == tmp_path and run.missing() == ["model.keras", "labels.json",
+                                                      "config.yaml"]
+    with pytest.raises(DataError, match="No labels.json in .*Copy it alongside"):
+        run.read_labels()
+    assert run.read_labels(required=False) is None and run.read_facts() == {}
+    run.write_labels(["cat", "dog"], "multiclass", 32, loss={"label_smoothing": 0.1})
+    assert run.read_labels() == {"class_names": ["cat", "dog"], "task": "multiclass",
+                                 "image_size": 32, "loss": {"label_smoothing": 0.1}}
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(ConfigError,
+                       match="model.keras, config.yaml missing.*--resume.*Export needs"):
+        run.check_finished("Export")

@@ -44,7 +44,6 @@ import keras  # noqa: E402
 import numpy as np
 import tensorflow as tf  # noqa: E402
 
-from ..config.schema import load_yaml
 from ..core import backend as _backend  # noqa: F401
 from ..core.errors import ConfigError, DataError
 from ..core.files import atomic_directory, atomic_write_json
@@ -54,6 +53,7 @@ from ..data.splits import DataSplits, load_splits
 from ..models.build import load_model
 from ..models.forward import predict as keras_predict
 from ..outputs.reports import classification_metrics
+from ..outputs.run_dir import RunDir
 from .convert import convert, float32_copy, policy_name, strip_tensor_names
 from .exported_runtime import (
     DISTRIBUTIONS,
@@ -69,7 +69,6 @@ from .exported_runtime import (
 FORMATS = ("savedmodel", "litert", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 CALIBRATION_IMAGES = 200  # the TensorFlow Lite guide suggests a few hundred
-RUN_FILES = ("model.keras", "labels.json", "config.yaml")
 # Packages each format needs: to convert, and to run the result for verification.
 _CONVERT_NEEDS = {"savedmodel": (), "litert": (), "onnx": ("tf2onnx", "onnx")}
 
@@ -302,20 +301,10 @@ def _read_run(run_dir: str | os.PathLike) -> _Run:
             f"{str(directory)!r} holds a scikit-learn head (--head sklearn-...), which has no "
             "Keras model to export; train with a Keras head (--head avg) to export."
         )
-    missing = [name for name in RUN_FILES if not (directory / name).is_file()]
-    if missing:
-        hint = (" It holds checkpoints only: the run did not finish; continue it with "
-                "`python -m kerastl.train --output DIR --resume`."
-                if (directory / "checkpoints").is_dir() else "")
-        raise ConfigError(
-            f"{str(directory)!r} is not a finished kerastl run: {', '.join(missing)} missing."
-            f"{hint} Export needs the folder `python -m kerastl.train --output DIR` wrote."
-        )
-    import json
-
-    labels = json.loads((directory / "labels.json").read_text())
-    return _Run(directory, load_model(directory / "model.keras", compile=False), labels,
-                load_yaml(directory / "config.yaml"))
+    run = RunDir(directory)
+    run.check_finished("Export")
+    return _Run(directory, load_model(run.model_file, compile=False), run.read_labels(),
+                run.read_config())
 
 
 def _check_target(target: Path, overwrite: bool) -> None:
@@ -338,8 +327,7 @@ def run_splits_from(run_dir: str | os.PathLike, data: str | None = None,
     if data is None and val_data is None and test_data is None:
         return None
     directory = Path(run_dir)
-    config = load_yaml(directory / "config.yaml") if (directory / "config.yaml").is_file() \
-        else {}
+    config = RunDir(directory).read_config()
     overrides = {"data": data, "val_data": val_data, "test_data": test_data}
     config = {**config, **{k: v for k, v in overrides.items() if v is not None}}
     return _splits_from_config(directory, config, need_train=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from .interpretation import Interpretation, interpret, load_for_interpretation
 from .interpretation_files import write_interpretation
 from .report_page import write_report
 from .reports import classification_metrics, write_evaluation
+from .run_dir import RunDir
 
 
 def model_file(path: str | os.PathLike) -> Path:
@@ -49,13 +49,7 @@ def model_file(path: str | os.PathLike) -> Path:
 
 def load_run_labels(model_path: str | os.PathLike) -> dict:
     """``labels.json`` written next to ``model.keras`` by a kerastl run (or in its folder)."""
-    path = model_file(model_path).with_name("labels.json")
-    if not path.is_file():
-        raise DataError(
-            f"No labels.json next to {str(model_path)!r}; kerastl writes it with model.keras. "
-            "Copy it alongside the model."
-        )
-    return json.loads(path.read_text())
+    return RunDir.of(model_file(model_path)).read_labels()
 
 
 def evaluate_folder(model_path, data_dir, *, output=None, batch_size: int = 64,

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import time
 from collections import Counter
@@ -48,6 +47,7 @@ from ..data.sources import read_data
 from ..models.build import TASKS, load_model
 from ..models.gradcam import CamModel, cam_model, gradcam_heatmaps
 from .prediction_pass import Progress, predict_probabilities
+from .run_dir import RunDir
 
 # What --gradcam writes: the top losses' heatmaps, every image's, or none.
 GRADCAM_CHOICES = ("top", "all", "none")
@@ -417,17 +417,16 @@ def load_for_interpretation(model_or_run: Any) -> tuple[keras.Model, dict | None
     if isinstance(model_or_run, keras.Model):
         return model_or_run, None, []
     if hasattr(model_or_run, "model") and hasattr(model_or_run, "output_dir"):  # RunResult
-        labels_path = Path(model_or_run.output_dir) / "labels.json"
-        labels = json.loads(labels_path.read_text()) if labels_path.is_file() else {
+        labels = RunDir(Path(model_or_run.output_dir)).read_labels(required=False) or {
             "class_names": list(model_or_run.class_names), "task": model_or_run.config.task}
         return model_or_run.model, labels, []
     path = Path(model_or_run)
-    if path.is_dir():
-        path = path / "model.keras"
+    run = RunDir.of(path)
+    path = run.model_file if path.is_dir() else path
     model = load_model(path, compile=False)
-    labels_path = path.with_name("labels.json")
-    if labels_path.is_file():
-        return model, json.loads(labels_path.read_text()), []
+    labels = run.read_labels(required=False)
+    if labels is not None:
+        return model, labels, []
     return model, None, [f"no labels.json next to {str(path)!r}: a plain Keras model, "
                          "classes named by id or by folder order"]
 

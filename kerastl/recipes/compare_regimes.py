@@ -37,6 +37,7 @@ from ..data.image_data import ImageData
 from ..data.splits import load_splits, train_val_split
 from ..models.build import build_model
 from ..models.sklearn_head import SklearnClassifier
+from ..outputs.run_dir import RunDir
 from .fit import fit
 from .resolve import resolve_config
 
@@ -165,12 +166,9 @@ def _regime_config(data: RunConfig, regime: str, run_dir: Path) -> tuple[RunConf
 
 
 def _fit_row(data: RunConfig, regime: str, run_dir: Path) -> dict[str, Any]:
-    import json
-
-
     config, note = _regime_config(data, regime, run_dir)
     result = fit(config)
-    facts = json.loads((result.output_dir / "run.json").read_text())
+    facts = RunDir(result.output_dir).read_facts()
     return {
         "accuracy": result.metrics.get("accuracy"),
         "seconds": round(result.seconds, 2),

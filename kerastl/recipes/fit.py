@@ -30,6 +30,7 @@ from ..data.decoding import decode_failure
 from ..data.splits import DataSplits
 from ..models.sklearn_head import SklearnClassifier
 from ..outputs.reports import write_evaluation
+from ..outputs.run_dir import RunDir
 from ..training.lr_range_test import range_test
 from ..training.phase_data import PhaseData
 from ..training.pruning import pruning_hooks, write_pruning_report
@@ -275,9 +276,7 @@ def _fit_sklearn(config, runtime, model, splits, out, clock, log):
                                task=config.task)
     metrics["evaluated_on"] = which
     atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_json(out / "labels.json", {"class_names": splits.class_names,
-                                            "task": config.task,
-                                            "image_size": config.image_size})
+    RunDir(out).write_labels(splits.class_names, config.task, config.image_size)
     clock.lap("train")
     seconds = clock.total()
     log(f"{kind} head: accuracy {metrics['accuracy']:.4f} on the {metrics['evaluated_on']} "

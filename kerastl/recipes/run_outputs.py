@@ -29,6 +29,7 @@ from ..outputs.health import chance_accuracy, check_network
 from ..outputs.history import plot_curves, write_history_csv
 from ..outputs.report_page import write_run_report
 from ..outputs.reports import write_evaluation
+from ..outputs.run_dir import RunDir
 from ..outputs.summary import summary_text
 from ..training.checkpoints import TrainState
 from ..training.losses import class_weights_for, correct_count, evaluation_losses
@@ -115,10 +116,8 @@ def write_final_outputs(out, config, runtime, model, splits, state, notes, clock
     with atomic_file(out / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)
     save_base_weights(model.get_layer("backbone"), out / RUN_WEIGHTS_FILE)
-    atomic_write_json(out / "labels.json", {"class_names": splits.class_names,
-                                            "task": config.task,
-                                            "image_size": config.image_size,
-                                            "loss": loss_settings})
+    RunDir(out).write_labels(splits.class_names, config.task, config.image_size,
+                             loss=loss_settings)
     skipped = splits.skipped()
     if skipped:
         atomic_write_text(out / "skipped_files.txt", "".join(
@@ -127,7 +126,7 @@ def write_final_outputs(out, config, runtime, model, splits, state, notes, clock
     seconds = clock.total()
     facts = _run_facts(config, runtime, model, state, notes, clock, splits, blend)
     facts["network_check"] = check
-    atomic_write_json(out / "run.json", facts)
+    atomic_write_json(RunDir(out).run_file, facts)
     best = state.best or {}
     for note in _probe_notes(config, state):
         notes.append(note)

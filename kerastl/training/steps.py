@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf  # noqa: E402
 
@@ -122,6 +124,17 @@ def distribute_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Datase
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+def replica_batches(strategy: tf.distribute.Strategy,
+                    dataset: Callable[[], tf.data.Dataset],
+                    for_worker: Callable[[tf.distribute.InputContext], tf.data.Dataset] | None
+                    = None):
+    """The batches the replicas read: ``dataset()`` distributed, or, with several
+    workers or a TPU and a ``for_worker`` function, each input pipeline's own share."""
+    if for_worker is not None and reads_per_worker(strategy):
+        return strategy.distribute_datasets_from_function(for_worker)
+    return distribute_dataset(strategy, dataset())
 
 
 def reads_per_worker(strategy: tf.distribute.Strategy) -> bool:

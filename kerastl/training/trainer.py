@@ -41,7 +41,7 @@ from .losses import make_loss
 from .optimizers import block_lr_multipliers, make_optimizer, make_schedule
 from .phase_data import PhaseData, Preempted, StepHook
 from .probe_phase import probe_epoch
-from .steps import CompiledSteps, distribute_dataset, reads_per_worker, step_logs
+from .steps import CompiledSteps, replica_batches, step_logs
 
 # What a run ends with: the weights of its best validated epoch, or the last ones.
 
@@ -381,11 +381,10 @@ class Trainer:
     def _run_epoch(self, phase, data, epoch, callbacks, phase_epoch: int) -> dict[str, float]:
         callbacks.on_epoch_begin(epoch)
         started = time.perf_counter()
-        if data.train_for_worker is not None and reads_per_worker(self.strategy):
-            iterator = iter(self.strategy.distribute_datasets_from_function(
-                lambda context: data.train_for_worker(epoch, context)))
-        else:
-            iterator = iter(distribute_dataset(self.strategy, data.train(epoch)))
+        for_worker = data.train_for_worker
+        iterator = iter(replica_batches(
+            self.strategy, lambda: data.train(epoch),
+            None if for_worker is None else lambda context: for_worker(epoch, context)))
         # A live bar in a terminal or notebook; one plain line per epoch in a log.
         progbar = None
         if self.verbose and interactive():
@@ -426,11 +425,8 @@ class Trainer:
     def evaluate(self, dataset: tf.data.Dataset, model_steps: CompiledSteps | None = None,
                  for_worker: Callable[[tf.distribute.InputContext], tf.data.Dataset] | None
                  = None) -> dict:
-        """Loss and accuracy over a batched dataset read to its end, over replicas.
-
-        With ``for_worker`` (one input pipeline's per-replica batches of the same
-        global batches) and several workers or a TPU, each worker reads and decodes
-        only its share; the sums are the same.
+        """Loss and accuracy over a batched dataset read to its end, over replicas
+        (each worker reading its own share where ``for_worker`` is given).
 
         Raises:
             ConfigError: the dataset repeats forever.
@@ -446,11 +442,7 @@ class Trainer:
         # Read to the end, not range(cardinality): after filter() the cardinality is
         # unknown (-2) and nothing would be evaluated. A distributed dataset ends on
         # every replica at once, its last batch split as evenly as it goes.
-        if for_worker is not None and reads_per_worker(self.strategy):
-            batches = self.strategy.distribute_datasets_from_function(for_worker)
-        else:
-            batches = distribute_dataset(self.strategy, dataset)
-        for x, y in batches:
+        for x, y in replica_batches(self.strategy, lambda: dataset, for_worker):
             totals += steps.evaluate(x, y).numpy()
         if totals[1] == 0:
             raise DataError("The evaluation dataset yielded no examples; received an empty "
