@@ -155,7 +155,9 @@ def write_results(name: str, report: dict[str, Any], *, load_before: list[float]
                      "are pessimistic, ratios measured in this run are what to compare")
     full = {
         "benchmark": name,
-        "command": " ".join(["python", f"benchmarks/{name}.py", *sys.argv[1:]]),
+        # This machine's paths (a --workdir, a --root) are not part of the method.
+        "command": " ".join(["python", f"benchmarks/{name}.py",
+                             *("<path>" if os.path.isabs(a) else a for a in sys.argv[1:])]),
         "commit": git_commit(),
         "machine": {**cpu_facts(), "load_average_before": load_before,
                     "load_average_after": load_after},
