@@ -144,6 +144,14 @@ def emit(result: dict[str, Any]) -> None:
     print(json.dumps(result, default=float), flush=True)
 
 
+def _public(argument: str) -> str:
+    """A command-line argument with this machine's absolute paths left out."""
+    flag, equals, value = argument.partition("=")
+    if equals and flag.startswith("-") and os.path.isabs(value):
+        return f"{flag}=<path>"
+    return "<path>" if os.path.isabs(argument) else argument
+
+
 def write_results(name: str, report: dict[str, Any], *, load_before: list[float],
                   notes: list[str] | None = None, output: Path | None = None) -> Path:
     """Write ``benchmarks/results/<name>.json`` with the facts every results file has."""
@@ -157,7 +165,7 @@ def write_results(name: str, report: dict[str, Any], *, load_before: list[float]
         "benchmark": name,
         # This machine's paths (a --workdir, a --root) are not part of the method.
         "command": " ".join(["python", f"benchmarks/{name}.py",
-                             *("<path>" if os.path.isabs(a) else a for a in sys.argv[1:])]),
+                             *(_public(argument) for argument in sys.argv[1:])]),
         "commit": git_commit(),
         "machine": {**cpu_facts(), "load_average_before": load_before,
                     "load_average_after": load_after},

@@ -266,9 +266,7 @@ class RunConfig:
         _init_fields(self, values)
 
     def frozen(self) -> RunConfig:
-        """A read-only copy (lists as tuples): what a resolved run carries.
-
-        :meth:`replace` makes a changed, writable copy."""
+        """A read-only copy (lists as tuples); :meth:`replace` gives a writable one."""
         frozen = object.__new__(_FrozenRunConfig)
         frozen.__dict__.update({key: tuple(value) if isinstance(value, list) else value
                                 for key, value in self.__dict__.items()})
@@ -334,6 +332,12 @@ class _FrozenRunConfig(RunConfig):
         raise dataclasses.FrozenInstanceError(
             f"a resolved RunConfig is read-only (setting {name!r}); "
             f"config.replace({name}=...) makes a changed copy.")
+
+    def __eq__(self, other: object) -> bool:  # same values, frozen or not
+        return isinstance(other, RunConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return "frozen " + super().__repr__().replace(type(self).__name__, "RunConfig", 1)
 
 
 def csv_list(text: str) -> list[str]:

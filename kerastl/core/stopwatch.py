@@ -17,7 +17,7 @@ from pathlib import Path
 class Stopwatch:
     """Wall time of each stage of a run, for ``run.json``'s breakdown.
 
-    ``since_process_start`` adds what happened before :func:`fit` was called
+    ``before_fit`` is what happened before :func:`fit` was called
     (importing TensorFlow, parsing flags), read from ``/proc`` on Linux.
     """
 

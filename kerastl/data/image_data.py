@@ -445,7 +445,10 @@ def is_image_data(data: Any) -> bool:
 
 
 def _training_batches(batched: tf.data.Dataset, augment: Any) -> tf.data.Dataset:
-    """uint8 batches as float32 pixels in [0, 255], augmented when asked, prefetched."""
+    """uint8 batches as float32 pixels in [0, 255], augmented when asked, prefetched.
+
+    Every ``batches``/``worker_batches`` pipeline ends here (training, validation,
+    evaluation, prediction)."""
     batched = batched.map(lambda images, labels: (tf.cast(images, tf.float32), labels),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment is not None:
@@ -457,6 +460,9 @@ def _training_batches(batched: tf.data.Dataset, augment: Any) -> tf.data.Dataset
 def _without_autotuner() -> tf.data.Options:
     """tf.data without its model-based autotuner; ``AUTOTUNE`` then means every core.
 
+    Without the autotuner TensorFlow would use at most 16 threads a stage; the initial
+    parallelism says every core, so a 96-core TPU VM still decodes on all of them.
+
     MEASURED (12,000 PNGs decoded to 128 px into MobileNetV2 alpha=0.35, batch 64, one
     pass each, alternated, 2 cores): with the autotuner 5 of 9 passes settled at
     584.5 images/s and 121-142 % CPU, the others 741-851 images/s at 172-173 %;
@@ -465,4 +471,6 @@ def _without_autotuner() -> tf.data.Options:
     """
     options = tf.data.Options()
     options.autotune.enabled = False
+    if hasattr(options.autotune, "initial_parallelism"):  # not in every TF version
+        options.autotune.initial_parallelism = os.cpu_count() or 1
     return options

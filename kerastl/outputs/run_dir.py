@@ -9,9 +9,9 @@ happened and why), ``metrics.json`` and the reports; an unfinished one holds
 say what is missing and what to do.
 
 Example:
-    >>> run = RunDir.of("runs/train1/model.keras")
+    >>> run = RunDir.of("runs/no-such-run/model.keras")
     >>> run.labels_file.as_posix(), run.finished()
-    ('runs/train1/labels.json', False)
+    ('runs/no-such-run/labels.json', False)
 """
 
 from __future__ import annotations

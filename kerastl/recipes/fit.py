@@ -60,7 +60,8 @@ class RunResult:
         history: list of dict. One row per epoch (``phase``, ``loss``, ``val_loss``...).
         metrics: dict. Evaluation on the test split (validation split if none).
         class_names: list of str.
-        config: RunConfig. The resolved configuration.
+        config: RunConfig. The resolved configuration, read-only
+            (``config.replace(...)`` gives a changed, writable copy).
         seconds: float. Wall time.
     """
 
@@ -115,9 +116,10 @@ def fit(
 
 def _fit_prepared(run: PreparedRun, callbacks) -> RunResult:
     config, out, log, clock = run.config, run.out, run.log, run.clock
-    if config.sklearn_head:
+    recipe = run.resolved.recipe
+    if recipe.sklearn_head:
         return _fit_sklearn(config, run.runtime, run.model, run.splits, out, clock, log)
-    prune_hooks = pruning_hooks(config.prune, config.phases, log)
+    prune_hooks = pruning_hooks(recipe.prune, list(recipe.phases), log)
     trainer = make_trainer(run, callbacks, step_hooks=prune_hooks)
     if prune_hooks:  # the run ends pruned: its best epoch is one of the pruned phase
         trainer.final_from_phase = prune_hooks[0].phase_index
@@ -134,7 +136,7 @@ def _fit_prepared(run: PreparedRun, callbacks) -> RunResult:
         return served[-1]
 
     try:
-        state = trainer.run(config.phases, data_for_phase, state, resume_from,
+        state = trainer.run(list(recipe.phases), data_for_phase, state, resume_from,
                             on_epoch_end=lambda s: write_epoch_outputs(out, s, writer))
     except tf.errors.InvalidArgumentError as error:
         # A header-only (or no) check lets a truncated file through to the decoder,
@@ -176,7 +178,7 @@ def _pixel_blend(config: RunConfig, runtime, model, splits, notes: list[str], lo
     (:mod:`kerastl.recipes.pixel_blend`),
     unless the run's linear probe cross-validated better than the pixel model.
     """
-    if config.pixel_blend != "on":  # "auto" was resolved by resolve_run
+    if config.pixel_blend != "on":  # "auto" was resolved by resolve_run (Recipe.pixel_blend)
         return model, None
     ok, why = blend_applies(model)
     if not ok:  # said, not raised: the trained network is still written
@@ -243,14 +245,15 @@ def lr_find(
         >>> result.plot("lr.png")  # doctest: +SKIP
     """
     run = prepare_run(config, splits, overrides, kind="lr_find")
-    if run.config.sklearn_head:
+    if run.resolved.recipe.sklearn_head:
         raise ConfigError("lr_find tests a Keras head; --head sklearn-* has no learning rate.")
     trainer = make_trainer(run, (), checkpoints=False)
-    trained = [(i, p) for i, p in enumerate(run.config.phases) if p.fit == "train"]
+    phases = run.resolved.recipe.phases
+    trained = [(i, p) for i, p in enumerate(phases) if p.fit == "train"]
     if not trained:
         raise ConfigError("This run has no phase trained with gradient steps to test.")
     index, phase = trained[0]
-    for earlier in run.config.phases[:index]:  # only probes: fitted in seconds
+    for earlier in phases[:index]:  # only probes: fitted in seconds
         trainer.fit_probe_phase(earlier, run.data_for_phase(earlier))
     data = run.data_for_phase(phase)
     trainer.prepare_phase(phase, data, constant_lr=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import keras  # noqa: E402
@@ -40,7 +39,7 @@ from ..config.schema import (
 from ..core import backend as _backend  # noqa: F401
 from ..core.console import hint
 from ..core.errors import ConfigError, DataError
-from ..core.files import inside_output, mark_latest, new_run_dir
+from ..core.files import mark_latest, new_run_dir
 from ..core.stopwatch import Stopwatch
 from ..data.images import native_image_side_of
 from ..data.mirror import resolve_augment
@@ -49,6 +48,7 @@ from ..data.sources import native_image_side
 from ..data.splits import DataSplits, load_splits
 from ..models.backbones import Backbone, get_backbone, registry_key
 from ..models.weights import has_pretrained_weights, weights_record
+from ..outputs.run_dir import RunDir
 from ..training.checkpoints import latest_readable_state, list_checkpoints
 from ..training.losses import class_weights_for
 from ..training.runtime import Runtime, setup_runtime, warn_if_local_data, worker_output_dir
@@ -67,12 +67,17 @@ def resolve_run(config: RunConfig | None, splits: DataSplits | None = None, *,
     augmentation (``auto``: the mirror check), the pixel blend, the phases
     (:func:`~kerastl.recipes.plan.plan_phases`), the class weights.
 
+    What only the data layer can know is decided there, once, as the data is read
+    (``val_split="auto"``'s share, the decoded-memory budget), and a phase's
+    ``lr="auto"`` at the start of that phase.
+
     Args:
         config: RunConfig, optional. What the user gave; defaults to ``RunConfig()``.
         splits: DataSplits, optional. In-memory data instead of the data folders.
         overrides: dict, optional. Field values replacing those of ``config``.
         kind: str. ``"train"`` or ``"lr_find"`` (new folders are ``runs/<kind>N``).
-        clock: Stopwatch, optional. Gets the ``setup`` and ``load_data`` laps.
+        clock: Stopwatch, optional. Gets the ``setup``, ``load_data`` and
+            ``augment_check`` laps.
 
     Returns:
         ``(ResolvedRun, DataSplits)``: the frozen run and the data it reads.
@@ -152,15 +157,11 @@ def _resolve_augment(config: RunConfig, splits: DataSplits, clock: Stopwatch) ->
 
 
 def _data_plan(config: RunConfig, runtime: Runtime, steps: int) -> DataPlan:
-    cache_dir = config.feature_cache_dir
-    if cache_dir is not None and not Path(cache_dir).is_absolute():
-        cache_dir = inside_output(Path(config.output), cache_dir)  # relative: inside the run
     return DataPlan(
         image_size=config.image_size, batch_size=runtime.global_batch,
         drop_remainder=runtime.drop_remainder, steps_per_epoch=steps, seed=config.seed,
         augment=tuple(config.augment), augment_passes=config.augment_passes,
-        feature_cache=config.feature_cache,
-        feature_cache_dir=None if cache_dir is None else Path(cache_dir),
+        feature_cache=config.feature_cache, feature_cache_dir=config.feature_cache_dir,
         check_files=config.check_files)
 
 
@@ -170,14 +171,14 @@ def _model_spec(config: RunConfig, backbone: Backbone, num_classes: int) -> Mode
                                      bn_policy=config.bn_policy)]
     # The base is called with training=False unless some phase trains BatchNorm.
     trains_bn = any(p.bn_policy == "train" or p.mode == "scratch" for p in phases)
-    return ModelSpec(backbone, num_classes, MappingProxyType(config.build_model_kwargs()),
+    return ModelSpec(backbone, num_classes, config.build_model_kwargs(),
                      bn_policy="train" if trains_bn else "frozen",
                      first_mode="scratch" if phases[0].mode == "scratch" else "frozen")
 
 
 def _optimizer_spec(config: RunConfig, runtime: Runtime, splits: DataSplits) -> OptimizerSpec:
-    weights = class_weights_for(config.class_weight, config.task, splits.train.labels,
-                                len(splits.class_names))
+    weights = None if config.sklearn_head else class_weights_for(
+        config.class_weight, config.task, splits.train.labels, len(splits.class_names))
     return OptimizerSpec(
         task=config.task, optimizer=config.optimizer, schedule=config.schedule,
         weight_decay=config.weight_decay, momentum=config.momentum,
@@ -264,7 +265,7 @@ def _resumed(config: RunConfig) -> tuple[RunConfig, tuple[Path, Any] | None]:
     if config.output is None:
         raise ConfigError("--resume needs --output DIR: the run to continue.")
     out = Path(config.output)
-    saved_path = out / "config.yaml"
+    saved_path = RunDir(out).config_file
     if not saved_path.is_file():
         raise ConfigError(
             f"--resume: {str(out)!r} holds no config.yaml from an earlier run. Check "

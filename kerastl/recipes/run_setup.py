@@ -22,6 +22,7 @@ from ..models.build import head_model
 from ..models.feature_cache import FeatureCache
 from ..models.features import cache_applies, cached_feature_datasets
 from ..models.freezing import set_regime
+from ..outputs.run_dir import RunDir
 from ..training.checkpoints import TrainState
 from ..training.lr_range_test import suggest_lr
 from ..training.phase_data import PhaseData
@@ -77,7 +78,7 @@ def prepare_run(config, splits, overrides, *, kind: str) -> PreparedRun:
     for note in resolved.notes:
         log(wrapped(f"Plan: {note}."))
     if kind == "train":
-        atomic_write_text(out / "config.yaml", resolved.config.to_yaml())
+        atomic_write_text(RunDir(out).config_file, resolved.config.to_yaml())
     model = resolved.model.build(runtime)
     clock.lap("build_model")
     run = PreparedRun(resolved, out, log, clock, splits, model, notes=list(resolved.notes))
@@ -169,7 +170,10 @@ def _cache_applies(model, phase: Phase) -> tuple[bool, str]:
 def _cached_phase(resolved: ResolvedRun, model, splits, notes: list[str], *,
                   augmented: bool = False):
     plan = resolved.data
-    cache = FeatureCache(plan.feature_cache_dir)
+    cache_dir = plan.feature_cache_dir
+    if cache_dir is not None and not Path(cache_dir).is_absolute():
+        cache_dir = inside_output(resolved.output.directory, cache_dir)  # inside the run
+    cache = FeatureCache(cache_dir)
     augment = augmentation(list(plan.augment), seed=plan.seed) if augmented else None
     train, val, arrays = cached_feature_datasets(
         model, splits.train, splits.val, image_size=plan.image_size,

@@ -3,11 +3,13 @@
 :func:`kerastl.recipes.resolve.resolve_run` turns what a user gave (a
 :class:`~kerastl.config.schema.RunConfig`, the data, a run to resume) into one
 :class:`ResolvedRun`. Everything after it reads that object, grouped by who needs
-it (the data pipeline, the model builder, the trainer, the output writer), and
-nothing below it resolves an ``auto`` again, except a phase's ``lr="auto"``, which
-only the start of that phase can know (the trainer is handed the range test as a
-callable). ``config.yaml`` records :attr:`ResolvedRun.config`, so
-``--config config.yaml`` reproduces the run.
+it (the data pipeline, the model builder, the trainer, the output writer), and no
+layer below ``recipes`` receives the ``RunConfig``. What is decided later is what
+only later can know: a phase's ``lr="auto"`` at the start of that phase (the trainer
+is handed the range test as a callable), and whether the feature cache applies to a
+frozen phase (``feature_cache="auto"``: no active dropout in the base).
+``config.yaml`` records :attr:`ResolvedRun.config`, so ``--config config.yaml``
+reproduces the run.
 
 Example:
     >>> from kerastl.config.schema import RunConfig
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import keras  # noqa: E402
@@ -52,7 +53,7 @@ class DataPlan:
         augment: tuple of str. Augmentations, ``auto`` already decided.
         augment_passes: int. Augmented passes cached for a frozen base.
         feature_cache: str. ``auto``, ``memory``, ``disk`` or ``off``.
-        feature_cache_dir: Path or None. Absolute (relative ones are inside the run).
+        feature_cache_dir: str or None. As given (a relative one is inside the run).
         check_files: str. How the files were checked (``full``/``header``/``none``).
     """
 
@@ -64,7 +65,7 @@ class DataPlan:
     augment: tuple[str, ...]
     augment_passes: int
     feature_cache: str
-    feature_cache_dir: Path | None
+    feature_cache_dir: str | None
     check_files: str
 
 
@@ -82,7 +83,7 @@ class ModelSpec:
 
     backbone: Backbone
     num_classes: int
-    build_kwargs: MappingProxyType
+    build_kwargs: dict[str, Any]
     bn_policy: str
     first_mode: str
 
