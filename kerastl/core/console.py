@@ -34,7 +34,11 @@ def interactive() -> bool:
     forced = os.environ.get("KERASTL_PROGRESS")
     if forced in ("0", "1"):
         return forced == "1"
-    if "ipykernel" in sys.modules:
+    # A Jupyter or Colab kernel, not a process that merely imported ipykernel (a test
+    # runner executing notebooks does, and its own output is not watched live).
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if hasattr(ipython, "get_ipython") else None
+    if getattr(shell, "kernel", None) is not None:
         return True
     stream = sys.stdout
     return bool(getattr(stream, "isatty", None) and stream.isatty())
