@@ -119,7 +119,7 @@ def _fit_prepared(run: PreparedRun, callbacks) -> RunResult:
     recipe = run.resolved.recipe
     if recipe.sklearn_head:
         return _fit_sklearn(config, run.runtime, run.model, run.splits, out, clock, log)
-    prune_hooks = pruning_hooks(recipe.prune, list(recipe.phases), log)
+    prune_hooks = pruning_hooks(recipe.prune, recipe.phases, log)
     trainer = make_trainer(run, callbacks, step_hooks=prune_hooks)
     if prune_hooks:  # the run ends pruned: its best epoch is one of the pruned phase
         trainer.final_from_phase = prune_hooks[0].phase_index
@@ -136,7 +136,7 @@ def _fit_prepared(run: PreparedRun, callbacks) -> RunResult:
         return served[-1]
 
     try:
-        state = trainer.run(list(recipe.phases), data_for_phase, state, resume_from,
+        state = trainer.run(recipe.phases, data_for_phase, state, resume_from,
                             on_epoch_end=lambda s: write_epoch_outputs(out, s, writer))
     except tf.errors.InvalidArgumentError as error:
         # A header-only (or no) check lets a truncated file through to the decoder,
@@ -151,8 +151,9 @@ def _fit_prepared(run: PreparedRun, callbacks) -> RunResult:
         raise decode_failure(error, files, config.check_files) from None
     clock.lap("train")
     clock.split("train", train_time_parts(data_seconds, state.history[epochs_before:]))
-    model, blend = _pixel_blend(config, run.runtime, run.model, run.splits, run.notes, log,
-                                trainer.probe_facts.get("cv_accuracy"))
+    model, blend = (_pixel_blend(config, run.runtime, run.model, run.splits, run.notes, log,
+                                 trainer.probe_facts.get("cv_accuracy"))
+                    if recipe.pixel_blend else (run.model, None))
     if blend is not None:
         clock.lap("pixel_blend")
     cached = None if model is not run.model else cached_evaluation(config, run.splits,
@@ -178,8 +179,6 @@ def _pixel_blend(config: RunConfig, runtime, model, splits, notes: list[str], lo
     (:mod:`kerastl.recipes.pixel_blend`),
     unless the run's linear probe cross-validated better than the pixel model.
     """
-    if config.pixel_blend != "on":  # "auto" was resolved by resolve_run (Recipe.pixel_blend)
-        return model, None
     ok, why = blend_applies(model)
     if not ok:  # said, not raised: the trained network is still written
         notes.append(f"no pixel blend: {why}")

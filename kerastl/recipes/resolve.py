@@ -103,8 +103,8 @@ def resolve_run(config: RunConfig | None, splits: DataSplits | None = None, *,
     for path in (config.data, config.val_data, config.test_data):
         if path:
             warn_if_local_data(path, runtime)
-    resumed = resume_point is not None or config.resume
-    config.output = str(_output_dir(config, runtime, kind=kind, resumed=resumed))
+    config.output = str(_output_dir(config, runtime, kind=kind,
+                                    resumed=resume_point is not None or config.resume))
     clock.lap("setup")
     if splits is None:
         splits = load_splits(config.data, val_dir=config.val_data, test_dir=config.test_data,
@@ -134,10 +134,9 @@ def resolve_run(config: RunConfig | None, splits: DataSplits | None = None, *,
         data=_data_plan(frozen, runtime, steps),
         model=_model_spec(frozen, backbone, len(splits.class_names)),
         optimizer=_optimizer_spec(frozen, runtime, splits),
-        recipe=Recipe(tuple(frozen.phases or ()), tuple(reasons),
-                      frozen.pixel_blend == "on", frozen.prune, frozen.sklearn_head),
-        output=OutputPlan(Path(frozen.output), worker_output_dir(frozen.output, runtime),
-                          kind, resumed),
+        recipe=Recipe(tuple(frozen.phases or ()), frozen.pixel_blend == "on", frozen.prune,
+                      frozen.sklearn_head),
+        output=OutputPlan(Path(frozen.output), worker_output_dir(frozen.output, runtime)),
         resume_point=resume_point, notes=(*notes, *reasons))
     return run, splits
 
@@ -161,8 +160,7 @@ def _data_plan(config: RunConfig, runtime: Runtime, steps: int) -> DataPlan:
         image_size=config.image_size, batch_size=runtime.global_batch,
         drop_remainder=runtime.drop_remainder, steps_per_epoch=steps, seed=config.seed,
         augment=tuple(config.augment), augment_passes=config.augment_passes,
-        feature_cache=config.feature_cache, feature_cache_dir=config.feature_cache_dir,
-        check_files=config.check_files)
+        feature_cache=config.feature_cache, feature_cache_dir=config.feature_cache_dir)
 
 
 def _model_spec(config: RunConfig, backbone: Backbone, num_classes: int) -> ModelSpec:

@@ -114,7 +114,7 @@ def _phase_data_factory(resolved: ResolvedRun, model, splits, notes: list[str]):
     plan = resolved.data
     batch, seed, image_size, steps = (plan.batch_size, plan.seed, plan.image_size,
                                       plan.steps_per_epoch)
-    augment_names = list(plan.augment)
+    augment_names = plan.augment
     val = (splits.val.batches(image_size, batch) if splits.val is not None else None)
 
     def image_data(phase: Phase, why: str) -> PhaseData:
@@ -174,7 +174,7 @@ def _cached_phase(resolved: ResolvedRun, model, splits, notes: list[str], *,
     if cache_dir is not None and not Path(cache_dir).is_absolute():
         cache_dir = inside_output(resolved.output.directory, cache_dir)  # inside the run
     cache = FeatureCache(cache_dir)
-    augment = augmentation(list(plan.augment), seed=plan.seed) if augmented else None
+    augment = augmentation(plan.augment, seed=plan.seed) if augmented else None
     train, val, arrays = cached_feature_datasets(
         model, splits.train, splits.val, image_size=plan.image_size,
         batch_size=plan.batch_size, cache=cache, seed=plan.seed, augment=augment,

@@ -54,7 +54,6 @@ class DataPlan:
         augment_passes: int. Augmented passes cached for a frozen base.
         feature_cache: str. ``auto``, ``memory``, ``disk`` or ``off``.
         feature_cache_dir: str or None. As given (a relative one is inside the run).
-        check_files: str. How the files were checked (``full``/``header``/``none``).
     """
 
     image_size: int
@@ -66,7 +65,6 @@ class DataPlan:
     augment_passes: int
     feature_cache: str
     feature_cache_dir: str | None
-    check_files: str
 
 
 @dataclass(frozen=True)
@@ -138,15 +136,14 @@ class Recipe:
     """What the run does, in order, and why.
 
     Attributes:
-        phases: tuple of Phase. Every phase, ``epochs="auto"`` counted out.
-        reasons: tuple of str. Why the plan is what it is (printed, in run.json).
+        phases: tuple of Phase. Every phase, ``epochs="auto"`` counted out (why: in
+            :attr:`ResolvedRun.notes`).
         pixel_blend: bool. Whether a pixel model is blended in after training.
         prune: float or None. Final sparsity of a pruning phase.
         sklearn_head: str or None. ``logreg`` etc. for ``--head sklearn-*``.
     """
 
     phases: tuple[Phase, ...]
-    reasons: tuple[str, ...]
     pixel_blend: bool
     prune: float | None
     sklearn_head: str | None
@@ -160,14 +157,10 @@ class OutputPlan:
         directory: Path. The run folder (``config.output``).
         writes_to: Path. This process's folder: ``directory`` on the chief, a
             throw-away folder on other workers.
-        kind: str. ``train`` or ``lr_find``.
-        resumed: bool. Continuing an earlier run in ``directory``.
     """
 
     directory: Path
     writes_to: Path
-    kind: str
-    resumed: bool
 
 
 @dataclass(frozen=True)
