@@ -38,6 +38,7 @@ from .models.build import build_model, feature_extractor, head_model, load_model
 from .models.feature_cache import FeatureCache
 from .models.features import extract_features
 from .models.freezing import UnfreezePlan, backbone_blocks, set_regime
+from .models.multi_depth import multi_depth_probe
 from .models.sklearn_head import SklearnClassifier
 from .outputs.inference import evaluate_folder, predict_paths
 from .outputs.interpretation import Interpretation, interpret
@@ -92,6 +93,7 @@ __all__ = [
     "load_splits",
     "lr_find",
     "mirror_check",
+    "multi_depth_probe",
     "predict_paths",
     "set_regime",
     "setup_runtime",

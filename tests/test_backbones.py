@@ -74,3 +74,22 @@ def test_blocks_cover_the_base_and_never_split_a_branch(registry_model):
                 # A shortcut may only start at the end of an earlier block.
                 assert block_end[j] == id(producer), (op.name, producer.name)
     assert all(len(c) <= max_crossing for c in crossing.values())
+
+
+def test_multi_depth_probe_reads_every_family_at_several_depths(registry_model):
+    from kerastl.models.multi_depth import MAX_DEPTHS, feature_groups, multi_depth_model
+
+    name, model = registry_model
+    base = model.get_layer("backbone")
+    trainable = [layer.trainable for layer in base.layers]
+    probe = multi_depth_model(model)
+    try:
+        groups = feature_groups(probe)
+        depths = {group.split("/")[0] for group, _ in groups[1:]}
+        assert groups[0][0] == "pixels"
+        assert 3 <= len(depths) <= MAX_DEPTHS, groups
+        assert groups[-1][1] == REGISTRY[name].feature_width  # the base's own output
+        assert probe.output.shape == (None, 3)
+    finally:
+        for layer, flag in zip(base.layers, trainable, strict=True):
+            layer.trainable = flag

@@ -22,6 +22,8 @@ CHECK_FILES = ("full", "header", "none")
 
 # --------------------------------------------------------------------------- model
 HEADS = ("flatten", "avg", "max")
+# A linear probe on every depth of the frozen base (kerastl.models.multi_depth).
+MULTI_DEPTH_HEAD = "multidepth"
 HEAD_NORMS = ("none", "layer", "batch")
 TASKS = ("multiclass", "binary", "multilabel")
 SKLEARN_HEADS = ("logreg", "linear-svm", "knn")

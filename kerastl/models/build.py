@@ -27,6 +27,7 @@ from ..core.errors import ConfigError
 from .backbones import Backbone, as_backbone
 from .freezing import (
     BACKBONE_LAYER,
+    DEPTHS_LAYER,
     MODEL_PREFIX,
     PREPROCESS_LAYER,
     base_nodes,
@@ -312,6 +313,8 @@ def feature_extractor(model: keras.Model, *, pooling: str | None = None) -> kera
     """
     _check_pooling(pooling)
     base, _ = find_backbone(model)
+    if DEPTHS_LAYER in {layer.name for layer in model.layers}:
+        return _depths_reader(model, pooling)
     images = keras.Input(shape=model.input_shape[1:], name="image")
     x = model.get_layer(PREPROCESS_LAYER)(images)
     # Inference mode whatever the model's bn_policy: cached features must not
@@ -322,6 +325,15 @@ def feature_extractor(model: keras.Model, *, pooling: str | None = None) -> kera
                 "max": keras.layers.GlobalMaxPooling2D}[pooling]
         x = pool(name=f"features_{pooling}")(x)
     return keras.Model(images, x, name=f"{model.name}_features")
+
+
+def _depths_reader(model: keras.Model, pooling: str | None) -> keras.Model:
+    """A multi-depth probe's features: what its head reads (already pooled)."""
+    if pooling is not None:
+        raise ConfigError(f"Model {model.name!r} reads every depth of its base, already "
+                          f"pooled; received pooling={pooling!r}. Pass pooling=None.")
+    return keras.Model(model.inputs[0], model.get_layer(DEPTHS_LAYER).output,
+                       name=f"{model.name}_features")
 
 
 def head_model(model: keras.Model) -> keras.Model:
@@ -353,6 +365,12 @@ def head_model(model: keras.Model) -> keras.Model:
         )
     # Keras clones the graph from an intermediate tensor onwards with a new Input
     # and the same layer objects.
+    if DEPTHS_LAYER in {layer.name for layer in model.layers}:
+        depths = model.get_layer(DEPTHS_LAYER)
+        head = keras.Model(depths.output, model.outputs, name=f"{model.name}_head")
+        # The groups the probe standardises one by one (see fit_probe).
+        head.kerastl_widths = [int(t.shape[-1]) for t in depths.input]
+        return head
     return keras.Model(nodes[0].output_tensors[0], model.outputs, name=f"{model.name}_head")
 
 

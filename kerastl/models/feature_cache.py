@@ -38,7 +38,7 @@ from ..core.errors import ConfigError, DataError
 from ..core.files import atomic_write
 from ..data import image_data as data_module
 from ..data.image_data import is_image_data
-from .freezing import PREPROCESS_LAYER, find_backbone
+from .freezing import BACKBONE_LAYER, DEPTHS_LAYER, PREPROCESS_LAYER, find_backbone
 
 Features = tuple[np.ndarray, np.ndarray]
 
@@ -88,8 +88,19 @@ def cache_key(
         int(image_size),
         augment_pass,
         _augment_description(augment),
+        _features_description(model),
     ]
     return f"{entry.name.lower()}-{int(image_size)}-{_sha256_of(parts)}"
+
+
+def _features_description(model: keras.Model) -> list | None:
+    """What a multi-depth probe pools besides the base (None for any other model)."""
+    names = {layer.name for layer in model.layers}
+    if DEPTHS_LAYER not in names:
+        return None
+    return [(layer.name, json.dumps(layer.get_config(), sort_keys=True, default=repr))
+            for layer in model.layers if layer.name not in (BACKBONE_LAYER, PREPROCESS_LAYER)
+            and not layer.weights]
 
 
 def base_digest(model: keras.Model) -> str:

@@ -29,6 +29,9 @@ from .backbones import Backbone, as_backbone, get_backbone
 
 BACKBONE_LAYER = "backbone"
 PREPROCESS_LAYER = "preprocess"
+# The Concatenate layer of a multi-depth probe (kerastl.models.multi_depth): its output
+# is what the probe's head reads, in place of the base output.
+DEPTHS_LAYER = "depths"
 MODEL_PREFIX = "kerastl_"
 
 

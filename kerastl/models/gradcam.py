@@ -43,7 +43,7 @@ import tensorflow as tf
 
 from ..core import backend as _backend  # noqa: F401
 from ..core.errors import ConfigError
-from .freezing import BACKBONE_LAYER, PREPROCESS_LAYER, base_nodes
+from .freezing import BACKBONE_LAYER, DEPTHS_LAYER, PREPROCESS_LAYER, base_nodes
 from .linear_probe import PREDICTIONS_LAYER
 
 # The blend's copy of the network's own output layer without its activation.
@@ -125,6 +125,8 @@ def cam_model(model: keras.Model, layer: str | None = None) -> CamModel:
         explains = ("the network's logits (the pixel blend's pixel logits do not depend "
                     "on the feature map)")
     names = _layer_names(model)
+    if DEPTHS_LAYER in names:
+        return _last_depth_cam(model, layer, features, explains, kernel, bias)
     if BACKBONE_LAYER in names and PREPROCESS_LAYER in names:
         base = model.get_layer(BACKBONE_LAYER)
         nodes = base_nodes(model)
@@ -165,11 +167,33 @@ def cam_model(model: keras.Model, layer: str | None = None) -> CamModel:
 
 def _outer_cam(model, tapped, features, explains, kernel, bias) -> CamModel:
     _check_spatial(tapped, model)
-    tap = keras.Model(model.inputs, [tapped.output, features])
+    return _checked(_tensor_cam(model, tapped.name, tapped.output, features, explains, kernel,
+                                bias), model)
+
+
+def _tensor_cam(model, name, tensor, features, explains, kernel, bias) -> CamModel:
+    """A CamModel tapping ``tensor`` of ``model``'s own graph."""
+    tap = keras.Model(model.inputs, [tensor, features])
     identity = keras.Input(shape=features.shape[1:])
     post = keras.Model(identity, identity)
-    return _checked(CamModel(tapped.name, explains, _map_shape(tapped.output), None, tap,
-                             post, kernel, bias), model)
+    return CamModel(name, explains, _map_shape(tensor), None, tap, post, kernel, bias)
+
+
+def _last_depth_cam(model, layer, features, explains, kernel, bias) -> CamModel:
+    """A multi-depth probe (kerastl.models.multi_depth): the base's last map.
+
+    The probe's logits also read earlier depths and the pixels, which the last map does
+    not change; the heatmap shows the last depth's share, and ``explains`` says so.
+    """
+    if layer not in (None, BACKBONE_LAYER):
+        raise ConfigError(f"Grad-CAM of a multi-depth probe taps its base's last map; "
+                          f"received layer={layer!r}. Leave --gradcam-layer out.")
+    base = model.get_layer(BACKBONE_LAYER)
+    last = base_nodes(model)[0].output_tensors[-1]
+    explains = (f"{explains}, through the base's last map (the probe also reads earlier "
+                "depths and the pixels, which the heatmap leaves out)")
+    return _checked(_tensor_cam(model, BACKBONE_LAYER, last, features, explains, kernel, bias),
+                    base)
 
 
 def _checked(cam: CamModel, where: keras.Model) -> CamModel:

@@ -88,6 +88,10 @@ def _trained_phases(config: RunConfig, steps_per_epoch: int) -> Plan:
         return Plan([Phase("scratch", epochs, mode="scratch", lr=config.lr,
                            bn_policy="train")], reasons)
     mode = "full" if config.mode == "auto" else config.mode
+    if config.multi_depth:  # one convex fit: no epochs to budget
+        return Plan([Phase("probe", 1, mode="frozen", bn_policy="frozen", fit="probe")], [
+            "--head multidepth: one logistic regression on every depth of the frozen base and "
+            "the pooled pixels, C chosen by cross-validation on the training images"])
     if mode in ("frozen", "scratch"):
         bn = "train" if mode == "scratch" else config.bn_policy
         return Plan([Phase(mode, epochs, mode=mode, lr=config.lr, bn_policy=bn)], reasons)

@@ -34,8 +34,8 @@ from ..config.schema import (
     RunConfig,
     csv_list,
     load_yaml,
-    validate,
 )
+from ..config.validation import validate
 from ..core import backend as _backend  # noqa: F401
 from ..core.console import hint
 from ..core.errors import ConfigError, DataError
@@ -171,7 +171,8 @@ def _model_spec(config: RunConfig, backbone: Backbone, num_classes: int) -> Mode
     trains_bn = any(p.bn_policy == "train" or p.mode == "scratch" for p in phases)
     return ModelSpec(backbone, num_classes, config.build_model_kwargs(),
                      bn_policy="train" if trains_bn else "frozen",
-                     first_mode="scratch" if phases[0].mode == "scratch" else "frozen")
+                     first_mode="scratch" if phases[0].mode == "scratch" else "frozen",
+                     multi_depth=config.multi_depth)
 
 
 def _optimizer_spec(config: RunConfig, runtime: Runtime, splits: DataSplits) -> OptimizerSpec:

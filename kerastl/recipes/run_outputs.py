@@ -207,6 +207,8 @@ def _network_check(config, metrics, labels, parts, probe_accuracy, which,
 def probe_accuracy_of(state: TrainState, probe_facts: dict) -> float | None:
     """The run's linear probe: on validation, else cross-validated on training images."""
     rows = [row for row in state.history if row.get("phase") == "probe"]
+    if len(rows) == len(state.history):  # the probe is the model: nothing to compare
+        return None
     if rows and "val_accuracy" in rows[-1]:
         return float(rows[-1]["val_accuracy"])
     return probe_facts.get("cv_accuracy")

@@ -36,6 +36,7 @@ from ..config.schema import RunConfig
 from ..core import backend as _backend  # noqa: F401
 from ..models.backbones import Backbone
 from ..models.build import build_model
+from ..models.multi_depth import multi_depth_model
 from ..training.checkpoints import TrainState
 from ..training.runtime import Runtime
 
@@ -77,6 +78,8 @@ class ModelSpec:
         build_kwargs: mapping. Keyword arguments of :func:`kerastl.build_model`.
         bn_policy: str. ``train`` if some phase trains BatchNorm, else ``frozen``.
         first_mode: str. The regime the model is built in.
+        multi_depth: bool. The head reads every depth of the base
+            (:func:`kerastl.models.multi_depth.multi_depth_model`).
     """
 
     backbone: Backbone
@@ -84,12 +87,14 @@ class ModelSpec:
     build_kwargs: dict[str, Any]
     bn_policy: str
     first_mode: str
+    multi_depth: bool = False
 
     def build(self, runtime: Runtime) -> keras.Model:
         """The model, built inside the run's strategy scope."""
         with runtime.strategy.scope():
-            return build_model(self.backbone, self.num_classes, **self.build_kwargs,
-                               bn_policy=self.bn_policy, mode=self.first_mode)
+            model = build_model(self.backbone, self.num_classes, **self.build_kwargs,
+                                bn_policy=self.bn_policy, mode=self.first_mode)
+            return multi_depth_model(model) if self.multi_depth else model
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,163 @@
+"""The multi-depth probe: every depth of the frozen base and the pixels, one linear layer."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+
+import kerastl
+from kerastl.core.errors import ConfigError
+from kerastl.models.build import feature_extractor, head_model
+from kerastl.models.feature_cache import cache_key
+from kerastl.models.gradcam import cam_model
+from kerastl.models.multi_depth import (
+    MAX_DEPTHS,
+    feature_groups,
+    fit_multi_depth_probe,
+    multi_depth_model,
+    read_depths,
+)
+
+from .conftest import source_backbone, source_model
+
+
+def _digits(n: int = 90, start: int = 0, classes: int = 3) -> kerastl.ImageData:
+    digits = load_digits()
+    keep = digits.target < classes
+    images = (digits.images[keep] * 16).astype("uint8")[start:start + n]
+    return kerastl.from_arrays(images, digits.target[keep][start:start + n],
+                               class_names=[str(i) for i in range(classes)])
+
+
+def _weights(layers) -> list[np.ndarray]:
+    return [np.array(w) for layer in layers for w in layer.get_weights()]
+
+
+def test_probe_predicts_what_scikit_learn_predicts_on_the_grouped_features():
+    model = source_model(num_classes=3)
+    probe = multi_depth_model(model)
+    train = _digits(90)
+    facts = fit_multi_depth_probe(probe, train, seed=0)
+    # The same regression, fitted independently: each feature standardised, each group
+    # scaled by 1/sqrt(width), C as chosen.
+    features, labels = read_depths(probe, train.batches(32, 64))
+    widths = np.concatenate([np.full(w, w) for _, w in feature_groups(probe)])
+    scaled = (features - features.mean(0)) / ((features.std(0) + 1e-6) * np.sqrt(widths))
+    reference = LogisticRegression(C=facts["C"], max_iter=5000, random_state=0)
+    reference.fit(scaled, labels)
+    test = _digits(60, start=90)
+    test_features, _ = read_depths(probe, test.batches(32, 64))
+    test_scaled = (test_features - features.mean(0)) / ((features.std(0) + 1e-6)
+                                                        * np.sqrt(widths))
+    keras_classes = np.concatenate([np.asarray(probe(x, training=False)).argmax(1)
+                                    for x, _ in test.batches(32, 64)])
+    assert np.mean(keras_classes == reference.predict(test_scaled)) >= 0.97
+    assert facts["width"] == features.shape[1] == sum(w for _, w in feature_groups(probe))
+
+
+def test_groups_start_with_the_pixels_and_end_with_the_base_output():
+    model = source_model(num_classes=3, size=64)
+    probe = multi_depth_model(model)
+    groups = feature_groups(probe)
+    assert groups[0] == ("pixels", 16 * 16 * 3)  # 64 px pooled 4x4
+    depths = [name for name, _ in groups[1:] if name.endswith("/avg")]
+    assert 2 <= len(depths) <= MAX_DEPTHS
+    base = model.get_layer("backbone")
+    assert groups[-1][1] in (base.output.shape[-1], 4 * base.output.shape[-1])
+    taps = probe.get_layer("backbone").outputs
+    assert tuple(taps[-1].shape) == tuple(base.output.shape)
+    assert probe.get_layer("predictions").input.shape[-1] == sum(w for _, w in groups)
+
+
+def test_max_depths_keeps_the_last_block():
+    model = source_model(num_classes=3)
+    probe = multi_depth_model(model, max_depths=3)
+    taps = probe.get_layer("backbone").outputs
+    assert len(taps) == 3
+    assert tuple(taps[-1].shape) == tuple(model.get_layer("backbone").output.shape)
+    with pytest.raises(ConfigError, match="max_depths must be >= 1; received 0"):
+        multi_depth_model(model, max_depths=0)
+
+
+def test_fitting_leaves_the_base_and_its_batchnorm_statistics_unchanged():
+    model = source_model(num_classes=3)
+    base = model.get_layer("backbone")
+    before = _weights(base.layers)
+    probe, facts = kerastl.multi_depth_probe(model, _digits(60))
+    after = _weights(base.layers)
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert not probe.get_layer("backbone").trainable_weights
+    assert facts["cv_accuracy"] is not None and facts["fit_images"] == 60
+
+
+def test_model_file_loads_in_plain_keras_and_predicts_the_same(tmp_path):
+    probe, _ = kerastl.multi_depth_probe(source_model(num_classes=3), _digits(60))
+    path = tmp_path / "probe.keras"
+    probe.save(path)
+    loaded = keras.models.load_model(path, safe_mode=True)
+    images = np.concatenate([np.asarray(x) for x, _ in _digits(20, start=60).batches(32, 20)])
+    np.testing.assert_allclose(np.asarray(loaded(images)), np.asarray(probe(images)),
+                               atol=1e-5)
+    assert feature_groups(loaded) == feature_groups(probe)  # read from the graph
+
+
+def test_extractor_head_and_cache_key_follow_the_probe():
+    model = source_model(num_classes=3)
+    probe = multi_depth_model(model)
+    width = probe.get_layer("predictions").input.shape[-1]
+    assert feature_extractor(probe).output.shape == (None, width)
+    head = head_model(probe)
+    assert head.input_shape == (None, width)
+    assert head.kerastl_widths == [w for _, w in feature_groups(probe)]
+    assert cache_key(probe, "data", 32) != cache_key(model, "data", 32)
+    with pytest.raises(ConfigError, match="already pooled; received pooling='avg'"):
+        feature_extractor(probe, pooling="avg")
+
+
+def test_gradcam_explains_the_last_map_and_says_so():
+    probe = multi_depth_model(source_model(num_classes=3, size=64))
+    cam = cam_model(probe)
+    assert cam.map_shape[:2] == tuple(probe.get_layer("backbone").outputs[-1].shape[1:3])
+    assert "earlier depths and the pixels" in cam.explains
+    with pytest.raises(ConfigError, match="received layer='expanded_conv_project'"):
+        cam_model(probe, "expanded_conv_project")
+
+
+def test_frozen_multidepth_run_writes_a_model_that_scores_as_the_run_says(tmp_path):
+    source = source_backbone()
+    digits = load_digits()
+    images, labels = (digits.images * 16).astype("uint8"), digits.target
+    names = [str(i) for i in range(10)]
+    splits = kerastl.DataSplits(
+        train=kerastl.from_arrays(images[:300], labels[:300], class_names=names), val=None,
+        test=kerastl.from_arrays(images[300:500], labels[300:500], class_names=names),
+        class_names=names)
+    config = kerastl.RunConfig(mode="frozen", head="multidepth", backbone=source["backbone"],
+                               backbone_kwargs=source["backbone_kwargs"],
+                               weights=source["weights"], image_size=32, verbose=0,
+                               output=str(tmp_path / "run"))
+    result = kerastl.fit(config, splits=splits)
+    assert [p.fit for p in result.config.phases] == ["probe"]
+    loaded = keras.models.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
+    predicted = np.concatenate([np.asarray(loaded(x)).argmax(1)
+                                for x, _ in splits.test.batches(32, 100)])
+    assert np.mean(predicted == labels[300:500]) == pytest.approx(
+        result.metrics["accuracy"], abs=1e-6)
+    assert result.metrics["accuracy"] > 0.6  # digits: far above chance (0.1); 0.78 measured
+    assert "network_accuracy" not in result.metrics  # the probe is the model
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"mode": "auto"}, "needs mode='frozen'"),
+    ({"dense_units": [64]}, "Use --dense-units none"),
+    ({"pixel_blend": "on"}, "Use --pixel-blend off"),
+])
+def test_config_refuses_what_a_frozen_probe_cannot_be(changes, message):
+    from kerastl.config.validation import validate
+
+    config = kerastl.RunConfig(mode="frozen", head="multidepth").replace(**changes)
+    with pytest.raises(ConfigError, match=message):
+        validate(config)
