@@ -81,7 +81,10 @@ def accuracy(model, data, size: int) -> float:
 
 
 def extraction_seconds(model, probe, data, size: int, repeats: int) -> dict:
-    """Median seconds of each extraction over ``repeats`` alternating passes."""
+    """Median seconds of each extraction over ``repeats`` alternating passes.
+
+    Each pass is what a run pays: a fresh extractor, traced once, over every image.
+    """
     batch = extraction_batch_size(size)
     last, multi = [], []
     for _ in range(repeats):
@@ -89,7 +92,7 @@ def extraction_seconds(model, probe, data, size: int, repeats: int) -> dict:
         extract_features(model, data, batch_size=batch)
         last.append(time.perf_counter() - started)
         started = time.perf_counter()
-        read_depths(probe, data.batches(size, batch))
+        read_depths(probe, data, batch_size=batch)
         multi.append(time.perf_counter() - started)
     return {"last_seconds": [round(s, 3) for s in last],
             "multi_seconds": [round(s, 3) for s in multi],

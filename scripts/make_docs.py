@@ -200,7 +200,28 @@ def measured_rows() -> list[str]:
                 rows.append(f"| export: {name.replace('_', ' ')} | {figure(goal['value'])} | "
                             f"{goal['goal']}: {_goal(goal)} | `export.json` |")
     rows += _first_hour_rows()
+    rows += _multi_depth_rows()
     return rows
+
+
+def _multi_depth_rows() -> list[str]:
+    results = _load("multi_depth_probe")
+    if not results or not results.get("final"):
+        return []
+    summary, tasks = results["summary"], results["tasks"]
+    test = summary["test"]
+    margins = ", ".join(f"{t} {figure(v)}" for t, v in test["multi_minus_last"].items())
+    ratios = summary["extraction_ratio"].values()
+    means = ", ".join(f"{t} {figure(r['multi_test_mean'])} (last {figure(r['last_test_mean'])},"
+                      f" pixels {figure(r['pixels']['test_accuracy'])})"
+                      for t, r in tasks.items())
+    return [f"| frozen multi-depth probe (`--mode frozen --head multidepth`) vs the last-layer "
+            f"probe, transfer suite test accuracy, mean of {len(results['seeds'])} seeds | "
+            f"{means}; multi − last: {margins}; extraction time {figure(min(ratios))}–"
+            f"{figure(max(ratios))}× the last layer's | beats the last-layer probe on "
+            f"{', '.join(test['goal_tasks'])}: {figure(test['multi_beats_last_on_goal_tasks'])}"
+            f"; ≤ 1.5× extraction: {figure(summary['extraction_within_goal'])} | "
+            "`multi_depth_probe.json` |"]
 
 
 def _first_hour_rows() -> list[str]:

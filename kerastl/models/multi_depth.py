@@ -48,10 +48,9 @@ import keras  # noqa: E402
 import numpy as np
 
 from ..core import backend as _backend  # noqa: F401
-from ..core.console import batches_in, progress
 from ..core.errors import ConfigError
 from .build import feature_extractor, head_model
-from .features import extraction_batch_size
+from .features import extraction_batch_size, run_extractor
 from .freezing import (
     BACKBONE_LAYER,
     DEPTHS_LAYER,
@@ -158,8 +157,8 @@ def fit_multi_depth_probe(probe: keras.Model, data: Any, *, task: str = "multicl
     rows = _fit_rows(len(data), seed)
     subset = data if rows is None else data.subset(rows)
     started = time.perf_counter()
-    features, labels = read_depths(probe, subset.batches(
-        side, batch_size or extraction_batch_size(side)))
+    features, labels = read_depths(probe, subset,
+                                   batch_size=batch_size or extraction_batch_size(side))
     extract_seconds = time.perf_counter() - started
     started = time.perf_counter()
     facts = fit_probe(head, features, labels, task=task, class_weight=class_weight,
@@ -224,14 +223,14 @@ def multi_depth_probe(model: keras.Model, data: Any, *, task: str = "multiclass"
     return probe, facts
 
 
-def read_depths(probe: keras.Model, batches) -> tuple[np.ndarray, np.ndarray]:
-    """The concatenated features (``depths`` layer) and labels of every batch, float32."""
-    reader = feature_extractor(probe)
-    features, labels = [], []
-    for x, y in progress(batches, total=batches_in(batches), label="Reading every depth"):
-        features.append(np.asarray(reader(x, training=False), dtype=np.float32))
-        labels.append(np.asarray(y))
-    return np.concatenate(features), np.concatenate(labels)
+def read_depths(probe: keras.Model, data: Any, *, batch_size: int | None = None,
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The concatenated features (``depths`` layer) and labels of ``data``, float32.
+
+    One compiled forward pass, as :func:`kerastl.models.features.extract_features`
+    reads the last layer; ``data`` is anything that function reads.
+    """
+    return run_extractor(feature_extractor(probe), data, batch_size=batch_size)
 
 
 def _depth_taps(base: keras.Model, backbone, max_depths: int) -> tuple[list[str], list]:
