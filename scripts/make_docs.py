@@ -201,7 +201,25 @@ def measured_rows() -> list[str]:
                             f"{goal['goal']}: {_goal(goal)} | `export.json` |")
     rows += _first_hour_rows()
     rows += _multi_depth_rows()
+    rows += _blend_weight_rows()
     return rows
+
+
+def _blend_weight_rows() -> list[str]:
+    results = _load("blend_weight")
+    if not results or not results.get("final"):
+        return []
+    chosen = str(results["chosen_on_val"])
+    val, test = results["val"][chosen], results["test"][chosen]
+    return [f"| pixel blend weight without validation data ({chosen}, chosen on val), "
+            f"{len(results['tasks'])} suite tasks without a validation split, "
+            f"{len(results['seeds'])} network seeds | val: mean {figure(val['mean_over_pixels'])}"
+            f" over pixels, worst {figure(val['worst_over_pixels'])}, worst over the network "
+            f"{figure(val['worst_over_network'])}; test: mean {figure(test['mean_over_pixels'])}"
+            f", worst {figure(test['worst_over_pixels'])}, worst over the network "
+            f"{figure(test['worst_over_network'])} | ≥ pixels + 0.01 and ≥ network − 0.005 on "
+            f"every task, mean ≥ 0.03 (val): {figure(val['meets_goals'])}; test: "
+            f"{figure(test['meets_goals'])} | `blend_weight.json` |"]
 
 
 def _multi_depth_rows() -> list[str]:

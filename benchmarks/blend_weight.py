@@ -1,0 +1,277 @@
+"""The pixel blend's weight without validation data, on several seeds (issue 26).
+
+A run with no validation images blends its network with the pixel model at a fixed
+weight (``kerastl.recipes.pixel_blend.PIXEL_WEIGHT``). This chooses that weight, and
+tests whether held-out evidence picks a better one, on the transfer suite's tasks
+that have no validation split of their own (fewer than 50 images per class):
+
+* **networks**: for each task and each ``--seeds`` seed, the default run with
+  ``--pixel-blend off`` (``kerastl.fit`` in this process, on the task's ``train``
+  folder), scored on the task's ``val`` folder at every weight of ``WEIGHTS``
+  (weight 0: the network alone; the pixel model fitted on ``train`` as a run fits it);
+* **fold evidence** (``--fold-evidence F``): what a run could learn without
+  validation data: a fine-tune of ``F`` x the default step budget on 80 % of
+  ``train`` (a stratified fold), the pixel model fitted on the same 80 %, and the
+  blend's accuracy and log loss at every weight on the held-out 20 %; the weight each
+  picks is then scored on ``val`` as above, and its cost is its seconds over the
+  full run's.
+
+``--final`` also scores the chosen weight, the network alone and pixels on ``test``
+(run it once, after the choice). Each (task, seed) result is cached in
+``<root>/cache/blend_weight/``, keyed by the kerastl code, so the script resumes.
+
+Run from the repository root (the suite's sources must exist: ``transfer_suite.py``)::
+
+    python benchmarks/blend_weight.py --root /tmp/suite --seeds 0,1,2
+    python benchmarks/blend_weight.py --root /tmp/suite --seeds 0 --fold-evidence 0.2
+    python benchmarks/blend_weight.py --root /tmp/suite --seeds 0,1,2 --final
+
+Writes ``benchmarks/results/blend_weight.json`` (``--out`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_average, write_results  # noqa: E402
+from transfer_suite import (  # noqa: E402
+    DEFAULT_ROOT,
+    TASKS,
+    code_id,
+    ensure_sources,
+    materialise_task,
+    pixels_baseline,
+)
+
+import kerastl  # noqa: E402
+from kerastl.config.choices import TARGET_STEPS  # noqa: E402
+from kerastl.data.splits import DataSplits  # noqa: E402
+from kerastl.models.forward import predict  # noqa: E402
+from kerastl.models.linear_probe import stratified_folds  # noqa: E402
+from kerastl.recipes import pixel_blend as blend  # noqa: E402
+
+WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+NO_SPLIT_TASKS = ("T1", "T2", "T3", "T5", "T6", "T7", "T8", "T9")
+PIXEL_AXIS, DEPTH_AXIS = (0.0, 1.0, 2.0, 4.0), (0.0, 0.1, 0.25, 0.5, 1.0)
+GOAL_OVER_PIXELS, GOAL_UNDER_NETWORK, GOAL_MEAN_MARGIN = 0.01, -0.005, 0.03
+
+
+def scores_by_weight(model, train, data) -> dict[str, float]:
+    """Accuracy on ``data`` of the network blended at every weight of ``WEIGHTS``."""
+    size = int(model.input_shape[1])
+    logits, labels = predict(blend._logits_model(model), data.batches(size, 64))
+    pixels = blend.fit_pixel_model(model, train, image_size=size, task="multiclass")
+    _, by_weight = blend.choose_weight("multiclass", logits,
+                                       pixels.logits(data.batches(size, 64)), labels,
+                                       weights=WEIGHTS)
+    return {str(w): v for w, v in by_weight.items()}
+
+
+def multi_depth_scores(task_id: str, seed: int, root: Path, records: dict) -> dict:
+    """Val accuracy of the network + ``a`` x pixels + ``b`` x the multi-depth probe.
+
+    The probe (:func:`kerastl.multi_depth_probe` on the frozen *source* base, fitted on
+    ``train``) joins as log-probabilities; ``b = 0`` is the pixel blend alone.
+    """
+    from multi_depth_probe import source_model
+
+    task = TASKS[task_id]
+    task_dir = materialise_task(task, root)
+    train = kerastl.from_folder(task_dir / "train")
+    val = kerastl.from_folder(task_dir / "val", class_names=train.class_names)
+    network = kerastl.load_model(root / "runs_blend_weight" / task_id / f"seed{seed}"
+                                 / "model.keras", compile=False)
+    size = int(network.input_shape[1])
+    logits, labels = predict(blend._logits_model(network), val.batches(size, 64))
+    pixels = blend.fit_pixel_model(network, train, image_size=size,
+                                   task="multiclass").logits(val.batches(size, 64))
+    probe, _ = kerastl.multi_depth_probe(
+        source_model(records[task.source], len(train.class_names)), train, seed=seed)
+    depths = np.log(np.clip(predict(probe, val.batches(size, 64))[0], 1e-12, 1.0))
+    y = labels.reshape(-1)
+    return {f"{a}/{b}": round(float(np.mean((logits + a * pixels + b * depths).argmax(1)
+                                              == y)), 4)
+            for a in PIXEL_AXIS for b in DEPTH_AXIS}
+
+
+def fold_evidence(train, names, common: dict, fraction: float, output: Path) -> dict:
+    """A short fine-tune on 80 % of ``train`` scored with pixels on the other 20 %."""
+    y = train.labels.reshape(-1)
+    kept, held = next(iter(stratified_folds(y, 0).split(np.zeros(len(y)), y)))
+    part, fold = train.subset(kept), train.subset(held)
+    epochs = max(1, math.ceil(fraction * TARGET_STEPS / math.ceil(len(part) / 32)))
+    short = kerastl.fit(kerastl.RunConfig(output=str(output), epochs=epochs, **common),
+                        splits=DataSplits(part, None, None, names))
+    size = int(short.model.input_shape[1])
+    logits, labels = predict(blend._logits_model(short.model), fold.batches(size, 64))
+    pixels = blend.fit_pixel_model(short.model, part, image_size=size,
+                                   task="multiclass").logits(fold.batches(size, 64))
+    _, accuracy = blend.choose_weight("multiclass", logits, pixels, labels, weights=WEIGHTS)
+    losses = {str(w): round(_log_loss(logits + w * pixels, labels), 4) for w in WEIGHTS}
+    return {"fold_images": len(fold), "epochs": epochs, "seconds": short.seconds,
+            "accuracy": {str(w): v for w, v in accuracy.items()}, "log_loss": losses,
+            "picks": {"accuracy": max(map(str, WEIGHTS), key=lambda w: accuracy[float(w)]),
+                      "log_loss": min(losses, key=losses.get)}}
+
+
+def _log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    rows = np.arange(len(labels))
+    return float(np.mean(np.log(np.exp(shifted).sum(axis=1))
+                         - shifted[rows, labels.reshape(-1).astype(int)]))
+
+
+def run_case(task_id: str, seed: int, root: Path, records: dict, args) -> dict:
+    """One task at one seed: the network's val scores by weight (and fold evidence)."""
+    cache = root / "cache" / "blend_weight" / f"{task_id}-seed{seed}.json"
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    if cached.get("code") == args.code and (not args.fold_evidence or "fold" in cached):
+        if args.multi_depth and "multi_depth" not in cached:
+            cached["multi_depth"] = multi_depth_scores(task_id, seed, root, records)
+            cache.write_text(json.dumps(cached, indent=1))
+        return cached
+    task = TASKS[task_id]
+    task_dir, record = materialise_task(task, root), records[task.source]
+    train = kerastl.from_folder(task_dir / "train")
+    names = train.class_names
+    common = dict(weights=record["weights_path"], pixel_blend="off", verbose=0, seed=seed)
+    runs = root / "runs_blend_weight" / task_id
+    full = kerastl.fit(kerastl.RunConfig(data=str(task_dir / "train"),
+                                         output=str(runs / f"seed{seed}"), **common))
+    result = {"code": args.code, "task": task_id, "seed": seed, "seconds": full.seconds,
+              "val": scores_by_weight(full.model, train,
+                                      kerastl.from_folder(task_dir / "val", class_names=names))}
+    if args.fold_evidence:
+        result["fold"] = fold_evidence(train, names, common, args.fold_evidence,
+                                       runs / f"fold{seed}")
+    if args.multi_depth:
+        result["multi_depth"] = multi_depth_scores(task_id, seed, root, records)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def test_scores(task_id: str, seed: int, root: Path) -> dict[str, float]:
+    """``test`` accuracy by weight of a cached case's network (``--final`` only)."""
+    task_dir = materialise_task(TASKS[task_id], root)
+    train = kerastl.from_folder(task_dir / "train")
+    model = kerastl.load_model(root / "runs_blend_weight" / task_id / f"seed{seed}"
+                               / "model.keras", compile=False)
+    return scores_by_weight(model, train, kerastl.from_folder(
+        task_dir / "test", class_names=train.class_names))
+
+
+def summarise(cases: dict, pixels: dict, split: str) -> dict:
+    """Per weight: mean over seeds per task, then margins over pixels and the network."""
+    table = {}
+    for w in map(str, WEIGHTS):
+        per_task = {t: float(np.mean([c[split][w] for c in runs])) for t, runs in cases.items()}
+        network = {t: float(np.mean([c[split]["0.0"] for c in runs]))
+                   for t, runs in cases.items()}
+        over_pixels = {t: round(per_task[t] - pixels[t][f"{split}_accuracy"], 4)
+                       for t in per_task}
+        over_network = {t: round(per_task[t] - network[t], 4) for t in per_task}
+        table[w] = {"accuracy": {t: round(v, 4) for t, v in per_task.items()},
+                    "over_pixels": over_pixels, "over_network": over_network,
+                    "mean_over_pixels": round(float(np.mean(list(over_pixels.values()))), 4),
+                    "worst_over_pixels": min(over_pixels.values()),
+                    "worst_over_network": min(over_network.values())}
+        table[w]["meets_goals"] = bool(
+            table[w]["worst_over_pixels"] >= GOAL_OVER_PIXELS
+            and table[w]["worst_over_network"] >= GOAL_UNDER_NETWORK
+            and table[w]["mean_over_pixels"] >= GOAL_MEAN_MARGIN)
+    return table
+
+
+def evidence_summary(cases: dict, pixels: dict) -> dict:
+    """The val margins of the weights the fold evidence picked, and its cost."""
+    out = {}
+    for rule in ("accuracy", "log_loss"):
+        over_pixels, over_network = {}, {}
+        for t, runs in cases.items():
+            picked = [c for c in runs if "fold" in c]
+            if not picked:
+                continue
+            val = np.mean([c["val"][c["fold"]["picks"][rule]] for c in picked])
+            over_pixels[t] = round(float(val) - pixels[t]["val_accuracy"], 4)
+            over_network[t] = round(float(val - np.mean([c["val"]["0.0"] for c in picked])), 4)
+        if over_pixels:
+            out[rule] = {"over_pixels": over_pixels, "over_network": over_network,
+                         "mean_over_pixels": round(float(np.mean(list(over_pixels.values()))), 4),
+                         "worst_over_pixels": min(over_pixels.values())}
+    costs = [c["fold"]["seconds"] / c["seconds"] for runs in cases.values() for c in runs
+             if "fold" in c]
+    if costs:
+        out["seconds_over_full_run"] = [round(min(costs), 2), round(max(costs), 2)]
+    return out
+
+
+def depth_summary(cases: dict) -> dict:
+    """Per (pixel weight a, probe weight b): the mean val accuracy over tasks and seeds."""
+    scored = [c["multi_depth"] for runs in cases.values() for c in runs if "multi_depth" in c]
+    if not scored:
+        return {}
+    means = {k: round(float(np.mean([s[k] for s in scored])), 4) for k in scored[0]}
+    best_without = max((k for k in means if k.endswith("/0.0")), key=means.get)
+    return {"mean_val_accuracy": means, "cases": len(scored),
+            "best_without_probe": [best_without, means[best_without]],
+            "best": [max(means, key=means.get), max(means.values())]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default=str(DEFAULT_ROOT), help="the suite's folder")
+    parser.add_argument("--tasks", default=",".join(NO_SPLIT_TASKS))
+    parser.add_argument("--seeds", default="0,1,2", help="network seeds")
+    parser.add_argument("--fold-evidence", type=float, default=0.0, metavar="F",
+                        help="also test a short fine-tune's held-out fold (F x the steps)")
+    parser.add_argument("--multi-depth", action="store_true",
+                        help="also blend the multi-depth probe of the source base")
+    parser.add_argument("--final", action="store_true", help="also score the test images")
+    parser.add_argument("--out", default=None, help="results file")
+    args = parser.parse_args(argv)
+    args.code = code_id(None)
+    load_before, root = load_average(), Path(args.root)
+    tasks, seeds = args.tasks.split(","), [int(s) for s in args.seeds.split(",")]
+    records = ensure_sources(sorted({TASKS[t].source for t in tasks}), root, retrain=False)
+    pixels = {t: pixels_baseline(materialise_task(TASKS[t], root)) for t in tasks}
+    if not args.final:  # test figures stay unread until the choice is made
+        pixels = {t: {k: v for k, v in p.items() if k != "test_accuracy"}
+                  for t, p in pixels.items()}
+    cases = {t: [run_case(t, s, root, records, args) for s in seeds] for t in tasks}
+    val = summarise(cases, pixels, "val")
+    chosen = max(map(str, WEIGHTS), key=lambda w: (val[w]["meets_goals"],
+                                                    val[w]["worst_over_pixels"],
+                                                    val[w]["mean_over_pixels"]))
+    for w, row in val.items():
+        print(f"weight {w:>4}: mean over pixels {row['mean_over_pixels']:+.4f}, worst "
+              f"{row['worst_over_pixels']:+.4f}, worst over the network "
+              f"{row['worst_over_network']:+.4f}{'  goals met' if row['meets_goals'] else ''}")
+    report = {"tasks": tasks, "seeds": seeds, "weights": list(WEIGHTS),
+              "pixel_C": blend.PIXEL_C, "shipped_weight": blend.PIXEL_WEIGHT,
+              "chosen_on_val": float(chosen), "pixels": pixels,
+              "val": val, "fold_evidence": evidence_summary(cases, pixels),
+              "multi_depth": depth_summary(cases),
+              "cases": cases, "final": args.final}
+    if args.final:
+        for t in tasks:
+            for case in cases[t]:
+                case["test"] = test_scores(t, case["seed"], root)
+        report["test"] = summarise(cases, pixels, "test")
+        row = report["test"][chosen]
+        print(f"test, weight {chosen}: mean over pixels {row['mean_over_pixels']:+.4f}, "
+              f"worst {row['worst_over_pixels']:+.4f}, worst over the network "
+              f"{row['worst_over_network']:+.4f}")
+    write_results("blend_weight", report, load_before=load_before,
+                  output=Path(args.out) if args.out else None)
+
+
+if __name__ == "__main__":
+    main()
