@@ -120,13 +120,16 @@ def measured_rows() -> list[str]:
         grid = "the grid's best (runs of earlier code)" if earlier else "the grid's best"
         rows.append(
             f"| default command on the {row['tasks']}-task transfer suite, test accuracy "
-            f"(`--data --weights` only) | mean {figure(row['mean_accuracy'])}; vs pixel "
+            f"(`--data --weights` only; kerastl of commit "
+            f"{suite.get('kerastl_commit', '?')[:7]}) | "
+            f"mean {figure(row['mean_accuracy'])}; vs pixel "
             f"logistic regression mean {figure(row['mean_margin_vs_pixels'])}, worst "
             f"{figure(worst['value'])} ({worst['task']}); worst gap to {grid} "
             f"{figure(gap.get('value'))} ({gap.get('task')}) | beats pixels on every task: "
             f"{figure(row['beats_pixels_on_every_task'])}; within 2 points of the grid: "
             f"{figure(row['within_2_points_of_grid_best_on_every_task'])} | "
             "`transfer_suite.json` |")
+    rows += _suite_blend_rows()
     study = _load("transfer_study")
     if study and "default" in study["results"]:
         results = study["results"]
@@ -203,6 +206,32 @@ def measured_rows() -> list[str]:
     rows += _multi_depth_rows()
     rows += _blend_weight_rows()
     return rows
+
+
+def _suite_blend_rows() -> list[str]:
+    """The default against the network alone (candidates ``default`` and ``network``)."""
+    suite = _load("transfer_suite_blend")
+    row = suite and suite["summary"]["test"].get("default")
+    if not row:
+        return []
+    over_network = {}
+    for task, result in suite["tasks"].items():
+        runs = [result["candidates"].get(name) or {} for name in ("default", "network")]
+        if all(run.get("test_accuracy") is not None for run in runs):
+            over_network[task] = round(runs[0]["test_accuracy"] - runs[1]["test_accuracy"], 4)
+    if not over_network:
+        return []
+    worst_task = min(over_network, key=over_network.get)
+    worst = row["worst_margin_vs_pixels"]
+    return [f"| default command on the {row['tasks']}-task transfer suite, test accuracy, "
+            f"kerastl of commit {suite.get('kerastl_commit', '?')[:7]} (one seed) | mean "
+            f"{figure(row['mean_accuracy'])}; vs pixels mean "
+            f"{figure(row['mean_margin_vs_pixels'])}, worst {figure(worst['value'])} "
+            f"({worst['task']}); vs the network alone (`--pixel-blend off`) worst "
+            f"{figure(over_network[worst_task])} ({worst_task}) | ≥ pixels + 0.01 "
+            f"on every task: {figure(worst['value'] >= 0.01)}; ≥ network − 0.005: "
+            f"{figure(over_network[worst_task] >= -0.005)}; mean ≥ 0.03: "
+            f"{figure(row['mean_margin_vs_pixels'] >= 0.03)} | `transfer_suite_blend.json` |"]
 
 
 def _blend_weight_rows() -> list[str]:
