@@ -284,7 +284,8 @@ def choose_blend(model: keras.Model, train, val=None, *, image_size: int, task: 
     pixels = _PixelFit(model, train, image_size, task, batch_size, seed)
     if val is None:
         facts = {**pixels.facts, "C": PIXEL_C, "weight": PIXEL_WEIGHT,
-                 "chosen_on": "defaults (no validation data)"}
+                 "chosen_on": "defaults (no validation data): chosen on the transfer "
+                               "suite's validation images, benchmarks/blend_weight.py"}
         if probe_cv_accuracy is not None:
             facts["pixel_cv_accuracy"] = pixels.cv_accuracy(PIXEL_C)
             facts["probe_cv_accuracy"] = probe_cv_accuracy
