@@ -31,9 +31,9 @@ training the network again.
 
 Run from the repository root (the suite's sources must exist: ``transfer_suite.py``)::
 
-    python benchmarks/blend_weight.py --root /tmp/suite --seeds 0,1,2
-    python benchmarks/blend_weight.py --root /tmp/suite --seeds 0 --fold-evidence 0.2
-    python benchmarks/blend_weight.py --root /tmp/suite --seeds 0,1,2 --multi-depth --final
+    python benchmarks/blend_weight.py --seeds 0,1,2
+    python benchmarks/blend_weight.py --seeds 0 --fold-evidence 0.2
+    python benchmarks/blend_weight.py --seeds 0,1,2 --multi-depth --final
 
 Writes ``benchmarks/results/blend_weight.json`` (``--out`` to change).
 """
@@ -47,6 +47,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
+from sklearn.metrics import log_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import git_commit, load_average, write_results  # noqa: E402
@@ -72,13 +74,23 @@ PIXEL_AXIS, DEPTH_AXIS = (0.0, 1.0, 2.0, 4.0), (0.0, 0.1, 0.25, 0.5, 1.0)
 GOALS = {"worst_over_pixels": 0.01, "worst_over_network": -0.005, "mean_over_pixels": 0.03}
 
 
-def scores_by_weight(model, train, data) -> dict[str, float]:
-    """Accuracy on ``data`` of the network blended at every weight of ``WEIGHTS``."""
+def network_path(root: Path, task_id: str, seed: int) -> Path:
+    """The run folder of a case's network (blend off)."""
+    return root / "runs_blend_weight" / task_id / f"seed{seed}"
+
+
+def blend_parts(model, train, data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The network's logits on ``data``, the pixel model's (fitted on ``train`` as a run
+    fits it) and the labels."""
     size = int(model.input_shape[1])
     logits, labels = predict(blend._logits_model(model), data.batches(size, 64))
     pixels = blend.fit_pixel_model(model, train, image_size=size, task="multiclass")
-    _, by_weight = blend.choose_weight("multiclass", logits,
-                                       pixels.logits(data.batches(size, 64)), labels,
+    return logits, pixels.logits(data.batches(size, 64)), labels
+
+
+def scores_by_weight(model, train, data) -> dict[str, float]:
+    """Accuracy on ``data`` of the network blended at every weight of ``WEIGHTS``."""
+    _, by_weight = blend.choose_weight("multiclass", *blend_parts(model, train, data),
                                        weights=WEIGHTS)
     return {str(w): v for w, v in by_weight.items()}
 
@@ -95,14 +107,12 @@ def multi_depth_scores(task_id: str, seed: int, root: Path, records: dict) -> di
     task_dir = materialise_task(task, root)
     train = kerastl.from_folder(task_dir / "train")
     val = kerastl.from_folder(task_dir / "val", class_names=train.class_names)
-    network = kerastl.load_model(root / "runs_blend_weight" / task_id / f"seed{seed}"
-                                 / "model.keras", compile=False)
-    size = int(network.input_shape[1])
-    logits, labels = predict(blend._logits_model(network), val.batches(size, 64))
-    pixels = blend.fit_pixel_model(network, train, image_size=size,
-                                   task="multiclass").logits(val.batches(size, 64))
+    network = kerastl.load_model(network_path(root, task_id, seed) / "model.keras",
+                                 compile=False)
+    logits, pixels, labels = blend_parts(network, train, val)
     probe, _ = kerastl.multi_depth_probe(
         source_model(records[task.source], len(train.class_names)), train, seed=seed)
+    size = int(network.input_shape[1])
     depths = np.log(np.clip(predict(probe, val.batches(size, 64))[0], 1e-12, 1.0))
     y = labels.reshape(-1)
     return {f"{a}/{b}": round(float(np.mean((logits + a * pixels + b * depths).argmax(1)
@@ -121,12 +131,11 @@ def fold_evidence(train, names, common: dict, fraction: float, output: Path) -> 
     epochs = max(1, math.ceil(fraction * TARGET_STEPS / math.ceil(len(part) / 32)))
     short = kerastl.fit(kerastl.RunConfig(output=str(output), epochs=epochs, **common),
                         splits=DataSplits(part, None, None, names))
-    size = int(short.model.input_shape[1])
-    logits, labels = predict(blend._logits_model(short.model), fold.batches(size, 64))
-    pixels = blend.fit_pixel_model(short.model, part, image_size=size,
-                                   task="multiclass").logits(fold.batches(size, 64))
+    logits, pixels, labels = blend_parts(short.model, part, fold)
     _, accuracy = blend.choose_weight("multiclass", logits, pixels, labels, weights=WEIGHTS)
-    losses = {str(w): round(_log_loss(logits + w * pixels, labels), 4) for w in WEIGHTS}
+    y, classes = labels.reshape(-1), range(logits.shape[1])
+    losses = {str(w): round(float(log_loss(y, softmax(logits + w * pixels, axis=1),
+                                           labels=classes)), 4) for w in WEIGHTS}
     return {"fraction": fraction, "fold_images": len(fold), "epochs": epochs,
             "seconds": short.seconds, "accuracy": {str(w): v for w, v in accuracy.items()},
             "log_loss": losses}
@@ -140,13 +149,6 @@ def fold_picks(fold: dict) -> dict[str, str]:
             "log_loss": min(order, key=lambda w: (fold["log_loss"][w], order.index(w)))}
 
 
-def _log_loss(logits: np.ndarray, labels: np.ndarray) -> float:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    rows = np.arange(len(labels))
-    return float(np.mean(np.log(np.exp(shifted).sum(axis=1))
-                         - shifted[rows, labels.reshape(-1).astype(int)]))
-
-
 def run_case(task_id: str, seed: int, root: Path, records: dict, args) -> dict:
     """One task at one seed: the network's val scores by weight (and the asked parts)."""
     cache = root / "cache" / "blend_weight" / f"{task_id}-seed{seed}.json"
@@ -156,16 +158,16 @@ def run_case(task_id: str, seed: int, root: Path, records: dict, args) -> dict:
     train = kerastl.from_folder(task_dir / "train")
     names = train.class_names
     common = dict(weights=record["weights_path"], pixel_blend="off", verbose=0, seed=seed)
-    runs = root / "runs_blend_weight" / task_id
     if case.get("code") != args.code or set(case.get("val", {})) != set(map(str, WEIGHTS)):
         full = kerastl.fit(kerastl.RunConfig(data=str(task_dir / "train"),
-                                             output=str(runs / f"seed{seed}"), **common))
+                                             output=str(network_path(root, task_id, seed)),
+                                             **common))
         case = {"code": args.code, "task": task_id, "seed": seed, "seconds": full.seconds,
                 "val": scores_by_weight(full.model, train, kerastl.from_folder(
                     task_dir / "val", class_names=names))}
     if args.fold_evidence and case.get("fold", {}).get("fraction") != args.fold_evidence:
         case["fold"] = fold_evidence(train, names, common, args.fold_evidence,
-                                     runs / f"fold{seed}")
+                                     network_path(root, task_id, seed).with_name(f"fold{seed}"))
     depth_keys = {f"{a}/{b}" for a in PIXEL_AXIS for b in DEPTH_AXIS}
     if args.multi_depth and set(case.get("multi_depth", {})) != depth_keys:
         case["multi_depth"] = multi_depth_scores(task_id, seed, root, records)
@@ -178,8 +180,8 @@ def test_scores(task_id: str, seed: int, root: Path) -> dict[str, float]:
     """``test`` accuracy by weight of a cached case's network (``--final`` only)."""
     task_dir = materialise_task(TASKS[task_id], root)
     train = kerastl.from_folder(task_dir / "train")
-    model = kerastl.load_model(root / "runs_blend_weight" / task_id / f"seed{seed}"
-                               / "model.keras", compile=False)
+    model = kerastl.load_model(network_path(root, task_id, seed) / "model.keras",
+                               compile=False)
     return scores_by_weight(model, train, kerastl.from_folder(
         task_dir / "test", class_names=train.class_names))
 
@@ -206,13 +208,12 @@ def summarise(cases: dict, pixels: dict, split: str) -> dict:
 def evidence_summary(cases: dict, pixels: dict, constant: str) -> dict:
     """Val margins of the weights the fold evidence picked, beside ``constant`` on the
     same cases (the fold exists only for the seeds it was run on), and its cost."""
+    folded = {t: [c for c in runs if "fold" in c] for t, runs in cases.items()}
+    folded = {t: scored for t, scored in folded.items() if scored}
     out = {}
     for rule in ("accuracy", "log_loss", "constant"):
         over_pixels, over_network = {}, {}
-        for t, runs in cases.items():
-            scored = [c for c in runs if "fold" in c]
-            if not scored:
-                continue
+        for t, scored in folded.items():
             picks = [constant if rule == "constant" else fold_picks(c["fold"])[rule]
                      for c in scored]
             val = np.mean([c["val"][w] for c, w in zip(scored, picks, strict=True)])
@@ -223,12 +224,11 @@ def evidence_summary(cases: dict, pixels: dict, constant: str) -> dict:
             out[rule] = {"over_pixels": over_pixels, "over_network": over_network,
                          "mean_over_pixels": round(float(np.mean(list(over_pixels.values()))), 4),
                          "worst_over_pixels": min(over_pixels.values())}
-    costs = [c["fold"]["seconds"] / c["seconds"] for runs in cases.values() for c in runs
-             if "fold" in c]
-    if costs:
+    scored = [c for runs in folded.values() for c in runs]
+    if scored:
+        costs = [c["fold"]["seconds"] / c["seconds"] for c in scored]
         out["seconds_over_full_run"] = [round(min(costs), 2), round(max(costs), 2)]
-        out["fractions"] = sorted({c["fold"]["fraction"] for runs in cases.values()
-                                   for c in runs if "fold" in c})
+        out["fractions"] = sorted({c["fold"]["fraction"] for c in scored})
     return out
 
 

@@ -22,8 +22,8 @@ the ratio of their medians is reported per task.
 Run from the repository root (the suite's sources are trained on first use, ~20
 minutes)::
 
-    python benchmarks/multi_depth_probe.py --root /tmp/suite
-    python benchmarks/multi_depth_probe.py --root /tmp/suite --tasks T2,T3 --final
+    python benchmarks/multi_depth_probe.py
+    python benchmarks/multi_depth_probe.py --tasks T2,T3 --final
 
 Writes ``benchmarks/results/multi_depth_probe.json`` (``--out`` to change).
 """

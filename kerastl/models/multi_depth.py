@@ -50,7 +50,7 @@ import numpy as np
 from ..core import backend as _backend  # noqa: F401
 from ..core.errors import ConfigError
 from .build import feature_extractor, head_model
-from .features import extraction_batch_size, run_extractor
+from .features import run_extractor
 from .freezing import (
     BACKBONE_LAYER,
     DEPTHS_LAYER,
@@ -153,12 +153,10 @@ def fit_multi_depth_probe(probe: keras.Model, data: Any, *, task: str = "multicl
         ``fit_images``, ``extract_seconds``, ``fit_seconds``.
     """
     head = head_model(probe)
-    side = int(probe.input_shape[1])
     rows = _fit_rows(len(data), seed)
     subset = data if rows is None else data.subset(rows)
     started = time.perf_counter()
-    features, labels = read_depths(probe, subset,
-                                   batch_size=batch_size or extraction_batch_size(side))
+    features, labels = read_depths(probe, subset, batch_size=batch_size)
     extract_seconds = time.perf_counter() - started
     started = time.perf_counter()
     facts = fit_probe(head, features, labels, task=task, class_weight=class_weight,
