@@ -92,6 +92,49 @@ TRAINER_SCRIPT = textwrap.dedent(
 )
 
 
+# Feature extraction in shares over two replicas (logical CPUs): argv: output .npz,
+# backbone as JSON. Records how many images each call of the extractor received.
+SHARES_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import sys
+
+    from kerastl.training.strategies import make_strategy, split_logical_cpus
+
+    devices = split_logical_cpus(2)
+
+    import numpy as np
+
+    import kerastl
+    from kerastl.data.arrays import from_arrays
+    from kerastl.models.build import feature_extractor
+    from kerastl.models.features import run_extractor
+    from kerastl.models.worker_features import extract_on_workers
+
+    out, source = sys.argv[1], json.loads(sys.argv[2])
+    strategy = make_strategy("mirrored", devices=devices)
+    model = kerastl.build_model(source["backbone"], 3, input_shape=32,
+                                weights=source["weights"], head="avg", dense_units=(),
+                                backbone_kwargs=source["backbone_kwargs"])
+    extractor = feature_extractor(model)
+    rng = np.random.default_rng(0)
+    data = from_arrays(rng.integers(0, 256, (7, 32, 32, 3)).astype("uint8"),
+                       rng.integers(0, 3, 7))
+    seen = []
+
+    def extract(part):
+        seen.append(len(part))
+        return run_extractor(extractor, part)
+
+    shared, shared_labels = extract_on_workers(strategy, extract, data)
+    whole, whole_labels = run_extractor(extractor, data)
+    one, one_labels = extract_on_workers(strategy, extract, data.subset([4]))
+    np.savez(out, seen=seen, shared=shared, whole=whole, shared_labels=shared_labels,
+             whole_labels=whole_labels, one=one, one_labels=one_labels)
+    """
+)
+
+
 def _child_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
            "PYTHONWARNINGS": "ignore", **extra}
@@ -144,22 +187,28 @@ def _free_ports(n: int) -> list[int]:
             sock.close()
 
 
-def _cli_flags(output: Path, batch_size: int) -> list[str]:
-    """A short fine-tuning run from the source backbone (float32, no dropout: the
-    workers' runs are compared with a single process, where masks would differ)."""
+def _cli_flags(output: Path, batch_size: int, *, mode: str = "finetune") -> list[str]:
+    """A short run from the source backbone (float32, no dropout: the workers' runs
+    are compared with a single process, where masks would differ): fine-tuning, or
+    ``mode="frozen"``, a head on cached features."""
     source = source_backbone()
+    regime = (["--feature-cache", "off", "--mode", "finetune", "--unfreeze-blocks", "2",
+               "--epochs", "2", "--head-epochs", "1"] if mode == "finetune"
+              else ["--feature-cache", "auto", "--mode", "frozen", "--epochs", "2"])
     return ["--data", str(SAMPLES / "train"), "--val-data", str(SAMPLES / "val"),
             "--test-data", str(SAMPLES / "test"), "--image-size", "32",
             "--batch-size", str(batch_size), "--backbone", source["backbone"],
             "--backbone-args",
             ",".join(f"{k}={v}" for k, v in source["backbone_kwargs"].items()),
             "--weights", source["weights"], "--precision", "float32", "--dropout", "0",
-            "--augment", "none", "--feature-cache", "off", "--mode", "finetune",
-            "--unfreeze-blocks", "2", "--epochs", "2", "--head-epochs", "1",
+            "--augment", "none", *regime,
             "--optimizer", "sgd", "--seed", "5", "--verbose", "0", "--output", str(output)]
 
 
-def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
+def _train_on_two_workers_and_alone(tmp_path: Path, mode: str) -> None:
+    """``kerastl.train`` as two workers of batch 32 (outputs ``out0``, ``out1``) and as
+    one process of batch 64 (``out2``), at once; every non-chief output lands in its
+    ``tmp<i>`` folder. Fails with the logs' tails unless all three exit 0."""
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     workers, logs = [], []
@@ -177,7 +226,7 @@ def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
         strategy = ["--strategy", "default"] if alone else ["--strategy", "multiworker"]
         workers.append(subprocess.Popen(
             [sys.executable, "-m", "kerastl.train", *strategy,
-             *_cli_flags(output, batch_size=64 if alone else 32)],
+             *_cli_flags(output, batch_size=64 if alone else 32, mode=mode)],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
         ))
     try:
@@ -195,6 +244,10 @@ def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
             log.close()
     tails = [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(3)]
     assert codes == [0, 0, 0], tails
+
+
+def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
+    _train_on_two_workers_and_alone(tmp_path, "finetune")
 
     import kerastl
 
@@ -230,3 +283,44 @@ def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
     alone_rows = read_history_csv(tmp_path / "out2" / "history.csv")
     for row, reference in zip(rows, alone_rows, strict=True):
         assert row["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)
+
+
+def test_multiworker_frozen_run_extracts_shares_and_trains_like_one_process(tmp_path):
+    """The cached-feature path under two workers: each extracts its own share of the
+    images, the features are gathered, and the head trains as one process's would."""
+    _train_on_two_workers_and_alone(tmp_path, "frozen")
+    import kerastl
+
+    notes = json.loads((tmp_path / "out0" / "run.json").read_text())["notes"]
+    assert any("each of 2 workers extracted its own share" in note for note in notes), notes
+    alone_notes = json.loads((tmp_path / "out2" / "run.json").read_text())["notes"]
+    assert not any("workers extracted" in note for note in alone_notes)
+    saved_by_worker1 = list((tmp_path / "tmp1").glob("kerastl-worker1-*/model.keras"))
+    assert len(saved_by_worker1) == 1
+    chief = kerastl.load_model(tmp_path / "out0" / "model.keras")
+    other = kerastl.load_model(saved_by_worker1[0])
+    alone = kerastl.load_model(tmp_path / "out2" / "model.keras")
+    images = next(iter(kerastl.data.folders.from_folder(SAMPLES / "test").batches(32, 8)))[0]
+    assert_same_model(chief, other, images, rtol=0, atol=0)
+    assert_same_model(alone, chief, images, rtol=1e-4, atol=1e-6)
+    assert json.loads((tmp_path / "out0" / "metrics.json").read_text())["accuracy"] == (
+        pytest.approx(json.loads((tmp_path / "out2" / "metrics.json").read_text())["accuracy"],
+                      abs=1e-9))
+
+
+def test_features_extracted_in_shares_equal_one_pass_in_data_order(tmp_path):
+    script = tmp_path / "shares.py"
+    script.write_text(SHARES_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "shares.npz"),
+                           json.dumps(source_backbone())], env=_child_env(),
+                          capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = dict(np.load(tmp_path / "shares.npz"))
+    # 7 images over 2 replicas: 4 and 3, each replica its own; then one image over
+    # two replicas: 1 and an empty share (shaped from one image).
+    assert saved["seen"].tolist() == [4, 3, 1, 1]
+    assert np.abs(saved["whole"]).max() > 1e-3  # features that can tell rows apart
+    np.testing.assert_allclose(saved["shared"], saved["whole"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(saved["shared_labels"], saved["whole_labels"])
+    np.testing.assert_allclose(saved["one"], saved["whole"][4:5], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(saved["one_labels"], saved["whole_labels"][4:5])

@@ -18,6 +18,7 @@ from kerastl.models.build import feature_extractor, head_model
 from kerastl.models.feature_cache import FeatureCache, cache_key, data_fingerprint
 from kerastl.models.features import cache_applies, cached_feature_datasets, extract_features
 from kerastl.models.sklearn_head import SKLEARN_HEADS, SklearnClassifier, fit_sklearn_head
+from kerastl.models.worker_features import splits_extraction, worker_count
 
 from .numerics import VGG16_FORWARD, assert_close
 
@@ -195,6 +196,27 @@ def test_corrupt_cache_file_is_recomputed_with_a_warning(tmp_path):
     np.testing.assert_array_equal(got[0], features)
     assert cache.misses == 1
     assert FeatureCache(tmp_path).get_or_compute("k", pytest.fail)[0].shape == (3, 5)
+
+
+def test_contains_agrees_with_what_get_or_compute_would_find(tmp_path):
+    # Workers agree on hits before extracting shares: a wrong answer would hang them.
+    features, labels = np.ones((3, 5), "float32"), np.arange(3)
+    cache = FeatureCache(tmp_path)
+    assert not cache.contains("k")
+    cache.get_or_compute("k", lambda: (features, labels))
+    assert cache.contains("k") and FeatureCache(tmp_path).contains("k")  # a later run
+    (tmp_path / "k.npy").write_bytes(b"not an array")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert not FeatureCache(tmp_path).contains("k")
+    memory = FeatureCache()
+    memory.get_or_compute("m", lambda: (features, labels))
+    assert memory.contains("m") and not memory.contains("k")
+
+
+def test_one_process_extracts_every_image_itself():
+    data = kerastl.from_arrays(np.zeros((4, 8, 8), "uint8"), [0, 1, 0, 1])
+    assert worker_count(tf.distribute.get_strategy()) == 1 and worker_count(None) == 1
+    assert not splits_extraction(tf.distribute.get_strategy(), data)
 
 
 def test_cache_rejects_keys_that_are_not_file_names(tmp_path):

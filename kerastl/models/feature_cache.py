@@ -275,6 +275,16 @@ class FeatureCache:
         """Bytes of features and labels held in memory."""
         return sum(_nbytes(entry) for entry in self._memory.values())
 
+    def contains(self, key: str) -> bool:
+        """Whether :meth:`get_or_compute` would find ``key`` without computing it
+        (a readable entry on disk is loaded or mapped now, as that would)."""
+        if key in self._memory:
+            return True
+        stored = self._read(key)
+        if stored is not None:
+            self._keep(key, stored)
+        return stored is not None
+
     def get_or_compute(self, key: str, compute: Callable[[], Features]) -> Features:
         """Return the features stored under ``key``, computing them on a miss.
 

@@ -34,6 +34,7 @@ from ..data.image_data import epoch_seed
 from .build import build_model, feature_extractor
 from .feature_cache import FeatureCache, Features, base_digest, cache_key, data_fingerprint
 from .freezing import PREPROCESS_LAYER, base_called_in_inference, find_backbone
+from .worker_features import all_have, extract_on_workers, splits_extraction
 
 # --feature-cache: "auto" trains frozen phases on cached base features when that
 # trains the same model (see cache_applies); "off" always runs the images.
@@ -342,6 +343,7 @@ def cached_feature_datasets(
     augment: Any = None,
     augment_passes: int = 0,
     extraction_batch: int | None = None,
+    strategy: tf.distribute.Strategy | None = None,
 ) -> FeatureDatasets:
     """Cache base features of ``train``/``val`` and serve them as datasets.
 
@@ -360,6 +362,9 @@ def cached_feature_datasets(
         augment_passes: int. Augmented passes to cache. Defaults to 0.
         extraction_batch: int, optional. Images per forward pass of the base; only
             speed depends on it. Defaults to :func:`extraction_batch_size`.
+        strategy: tf.distribute.Strategy, optional. Under several workers each
+            extracts only its share and the features are gathered
+            (:mod:`kerastl.models.worker_features`). Defaults to one process.
 
     Returns:
         :class:`FeatureDatasets` ``(train, val)``.
@@ -396,14 +401,19 @@ def cached_feature_datasets(
         key = cache_key(model, fingerprint, image_size, augment_pass, augment=pass_augment,
                         model_digest=model_digest)
 
-        def compute() -> Features:
-            features, labels = run_extractor(extractor, data, batch_size=extraction_batch,
+        def extract(part: Any) -> Features:
+            features, labels = run_extractor(extractor, part, batch_size=extraction_batch,
                                              augment=pass_augment)
             if labels is None:
                 raise DataError("The feature cache needs labelled data; received images only.")
             return features, labels
 
-        return cache.get_or_compute(key, compute)
+        if not splits_extraction(strategy, data):
+            return cache.get_or_compute(key, lambda: extract(data))
+        if all_have(strategy, cache, key):
+            return cache.get_or_compute(key, lambda: extract(data))  # a hit on every worker
+        shared = extract_on_workers(strategy, extract, data)
+        return cache.get_or_compute(key, lambda: shared)
 
     passes = ([cached(train, p) for p in range(augment_passes)] if augment is not None
               else [cached(train, None)])

@@ -19,6 +19,7 @@ from typing import Any
 import keras  # noqa: E402
 import numpy as np
 import sklearn
+import tensorflow as tf
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
@@ -32,6 +33,7 @@ from ..core.errors import ConfigError, DataError
 from ..core.files import atomic_file, atomic_write, atomic_write_json
 from .build import feature_extractor, load_model
 from .features import run_extractor
+from .worker_features import extract_on_workers, splits_extraction
 
 # Seeded and given enough iterations to converge on standardised features.
 _DEFAULTS: dict[str, tuple[type, dict[str, Any]]] = {
@@ -155,6 +157,7 @@ class SklearnClassifier:
         batch_size: int = 64,
         labels: np.ndarray | None = None,
         pooling: str = "avg",
+        strategy: tf.distribute.Strategy | None = None,
         **params: Any,
     ) -> SklearnClassifier:
         """Extract pooled features of ``train_data`` with ``model``'s base and fit a head.
@@ -169,6 +172,9 @@ class SklearnClassifier:
             labels: array, optional. Labels when ``train_data`` is an image array.
             pooling: str. ``"avg"`` or ``"max"`` over the feature map. Defaults to
                 ``"avg"``.
+            strategy: tf.distribute.Strategy, optional. Under several workers each
+                extracts only its share of ``train_data`` and the features are
+                gathered (:mod:`kerastl.models.worker_features`).
             **params: estimator arguments, see :func:`fit_sklearn_head`.
 
         Returns:
@@ -184,8 +190,13 @@ class SklearnClassifier:
         if pooling not in ("avg", "max"):
             raise ConfigError(f"pooling must be 'avg' or 'max'; received pooling={pooling!r}.")
         extractor = feature_extractor(model, pooling=pooling)
-        features, targets = run_extractor(extractor, train_data, batch_size=batch_size,
-                                          labels=labels)
+        if splits_extraction(strategy, train_data):
+            features, targets = extract_on_workers(
+                strategy, lambda part: run_extractor(extractor, part, batch_size=batch_size),
+                train_data)
+        else:
+            features, targets = run_extractor(extractor, train_data, batch_size=batch_size,
+                                              labels=labels)
         if targets is None:
             raise DataError("SklearnClassifier.fit needs labels; received images only.")
         pipeline = fit_sklearn_head(features, targets, kind, **params)

@@ -271,7 +271,8 @@ def _fit_sklearn(config, runtime, model, splits, out, clock, log):
     kind = config.sklearn_head
     log(f"Fitting a scikit-learn {kind} head on frozen {config.backbone} features.")
     classifier = SklearnClassifier.fit(model, splits.train, kind, image_size=config.image_size,
-                                       batch_size=runtime.global_batch)
+                                       batch_size=runtime.global_batch,
+                                       strategy=runtime.strategy)
     classifier.save(inside_output(out, "sklearn_classifier"))
     evaluation, which = evaluation_split(splits)
     probs = classifier.predict_proba(evaluation)
