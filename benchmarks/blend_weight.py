@@ -21,7 +21,9 @@ that have no validation split of their own (fewer than 50 images per class):
   alone, then the smaller) is scored on ``val`` and set beside the chosen constant on
   the same cases; its cost is its seconds over the full run's;
 * **multi-depth** (``--multi-depth``): the network + ``a`` x pixels + ``b`` x the
-  multi-depth probe of the source base (:func:`kerastl.multi_depth_probe`), on ``val``.
+  multi-depth probe of the source base (:func:`kerastl.multi_depth_probe`), on ``val``;
+* **headroom**: the best weight of each task (and of each run) picked knowing the
+  split's labels, beside the constant: the most any evidence-based weight could add.
 
 ``--final`` also scores every weight on ``test`` (run it once, after the choice; until
 then no test image is read, pixels' baseline included). Each (task, seed) result is
@@ -34,6 +36,7 @@ Run from the repository root (the suite's sources must exist: ``transfer_suite.p
     python benchmarks/blend_weight.py --seeds 0,1,2
     python benchmarks/blend_weight.py --seeds 0 --fold-evidence 0.2
     python benchmarks/blend_weight.py --seeds 0,1,2 --multi-depth --final
+    python benchmarks/blend_weight.py --resummarise   # summaries again, from the cases
 
 Writes ``benchmarks/results/blend_weight.json`` (``--out`` to change).
 """
@@ -51,7 +54,7 @@ from scipy.special import softmax
 from sklearn.metrics import log_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import git_commit, load_average, write_results  # noqa: E402
+from _common import RESULTS, git_commit, load_average, write_results  # noqa: E402
 from transfer_suite import (  # noqa: E402
     DEFAULT_ROOT,
     TASKS,
@@ -232,6 +235,59 @@ def evidence_summary(cases: dict, pixels: dict, constant: str) -> dict:
     return out
 
 
+def headroom(cases: dict, constant: str, split: str = "val") -> dict:
+    """What any rule choosing the weight per task or per run could gain over ``constant``.
+
+    The best weight of each task (mean over seeds) and of each case, picked knowing the
+    split's labels: an upper bound on evidence-based weights, not a method. Where it
+    is small, held-out evidence from a few training images (noisier than the split
+    itself) cannot beat the constant on average.
+    """
+    weights = list(map(str, WEIGHTS))
+    per_task = {t: [float(np.mean([c[split][w] for c in runs])) for w in weights]
+                for t, runs in cases.items()}
+    by_case = [c[split] for runs in cases.values() for c in runs]
+    fixed = float(np.mean([np.mean([c[split][constant] for c in runs])
+                           for runs in cases.values()]))
+    best_per_task = float(np.mean([max(row) for row in per_task.values()]))
+    best_per_case = float(np.mean([max(c[w] for w in weights) for c in by_case]))
+    return {"split": split, "constant": constant, "constant_mean": round(fixed, 4),
+            "best_weight_per_task": {t: weights[int(np.argmax(row))]
+                                     for t, row in per_task.items()},
+            "best_per_task_mean": round(best_per_task, 4),
+            "best_per_case_mean": round(best_per_case, 4),
+            "gain_per_task": round(best_per_task - fixed, 4),
+            "gain_per_case": round(best_per_case - fixed, 4)}
+
+
+def resummarise(path: Path) -> None:
+    """Recompute the summaries of a results file from its recorded cases, in place.
+
+    Nothing is trained or scored: the cases hold every network's accuracy at every
+    weight. The file keeps its command, commit and machine; a note says when and at
+    which commit the summaries were recomputed.
+    """
+    report = json.loads(path.read_text())
+    cases, pixels = report["cases"], report["pixels"]
+    chosen = str(report["chosen_on_val"])
+    report["val"] = summarise(cases, pixels, "val")
+    report["fold_evidence"] = evidence_summary(cases, pixels, chosen)
+    report["multi_depth"] = depth_summary(cases)
+    report["headroom"] = {"val": headroom(cases, chosen)}
+    if report.get("final"):
+        report["test"] = summarise(cases, pixels, "test")
+        report["headroom"]["test"] = headroom(cases, chosen, "test")
+    note = (f"summaries recomputed from the recorded cases at commit {git_commit()} "
+            "(python benchmarks/blend_weight.py --resummarise): nothing retrained or rescored")
+    report["notes"] = [n for n in report.get("notes", []) if not n.startswith("summaries ")]
+    report["notes"].append(note)
+    path.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    room = report["headroom"]["val"]
+    print(f"val: weight {chosen} mean {room['constant_mean']:.4f}; best weight per task "
+          f"{room['best_per_task_mean']:.4f} ({room['gain_per_task']:+.4f}), per run "
+          f"{room['best_per_case_mean']:.4f} ({room['gain_per_case']:+.4f}); wrote {path}")
+
+
 def depth_summary(cases: dict) -> dict:
     """Per (pixel weight a, probe weight b): the mean val accuracy over tasks and seeds."""
     scored = [c["multi_depth"] for runs in cases.values() for c in runs if "multi_depth" in c]
@@ -258,7 +314,12 @@ def main(argv: list[str] | None = None) -> None:
                              "never blend: a change to the blend alone leaves them valid)")
     parser.add_argument("--final", action="store_true", help="also score the test images")
     parser.add_argument("--out", default=None, help="results file")
+    parser.add_argument("--resummarise", action="store_true",
+                        help="only recompute the summaries of the results file (--out, "
+                             "else benchmarks/results/blend_weight.json) from its cases")
     args = parser.parse_args(argv)
+    if args.resummarise:
+        return resummarise(Path(args.out) if args.out else RESULTS / "blend_weight.json")
     args.code = args.cases_code or code_id(None)
     load_before, root, commit = load_average(), Path(args.root), git_commit()
     tasks, seeds = args.tasks.split(","), [int(s) for s in args.seeds.split(",")]
@@ -281,12 +342,14 @@ def main(argv: list[str] | None = None) -> None:
               "chosen_on_val": float(chosen), "pixels": pixels,
               "val": val, "fold_evidence": evidence_summary(cases, pixels, chosen),
               "multi_depth": depth_summary(cases),
+              "headroom": {"val": headroom(cases, chosen)},
               "cases": cases, "final": args.final}
     if args.final:
         for t in tasks:
             for case in cases[t]:
                 case["test"] = test_scores(t, case["seed"], root)
         report["test"] = summarise(cases, pixels, "test")
+        report["headroom"]["test"] = headroom(cases, chosen, "test")
         row = report["test"][chosen]
         print(f"test, weight {chosen}: mean over pixels {row['mean_over_pixels']:+.4f}, "
               f"worst {row['worst_over_pixels']:+.4f}, worst over the network "

@@ -262,6 +262,11 @@ def _blend_weight_rows() -> list[str]:
         f"{split}: mean {figure(f['mean_over_pixels'])} over pixels, worst "
         f"{figure(f['worst_over_pixels'])}, worst over the network "
         f"{figure(f['worst_over_network'])}" for split, f in figures.items())
+    room = results.get("headroom") or {}
+    if room:  # what knowing the labels would add: the bound on any evidence-based weight
+        measured += ("; the best weight per task, picked knowing the split's own labels, "
+                     "would add " + ", ".join(f"{figure(r['gain_per_task'])} ({split})"
+                                              for split, r in room.items()))
     return [f"| pixel blend weight without validation data ({chosen}, chosen on val), "
             f"{len(results['tasks'])} suite tasks without a validation split, "
             f"{len(results['seeds'])} network seeds | {measured} | val: {checks['val']}; "
