@@ -92,27 +92,32 @@ TRAINER_SCRIPT = textwrap.dedent(
 )
 
 
-# Feature extraction in shares over two replicas (logical CPUs): argv: output .npz,
-# backbone as JSON. Records how many images each call of the extractor received.
+# Feature extraction in shares by two workers (MultiWorkerMirroredStrategy, each a
+# process). argv: output .npz, backbone as JSON; TF_CONFIG names the worker. Records
+# how many images each call of the extractor received, and the rows each worker
+# reports extracting: 7 rows (4 + 3), 1 row (1 + an empty share), then a cache entry
+# only worker 0 holds (it supplies every row), then one both hold.
 SHARES_SCRIPT = textwrap.dedent(
     """
     import json
+    import os
     import sys
 
-    from kerastl.training.strategies import make_strategy, split_logical_cpus
+    from kerastl.training.strategies import make_strategy
 
-    devices = split_logical_cpus(2)
+    strategy = make_strategy("multiworker")
 
     import numpy as np
 
     import kerastl
     from kerastl.data.arrays import from_arrays
     from kerastl.models.build import feature_extractor
+    from kerastl.models.feature_cache import FeatureCache
     from kerastl.models.features import run_extractor
-    from kerastl.models.worker_features import extract_on_workers
+    from kerastl.models.worker_features import cached_on_workers, extract_on_workers
 
     out, source = sys.argv[1], json.loads(sys.argv[2])
-    strategy = make_strategy("mirrored", devices=devices)
+    index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     model = kerastl.build_model(source["backbone"], 3, input_shape=32,
                                 weights=source["weights"], head="avg", dense_units=(),
                                 backbone_kwargs=source["backbone_kwargs"])
@@ -120,17 +125,23 @@ SHARES_SCRIPT = textwrap.dedent(
     rng = np.random.default_rng(0)
     data = from_arrays(rng.integers(0, 256, (7, 32, 32, 3)).astype("uint8"),
                        rng.integers(0, 3, 7))
+    whole, whole_labels = run_extractor(extractor, data)
     seen = []
 
     def extract(part):
         seen.append(len(part))
         return run_extractor(extractor, part)
 
-    shared, shared_labels = extract_on_workers(strategy, extract, data)
-    whole, whole_labels = run_extractor(extractor, data)
-    one, one_labels = extract_on_workers(strategy, extract, data.subset([4]))
-    np.savez(out, seen=seen, shared=shared, whole=whole, shared_labels=shared_labels,
-             whole_labels=whole_labels, one=one, one_labels=one_labels)
+    (shared, shared_labels), here = extract_on_workers(strategy, extract, data)
+    (one, one_labels), here_one = extract_on_workers(strategy, extract, data.subset([4]))
+    cache = FeatureCache()
+    if index == 0:
+        cache.get_or_compute("k", lambda: (whole + 1, whole_labels))
+    (mixed, _), here_mixed = cached_on_workers(strategy, cache, "k", extract, data)
+    (again, _), here_again = cached_on_workers(strategy, cache, "k", extract, data)
+    np.savez(out, seen=seen, here=[here, here_one, here_mixed, here_again], whole=whole,
+             whole_labels=whole_labels, shared=shared, shared_labels=shared_labels,
+             one=one, one_labels=one_labels, mixed=mixed, again=again)
     """
 )
 
@@ -205,36 +216,21 @@ def _cli_flags(output: Path, batch_size: int, *, mode: str = "finetune") -> list
             "--optimizer", "sgd", "--seed", "5", "--verbose", "0", "--output", str(output)]
 
 
-def _train_on_two_workers_and_alone(tmp_path: Path, mode: str) -> None:
-    """``kerastl.train`` as two workers of batch 32 (outputs ``out0``, ``out1``) and as
-    one process of batch 64 (``out2``), at once; every non-chief output lands in its
-    ``tmp<i>`` folder. Fails with the logs' tails unless all three exit 0."""
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+def _run_all(tmp_path: Path, commands: list[tuple[list[str], dict[str, str]]]) -> None:
+    """Run the ``(argv, env)`` commands at once, each logging to ``worker<i>.log``;
+    fail with the logs' tails unless all exit 0 within ``CHILD_TIMEOUT``."""
     workers, logs = [], []
-    for index in range(3):  # two workers, and one process alone with the same global batch
-        output = tmp_path / f"out{index}"
-        scratch = tmp_path / f"tmp{index}"  # the non-chief's throw-away outputs land here
-        scratch.mkdir()
+    for index, (argv, env) in enumerate(commands):
         log = open(tmp_path / f"worker{index}.log", "w")  # noqa: SIM115
         logs.append(log)
-        alone = index == 2
-        env = _child_env(TMPDIR=str(scratch)) if alone else _child_env(
-            TF_CONFIG=json.dumps({"cluster": cluster,
-                                  "task": {"type": "worker", "index": index}}),
-            TMPDIR=str(scratch))
-        strategy = ["--strategy", "default"] if alone else ["--strategy", "multiworker"]
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "kerastl.train", *strategy,
-             *_cli_flags(output, batch_size=64 if alone else 32, mode=mode)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-        ))
+        workers.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        cwd=tmp_path))
     try:
         codes = [worker.wait(timeout=CHILD_TIMEOUT) for worker in workers]
     except subprocess.TimeoutExpired:
         for worker in workers:
             worker.kill()
-        pytest.fail("multi-worker run hung; killed both workers")
+        pytest.fail("multi-worker run hung; killed every worker")
     finally:
         for worker in workers:
             if worker.poll() is None:
@@ -242,8 +238,30 @@ def _train_on_two_workers_and_alone(tmp_path: Path, mode: str) -> None:
                 worker.wait()
         for log in logs:
             log.close()
-    tails = [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(3)]
-    assert codes == [0, 0, 0], tails
+    tails = [(tmp_path / f"worker{i}.log").read_text()[-3000:] for i in range(len(commands))]
+    assert codes == [0] * len(commands), tails
+
+
+def _train_on_two_workers_and_alone(tmp_path: Path, mode: str) -> None:
+    """``kerastl.train`` as two workers of batch 32 (outputs ``out0``, ``out1``) and as
+    one process of batch 64 (``out2``), at once; every non-chief output lands in its
+    ``tmp<i>`` folder."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    commands = []
+    for index in range(3):  # two workers, and one process alone with the same global batch
+        scratch = tmp_path / f"tmp{index}"  # the non-chief's throw-away outputs land here
+        scratch.mkdir()
+        alone = index == 2
+        env = _child_env(TMPDIR=str(scratch)) if alone else _child_env(
+            TF_CONFIG=json.dumps({"cluster": cluster,
+                                  "task": {"type": "worker", "index": index}}),
+            TMPDIR=str(scratch))
+        strategy = ["--strategy", "default"] if alone else ["--strategy", "multiworker"]
+        commands.append(([sys.executable, "-m", "kerastl.train", *strategy,
+                          *_cli_flags(tmp_path / f"out{index}", batch_size=64 if alone else 32,
+                                      mode=mode)], env))
+    _run_all(tmp_path, commands)
 
 
 def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
@@ -292,9 +310,11 @@ def test_multiworker_frozen_run_extracts_shares_and_trains_like_one_process(tmp_
     import kerastl
 
     notes = json.loads((tmp_path / "out0" / "run.json").read_text())["notes"]
-    assert any("each of 2 workers extracted its own share" in note for note in notes), notes
+    shares = ("this worker extracted the features of 250 of 500 training and 75 of 150 "
+              "validation images")
+    assert any(shares in note for note in notes), notes
     alone_notes = json.loads((tmp_path / "out2" / "run.json").read_text())["notes"]
-    assert not any("workers extracted" in note for note in alone_notes)
+    assert not any("worker extracted" in note for note in alone_notes)
     saved_by_worker1 = list((tmp_path / "tmp1").glob("kerastl-worker1-*/model.keras"))
     assert len(saved_by_worker1) == 1
     chief = kerastl.load_model(tmp_path / "out0" / "model.keras")
@@ -308,19 +328,29 @@ def test_multiworker_frozen_run_extracts_shares_and_trains_like_one_process(tmp_
                       abs=1e-9))
 
 
-def test_features_extracted_in_shares_equal_one_pass_in_data_order(tmp_path):
+def test_two_workers_extract_shares_that_gather_into_one_pass_in_data_order(tmp_path):
     script = tmp_path / "shares.py"
     script.write_text(SHARES_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "shares.npz"),
-                           json.dumps(source_backbone())], env=_child_env(),
-                          capture_output=True, text=True, timeout=CHILD_TIMEOUT)
-    assert done.returncode == 0, done.stderr[-3000:]
-    saved = dict(np.load(tmp_path / "shares.npz"))
-    # 7 images over 2 replicas: 4 and 3, each replica its own; then one image over
-    # two replicas: 1 and an empty share (shaped from one image).
-    assert saved["seen"].tolist() == [4, 3, 1, 1]
-    assert np.abs(saved["whole"]).max() > 1e-3  # features that can tell rows apart
-    np.testing.assert_allclose(saved["shared"], saved["whole"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(saved["shared_labels"], saved["whole_labels"])
-    np.testing.assert_allclose(saved["one"], saved["whole"][4:5], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(saved["one_labels"], saved["whole_labels"][4:5])
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    commands = [([sys.executable, str(script), str(tmp_path / f"shares{i}.npz"),
+                  json.dumps(source_backbone())],
+                 _child_env(TF_CONFIG=json.dumps({"cluster": cluster,
+                                                  "task": {"type": "worker", "index": i}})))
+                for i in range(2)]
+    _run_all(tmp_path, commands)
+    saved = [dict(np.load(tmp_path / f"shares{i}.npz")) for i in range(2)]
+    # Each worker ran the base on its own rows only (1 image more for an empty
+    # share's shapes), and says how many rows it extracted.
+    assert saved[0]["seen"].tolist() == [4, 1, 1] and saved[1]["seen"].tolist() == [3, 1, 1]
+    assert saved[0]["here"].tolist() == [4, 1, 0, 0] and saved[1]["here"].tolist() == [3, 0, 0, 0]
+    whole = saved[0]["whole"]
+    assert np.abs(whole).max() > 1e-3  # features that can tell rows apart
+    for worker in saved:
+        np.testing.assert_allclose(worker["shared"], whole, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(worker["shared_labels"], worker["whole_labels"])
+        np.testing.assert_allclose(worker["one"], whole[4:5], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(worker["one_labels"], worker["whole_labels"][4:5])
+        # Worker 0's entry (marked + 1) reached worker 1, whose cache had none.
+        np.testing.assert_allclose(worker["mixed"], whole + 1, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(worker["again"], whole + 1, rtol=1e-5, atol=1e-6)

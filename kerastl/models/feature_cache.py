@@ -278,6 +278,7 @@ class FeatureCache:
     def contains(self, key: str) -> bool:
         """Whether :meth:`get_or_compute` would find ``key`` without computing it
         (a readable entry on disk is loaded or mapped now, as that would)."""
+        _check_key(key)
         if key in self._memory:
             return True
         stored = self._read(key)
@@ -296,10 +297,7 @@ class FeatureCache:
             ``(features, labels)``: in-memory arrays, or read-only memory maps when
             they exceed the memory budget.
         """
-        if not isinstance(key, str) or not _KEY.match(key):
-            raise ConfigError(
-                f"Cache keys are file names of letters, digits and '_.-'; received {key!r}."
-            )
+        _check_key(key)
         if key in self._memory:
             self.hits += 1
             return self._memory[key]
@@ -386,6 +384,13 @@ class FeatureCache:
             # Removed with the cache; Linux keeps already-mapped files readable.
             weakref.finalize(self, shutil.rmtree, self._scratch, ignore_errors=True)
         return self._scratch
+
+
+def _check_key(key: Any) -> None:
+    if not isinstance(key, str) or not _KEY.match(key):
+        raise ConfigError(
+            f"Cache keys are file names of letters, digits and '_.-'; received {key!r}."
+        )
 
 
 def _checked(result: Any, key: str) -> Features:

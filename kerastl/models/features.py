@@ -34,7 +34,7 @@ from ..data.image_data import epoch_seed
 from .build import build_model, feature_extractor
 from .feature_cache import FeatureCache, Features, base_digest, cache_key, data_fingerprint
 from .freezing import PREPROCESS_LAYER, base_called_in_inference, find_backbone
-from .worker_features import all_have, extract_on_workers, splits_extraction
+from .worker_features import cached_on_workers, splits_extraction
 
 # --feature-cache: "auto" trains frozen phases on cached base features when that
 # trains the same model (see cache_applies); "off" always runs the images.
@@ -344,6 +344,7 @@ def cached_feature_datasets(
     augment_passes: int = 0,
     extraction_batch: int | None = None,
     strategy: tf.distribute.Strategy | None = None,
+    log: list[str] | None = None,
 ) -> FeatureDatasets:
     """Cache base features of ``train``/``val`` and serve them as datasets.
 
@@ -365,6 +366,8 @@ def cached_feature_datasets(
         strategy: tf.distribute.Strategy, optional. Under several workers each
             extracts only its share and the features are gathered
             (:mod:`kerastl.models.worker_features`). Defaults to one process.
+        log: list of str, optional. Receives, where workers split the extraction,
+            a line saying how many images this worker extracted.
 
     Returns:
         :class:`FeatureDatasets` ``(train, val)``.
@@ -392,8 +395,9 @@ def cached_feature_datasets(
     _check_image_size(model, image_size)
     extractor = feature_extractor(model)
     model_digest = base_digest(model)  # hashes every weight: once for every entry
+    shares: list[str] = []  # "rows this worker extracted of all", where workers split
 
-    def cached(data: Any, augment_pass: int | None) -> Features:
+    def cached(data: Any, augment_pass: int | None, what: str = "training") -> Features:
         pass_augment = augment if augment_pass is not None else None
         # A cache on disk outlives this process: a file replaced since (cp -p keeps
         # size and time) must not match, so files are identified by their bytes.
@@ -408,12 +412,12 @@ def cached_feature_datasets(
                 raise DataError("The feature cache needs labelled data; received images only.")
             return features, labels
 
-        if not splits_extraction(strategy, data):
+        # Augmented passes are not split: see kerastl.models.worker_features.
+        if augment_pass is not None or not splits_extraction(strategy, data):
             return cache.get_or_compute(key, lambda: extract(data))
-        if all_have(strategy, cache, key):
-            return cache.get_or_compute(key, lambda: extract(data))  # a hit on every worker
-        shared = extract_on_workers(strategy, extract, data)
-        return cache.get_or_compute(key, lambda: shared)
+        features, here = cached_on_workers(strategy, cache, key, extract, data)
+        shares.append(f"{here} of {len(features[0])} {what}")
+        return features
 
     passes = ([cached(train, p) for p in range(augment_passes)] if augment is not None
               else [cached(train, None)])
@@ -427,9 +431,12 @@ def cached_feature_datasets(
 
     val_dataset = None
     if val is not None:
-        source = _Served(*cached(val, None))
+        source = _Served(*cached(val, None, "validation"))
         val_dataset = source.batches(np.arange(source.rows),
                                      evaluation_batch_size(source, batch_size))
+    if shares and log is not None:
+        log.append(f"this worker extracted the features of {' and '.join(shares)} images, "
+                   "the other workers the rest")
     return FeatureDatasets(train_epoch, val_dataset, passes[0])
 
 

@@ -190,8 +190,8 @@ class SklearnClassifier:
         if pooling not in ("avg", "max"):
             raise ConfigError(f"pooling must be 'avg' or 'max'; received pooling={pooling!r}.")
         extractor = feature_extractor(model, pooling=pooling)
-        if splits_extraction(strategy, train_data):
-            features, targets = extract_on_workers(
+        if splits_extraction(strategy, train_data):  # (images, labels): never unlabelled
+            (features, targets), _ = extract_on_workers(
                 strategy, lambda part: run_extractor(extractor, part, batch_size=batch_size),
                 train_data)
         else:

@@ -22,7 +22,6 @@ from ..models.build import head_model
 from ..models.feature_cache import FeatureCache
 from ..models.features import cache_applies, cached_feature_datasets
 from ..models.freezing import set_regime
-from ..models.worker_features import worker_count
 from ..outputs.run_dir import RunDir
 from ..training.checkpoints import TrainState
 from ..training.lr_range_test import suggest_lr
@@ -176,19 +175,17 @@ def _cached_phase(resolved: ResolvedRun, model, splits, notes: list[str], *,
         cache_dir = inside_output(resolved.output.directory, cache_dir)  # inside the run
     cache = FeatureCache(cache_dir)
     augment = augmentation(plan.augment, seed=plan.seed) if augmented else None
+    shares: list[str] = []
     train, val, arrays = cached_feature_datasets(
         model, splits.train, splits.val, image_size=plan.image_size,
         batch_size=plan.batch_size, cache=cache, seed=plan.seed, augment=augment,
         augment_passes=plan.augment_passes if augmented else 0,
-        strategy=resolved.runtime.strategy,
+        strategy=resolved.runtime.strategy, log=shares,
     )
     steps = plan.steps_per_epoch
     what = f"{plan.augment_passes} augmented passes of " if augmented else ""
     note = f"head trained on {what}cached base features ({cache.explain()})"
-    workers = worker_count(resolved.runtime.strategy)
-    if workers > 1 and cache.misses:
-        note += (f"; each of {workers} workers extracted its own share of the images, "
-                 "gathered on every worker")
+    note += "".join(f"; {line}" for line in shares)
     notes.append(note)
     with resolved.runtime.strategy.scope():
         head = head_model(model)
