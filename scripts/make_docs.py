@@ -205,7 +205,57 @@ def measured_rows() -> list[str]:
     rows += _first_hour_rows()
     rows += _multi_depth_rows()
     rows += _blend_weight_rows()
+    rows += _outside_blend_rows()
+    rows += _worker_features_rows()
     return rows
+
+
+def _seed_means(result: dict, name: str) -> float | None:
+    """Mean test accuracy of candidate ``name`` and its ``name_s<k>`` seeds."""
+    scores = [run.get("test_accuracy") for key, run in result["candidates"].items()
+              if key == name or key.startswith(f"{name}_s")]
+    scores = [score for score in scores if score is not None]
+    return round(sum(scores) / len(scores), 4) if scores else None
+
+
+def _outside_blend_rows() -> list[str]:
+    """The default against the network alone on tasks outside the suite, several seeds."""
+    outside = _load("transfer_outside_blend")
+    if not outside:
+        return []
+    parts, over_pixels, over_network = [], [], []
+    for task, result in outside["tasks"].items():
+        default, network = _seed_means(result, "default"), _seed_means(result, "network")
+        pixels = result["pixels"]["test_accuracy"]
+        if default is None or network is None:
+            continue
+        seeds = sum(key == "default" or key.startswith("default_s")
+                    for key in result["candidates"])
+        over_pixels.append(default - pixels)
+        over_network.append(default - network)
+        parts.append(f"{task} default {figure(default)}, network alone {figure(network)}, "
+                     f"pixels {figure(pixels)} ({seeds} seeds)")
+    if not parts:
+        return []
+    checks = _issue_26_checks(min(over_pixels), min(over_network),
+                              sum(over_pixels) / len(over_pixels))
+    return [f"| pixel blend weight on tasks outside the suite (never tuned on), test "
+            f"accuracy, mean over seeds | {'; '.join(parts)} | {checks} | "
+            "`transfer_outside_blend.json` |"]
+
+
+def _worker_features_rows() -> list[str]:
+    shares = _load("worker_features")
+    if not shares:
+        return []
+    workers = shares["per_worker"]
+    ratios = [worker["shares_over_every_image"] for worker in workers]
+    return [f"| frozen features under {shares['workers']} workers "
+            f"({shares['threads_per_worker']} thread each), {shares['images']} Fashion-MNIST "
+            f"images, {shares['backbone']}: each its own share, gathered, against every image "
+            f"on every worker | each worker extracted "
+            f"{workers[0]['images_extracted_in_shares']}; {figure(min(ratios))}–"
+            f"{figure(max(ratios))}× the time | measured | `worker_features.json` |"]
 
 
 def _suite_blend_rows() -> list[str]:
