@@ -206,6 +206,7 @@ def measured_rows() -> list[str]:
     rows += _multi_depth_rows()
     rows += _blend_weight_rows()
     rows += _outside_blend_rows()
+    rows += _split_seeds_rows()
     rows += _worker_features_rows()
     return rows
 
@@ -242,6 +243,33 @@ def _outside_blend_rows() -> list[str]:
     return [f"| pixel blend weight on tasks outside the suite (never tuned on), test "
             f"accuracy, mean over seeds | {'; '.join(parts)} | {checks} | "
             "`transfer_outside_blend.json` |"]
+
+
+def _split_seeds_rows() -> list[str]:
+    """The suite's tasks with a validation split of their own, on several seeds."""
+    split = _load("transfer_suite_split_seeds")
+    if not split:
+        return []
+    parts, over_pixels, over_network = [], [], []
+    for task, result in split["tasks"].items():
+        means = {name: _seed_means(result, name) for name in ("default", "network",
+                                                             "multidepth")}
+        if None in means.values():
+            continue
+        pixels = result["pixels"]["test_accuracy"]
+        over_pixels.append(means["default"] - pixels)
+        over_network.append(means["default"] - means["network"])
+        parts.append(f"{task} default {figure(means['default'])}, network alone "
+                     f"{figure(means['network'])}, multi-depth probe "
+                     f"{figure(means['multidepth'])}, pixels {figure(pixels)}")
+    if not parts:
+        return []
+    checks = _issue_26_checks(min(over_pixels), min(over_network),
+                              sum(over_pixels) / len(over_pixels))
+    seeds = sum(key == "default" or key.startswith("default_s")
+                for key in next(iter(split["tasks"].values()))["candidates"])
+    return [f"| suite tasks with their own validation split, test accuracy, mean of {seeds} seeds "
+            f"| {'; '.join(parts)} | {checks} | `transfer_suite_split_seeds.json` |"]
 
 
 def _worker_features_rows() -> list[str]:
