@@ -219,57 +219,45 @@ def _seed_means(result: dict, name: str) -> float | None:
     return round(sum(scores) / len(scores), 4) if scores else None
 
 
-def _outside_blend_rows() -> list[str]:
-    """The default against the network alone on tasks outside the suite, several seeds."""
-    outside = _load("transfer_outside_blend")
-    if not outside:
+def _seed_mean_rows(name: str, what: str, columns: dict[str, str]) -> list[str]:
+    """One row: per task the seed means of ``columns`` (candidate -> label) and pixels,
+    checked against issue 26's goals (the default over pixels and the network alone)."""
+    results = _load(name)
+    if not results:
         return []
-    parts, over_pixels, over_network = [], [], []
-    for task, result in outside["tasks"].items():
-        default, network = _seed_means(result, "default"), _seed_means(result, "network")
-        pixels = result["pixels"]["test_accuracy"]
-        if default is None or network is None:
+    parts, over_pixels, over_network, seeds = [], [], [], 0
+    for task, result in results["tasks"].items():
+        means = {candidate: _seed_means(result, candidate) for candidate in columns}
+        if None in means.values():
             continue
         seeds = sum(key == "default" or key.startswith("default_s")
                     for key in result["candidates"])
-        over_pixels.append(default - pixels)
-        over_network.append(default - network)
-        parts.append(f"{task} default {figure(default)}, network alone {figure(network)}, "
-                     f"pixels {figure(pixels)} ({seeds} seeds)")
-    if not parts:
-        return []
-    checks = _issue_26_checks(min(over_pixels), min(over_network),
-                              sum(over_pixels) / len(over_pixels))
-    return [f"| pixel blend weight on tasks outside the suite (never tuned on), test "
-            f"accuracy, mean over seeds | {'; '.join(parts)} | {checks} | "
-            "`transfer_outside_blend.json` |"]
-
-
-def _split_seeds_rows() -> list[str]:
-    """The suite's tasks with a validation split of their own, on several seeds."""
-    split = _load("transfer_suite_split_seeds")
-    if not split:
-        return []
-    parts, over_pixels, over_network = [], [], []
-    for task, result in split["tasks"].items():
-        means = {name: _seed_means(result, name) for name in ("default", "network",
-                                                             "multidepth")}
-        if None in means.values():
-            continue
         pixels = result["pixels"]["test_accuracy"]
         over_pixels.append(means["default"] - pixels)
         over_network.append(means["default"] - means["network"])
-        parts.append(f"{task} default {figure(means['default'])}, network alone "
-                     f"{figure(means['network'])}, multi-depth probe "
-                     f"{figure(means['multidepth'])}, pixels {figure(pixels)}")
+        figures = ", ".join(f"{label} {figure(means[c])}" for c, label in columns.items())
+        parts.append(f"{task} {figures}, pixels {figure(pixels)}")
     if not parts:
         return []
     checks = _issue_26_checks(min(over_pixels), min(over_network),
                               sum(over_pixels) / len(over_pixels))
-    seeds = sum(key == "default" or key.startswith("default_s")
-                for key in next(iter(split["tasks"].values()))["candidates"])
-    return [f"| suite tasks with their own validation split, test accuracy, mean of {seeds} seeds "
-            f"| {'; '.join(parts)} | {checks} | `transfer_suite_split_seeds.json` |"]
+    return [f"| {what}, test accuracy, mean of {seeds} seeds | {'; '.join(parts)} | "
+            f"{checks} | `{name}.json` |"]
+
+
+def _outside_blend_rows() -> list[str]:
+    """The default against the network alone on tasks outside the suite."""
+    return _seed_mean_rows("transfer_outside_blend", "pixel blend weight on tasks outside "
+                           "the suite (never tuned on)",
+                           {"default": "default", "network": "network alone"})
+
+
+def _split_seeds_rows() -> list[str]:
+    """The suite's tasks with a validation split of their own."""
+    return _seed_mean_rows("transfer_suite_split_seeds", "suite tasks with their own "
+                           "validation split", {"default": "default", "network":
+                                                "network alone", "multidepth":
+                                                "multi-depth probe"})
 
 
 def _worker_features_rows() -> list[str]:
