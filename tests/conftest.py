@@ -48,6 +48,22 @@ def pytest_report_header(config) -> list[str]:
             f"kerastl default precision: {policy}"]
 
 
+# The suite's slowest files, slowest first (per-file seconds from `pytest --durations`):
+# pytest-xdist hands whole files to its two workers in collection order
+# (`--dist loadfile --no-loadscope-reorder` in pyproject.toml), so the long ones start
+# first and the many short ones fill the gaps at the end. By default xdist puts files
+# with the most tests first (the registry-wide ones, each test short), and a
+# five-minute file starting last left one worker idle for minutes.
+SLOWEST_FILES = ("test_notebooks.py", "test_deploy.py", "test_run.py", "test_interpret.py",
+                 "test_distributed.py", "test_first_hour.py", "test_reliability.py",
+                 "test_cli.py", "test_blend.py", "test_compare.py", "test_resolve_run.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOWEST_FILES)))
+
+
 @pytest.fixture(autouse=True)
 def _clear_keras_session():
     yield
