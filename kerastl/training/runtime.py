@@ -134,9 +134,11 @@ class Runtime:
     def summary(self) -> str:
         """One short console line; :meth:`describe` (saved in run.json) says why.
 
-        Example:
+        Example (the line ends with the intra-op threads where a run in this process
+        has set them):
             >>> print(setup_runtime("default", "float32", batch_size=8).summary())
-            Runtime: strategy default, 1 replica, global batch 8, float32, XLA off
+            ... # doctest: +ELLIPSIS
+            Runtime: strategy default, 1 replica, global batch 8, float32, XLA off...
         """
         replicas = f"{self.replicas} replica" + ("s" if self.replicas != 1 else "")
         worker = f", worker {self.worker_index}" if self.strategy_name == "multiworker" else ""
