@@ -54,9 +54,10 @@ def pytest_report_header(config) -> list[str]:
 # first and the many short ones fill the gaps at the end. By default xdist puts files
 # with the most tests first (the registry-wide ones, each test short), and a
 # five-minute file starting last left one worker idle for minutes.
-SLOWEST_FILES = ("test_notebooks.py", "test_deploy.py", "test_run.py", "test_interpret.py",
-                 "test_distributed.py", "test_first_hour.py", "test_reliability.py",
-                 "test_cli.py", "test_blend.py", "test_compare.py", "test_resolve_run.py")
+SLOWEST_FILES = ("test_notebooks.py", "test_model.py", "test_deploy.py", "test_run.py",
+                 "test_interpret.py", "test_distributed.py", "test_first_hour.py",
+                 "test_reliability.py", "test_cli.py", "test_blend.py", "test_compare.py",
+                 "test_resolve_run.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
@@ -76,7 +77,8 @@ def registry_model(request) -> tuple[str, keras.Model]:
     """One frozen kerastl model per registered backbone, shared by every registry test.
 
     Session scope with parameters makes pytest run all tests of one backbone before
-    building the next, so each of the 40 architectures is built once.
+    building the next, so each of the 40 architectures is built once per worker: keep
+    the tests that use it in test_model.py, one file that one worker runs.
     """
     import kerastl
 
