@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -76,17 +75,6 @@ def child(images: int, rounds: int, out: Path) -> None:
         "max_abs_difference": float(np.abs(shared - whole).max())}))
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=6000)
@@ -95,17 +83,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.child:
         return child(args.images, args.rounds, Path(args.child))
+    from kerastl.training.strategies import local_cluster  # imports TensorFlow: only here
+
     load_before = load_average()
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     with tempfile.TemporaryDirectory() as scratch:
         outs = [Path(scratch) / f"worker{i}.json" for i in range(2)]
         workers = [subprocess.Popen(
             [sys.executable, __file__, "--images", str(args.images), "--rounds",
              str(args.rounds), "--child", str(out)],
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT),
-                 "TF_CONFIG": json.dumps({"cluster": cluster,
-                                          "task": {"type": "worker", "index": i}})})
-            for i, out in enumerate(outs)]
+                 "TF_CONFIG": config})
+            for out, config in zip(outs, local_cluster(2), strict=True)]
         codes = [worker.wait(timeout=CHILD_TIMEOUT) for worker in workers]
         if codes != [0, 0]:
             raise SystemExit(f"a worker failed: exit codes {codes}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ import pytest
 
 from kerastl.data.samples import REPO_ROOT, data_samples_dir
 from kerastl.outputs.history import read_history_csv
+from kerastl.training.strategies import local_cluster
 
 from .conftest import source_backbone
 from .numerics import (
@@ -187,17 +187,6 @@ def test_mirrored_two_devices_matches_one_device_with_same_global_batch(tmp_path
 
 
 # ------------------------------------------------------------------ multi-worker
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def _cli_flags(output: Path, batch_size: int) -> list[str]:
     """A short run from the source backbone (float32, no dropout: the workers' runs
     are compared with a single process, where masks would differ): two head epochs on
@@ -246,17 +235,14 @@ def _train_on_two_workers_and_alone(tmp_path: Path) -> None:
     """``kerastl.train`` as two workers of batch 32 (outputs ``out0``, ``out1``) and as
     one process of batch 64 (``out2``), at once; every non-chief output lands in its
     ``tmp<i>`` folder."""
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    configs = local_cluster(2)
     commands = []
     for index in range(3):  # two workers, and one process alone with the same global batch
         scratch = tmp_path / f"tmp{index}"  # the non-chief's throw-away outputs land here
         scratch.mkdir()
         alone = index == 2
         env = _child_env(TMPDIR=str(scratch)) if alone else _child_env(
-            TF_CONFIG=json.dumps({"cluster": cluster,
-                                  "task": {"type": "worker", "index": index}}),
-            TMPDIR=str(scratch))
+            TF_CONFIG=configs[index], TMPDIR=str(scratch))
         strategy = ["--strategy", "default"] if alone else ["--strategy", "multiworker"]
         commands.append(([sys.executable, "-m", "kerastl.train", *strategy,
                           *_cli_flags(tmp_path / f"out{index}",
@@ -316,13 +302,9 @@ def test_multiworker_cli_trains_identically_on_two_workers(tmp_path):
 def test_two_workers_extract_shares_that_gather_into_one_pass_in_data_order(tmp_path):
     script = tmp_path / "shares.py"
     script.write_text(SHARES_SCRIPT)
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     commands = [([sys.executable, str(script), str(tmp_path / f"shares{i}.npz"),
-                  json.dumps(source_backbone())],
-                 _child_env(TF_CONFIG=json.dumps({"cluster": cluster,
-                                                  "task": {"type": "worker", "index": i}})))
-                for i in range(2)]
+                  json.dumps(source_backbone())], _child_env(TF_CONFIG=config))
+                for i, config in enumerate(local_cluster(2))]
     _run_all(tmp_path, commands)
     saved = [dict(np.load(tmp_path / f"shares{i}.npz")) for i in range(2)]
     # Each worker ran the base on its own rows only (1 image more for an empty

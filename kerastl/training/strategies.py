@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 
 import tensorflow as tf
 
@@ -125,3 +127,32 @@ def split_logical_cpus(n: int) -> list[str]:
             "in the program, before creating any tensor, model or strategy."
         ) from error
     return [device.name for device in tf.config.list_logical_devices("CPU")]
+
+
+def local_cluster(workers: int) -> list[str]:
+    """``TF_CONFIG`` values for ``workers`` processes on this machine, one per worker.
+
+    Start worker ``i`` with ``TF_CONFIG=local_cluster(n)[i]`` (and
+    ``--strategy multiworker``) to try a multi-worker run on one machine. The ports
+    are ones the OS reported free just now; another process could take one before the
+    workers start.
+
+    Example:
+        >>> configs = local_cluster(2)
+        >>> [json.loads(config)["task"]["index"] for config in configs]
+        [0, 1]
+        >>> len(json.loads(configs[0])["cluster"]["worker"])
+        2
+    """
+    check_int("workers", workers, minimum=1)
+    sockets = [socket.socket() for _ in range(workers)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        addresses = [f"127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+    return [json.dumps({"cluster": {"worker": addresses},
+                        "task": {"type": "worker", "index": index}})
+            for index in range(workers)]
