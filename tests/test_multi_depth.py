@@ -44,14 +44,20 @@ def test_probe_predicts_what_scikit_learn_predicts_on_the_grouped_features():
     # The same regression, fitted independently: each feature standardised, each group
     # scaled by 1/sqrt(width), C as chosen.
     features, labels = read_depths(probe, train.batches(32, 64))
-    widths = np.concatenate([np.full(w, w) for _, w in feature_groups(probe)])
-    scaled = (features - features.mean(0)) / ((features.std(0) + 1e-6) * np.sqrt(widths))
+    widths = [w for _, w in feature_groups(probe)]
+    std = features.std(0) + 1e-6
+    # Each std floored at 0.3 x its group's median (a nearly constant feature would get
+    # a weight fine-tuning cannot afford).
+    ends = np.cumsum(widths)
+    floors = np.concatenate([np.full(w, 0.3 * np.median(std[end - w:end]))
+                             for w, end in zip(widths, ends, strict=True)])
+    scale = np.sqrt(std ** 2 + floors ** 2) * np.sqrt(np.repeat(widths, widths))
+    scaled = (features - features.mean(0)) / scale
     reference = LogisticRegression(C=facts["C"], max_iter=5000, random_state=0)
     reference.fit(scaled, labels)
     test = _digits(60, start=90)
     test_features, _ = read_depths(probe, test.batches(32, 64))
-    test_scaled = (test_features - features.mean(0)) / ((features.std(0) + 1e-6)
-                                                        * np.sqrt(widths))
+    test_scaled = (test_features - features.mean(0)) / scale
     keras_classes = np.concatenate([np.asarray(probe(x, training=False)).argmax(1)
                                     for x, _ in test.batches(32, 64)])
     assert np.mean(keras_classes == reference.predict(test_scaled)) >= 0.97
@@ -150,8 +156,45 @@ def test_frozen_multidepth_run_writes_a_model_that_scores_as_the_run_says(tmp_pa
     assert "network_accuracy" not in result.metrics  # the probe is the model
 
 
+def test_auto_fine_tunes_the_network_from_the_multidepth_probe(tmp_path):
+    source = source_backbone()
+    digits = load_digits()
+    images, labels = (digits.images * 16).astype("uint8"), digits.target
+    names = [str(i) for i in range(10)]
+    splits = kerastl.DataSplits(
+        train=kerastl.from_arrays(images[:200], labels[:200], class_names=names), val=None,
+        test=kerastl.from_arrays(images[200:400], labels[200:400], class_names=names),
+        class_names=names)
+    base_before = _weights(source_model(num_classes=10).get_layer("backbone").layers)
+    result = kerastl.fit(kerastl.RunConfig(
+        mode="auto", head="multidepth", backbone=source["backbone"],
+        backbone_kwargs=source["backbone_kwargs"], weights=source["weights"],
+        image_size=32, epochs=3, verbose=0, output=str(tmp_path / "run")), splits=splits)
+    assert [p.fit for p in result.config.phases] == ["probe", "train"]
+    assert result.config.pixel_blend == "off"  # the pixels are the head's depth 0
+    tuned = _weights(result.model.get_layer("backbone").layers)
+    assert any(not np.array_equal(a, b) for a, b in zip(base_before, tuned, strict=True))
+    losses = [row["loss"] for row in result.history]
+    # Fine-tuning starts where the probe ended: the head's standardisation is a layer,
+    # so Adam's steps on the kernel are in standardised units (folded, the first epochs'
+    # loss rose twentyfold on a suite task).
+    assert losses[1] < 3 * losses[0] + 0.5, losses
+    loaded = keras.models.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
+    predicted = np.concatenate([np.asarray(loaded(x)).argmax(1)
+                                for x, _ in splits.test.batches(32, 100)])
+    assert np.mean(predicted == labels[200:400]) == pytest.approx(
+        result.metrics["accuracy"], abs=1e-6)
+
+
+def test_multidepth_without_pretrained_weights_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="reads every depth of a pretrained base"):
+        kerastl.fit(kerastl.RunConfig(mode="auto", head="multidepth", weights=None,
+                                      image_size=32, verbose=0, output=str(tmp_path / "r")))
+
+
 @pytest.mark.parametrize("changes,message", [
-    ({"mode": "auto"}, "needs mode='frozen'"),
+    ({"mode": "scratch"}, "needs mode 'frozen'"),
+    ({"mode": "full"}, "--head-warmup probe"),
     ({"dense_units": [64]}, "Use --dense-units none"),
     ({"pixel_blend": "on"}, "Use --pixel-blend off"),
 ])

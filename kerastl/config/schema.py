@@ -146,8 +146,9 @@ class RunConfig:
     weights_hash: str | None = option(None, "expected SHA-256 of --weights", group="model",
                                       metavar="SHA256")
     head: str = option("avg", "pooling of the Keras head; multidepth: a linear probe on "
-                       "every depth of the frozen base and the pixels (--mode frozen); or a "
-                       "scikit-learn head on frozen features", group="model",
+                       "every depth of the frozen base and the pixels (--mode frozen), "
+                       "fine-tuned from there with --mode auto; or a scikit-learn head on "
+                       "frozen features", group="model",
                        choices=ALL_HEADS)
     dense_units: list[int] = option(help="hidden Dense layers of the head, or 'none'",
                                     group="model", factory=list, metavar="N,N")

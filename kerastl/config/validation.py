@@ -109,11 +109,20 @@ def _number(name: str, value: Any, *, low: float | None = None, high: float | No
 
 
 def _check_multi_depth(config: RunConfig) -> None:
-    """``head="multidepth"`` is a frozen probe: one linear layer, fitted once."""
-    if config.mode != "frozen" or config.phases:
-        raise ConfigError(f"head='multidepth' is a linear probe on the frozen base, fitted "
-                          f"once; it needs mode='frozen' and no phases; received "
-                          f"mode={config.mode!r}. Use --mode frozen --head multidepth.")
+    """``head="multidepth"``: one linear layer on every depth, fitted as a probe first.
+
+    ``mode="frozen"`` keeps the probe; ``auto`` (or ``full``/``finetune`` with
+    ``head_warmup="probe"``) fine-tunes the network from it. A head warmed up by
+    gradient steps would start from raw pixels and unstandardised features.
+    """
+    probe_first = config.mode in ("frozen", "auto") or (
+        config.mode in ("full", "finetune") and config.head_warmup == "probe")
+    if not probe_first or config.phases:
+        raise ConfigError(f"head='multidepth' starts from a linear probe on the frozen base; "
+                          f"it needs mode 'frozen' (the probe alone) or 'auto' (the probe, "
+                          f"then fine-tuning), and no phases; received mode={config.mode!r}"
+                          f"{', phases' if config.phases else ''}. Use --mode frozen or "
+                          "--mode auto (or --head-warmup probe with --mode full).")
     if config.dense_units:
         raise ConfigError(f"head='multidepth' is one linear layer; received dense_units="
                           f"{list(config.dense_units)!r}. Use --dense-units none.")

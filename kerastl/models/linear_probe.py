@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +43,14 @@ C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 # by 1/sqrt(width), so each feature is small and less regularisation fits. On the
 # suite's validation images the chosen C spread over 0.3-100 from task to task.
 GROUPED_C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+# Grouped features are standardised with each std floored at this fraction of its
+# group's median std (sqrt(std**2 + floor**2)). Why: a feature almost constant on the
+# training images (a digit's blank border, a dead channel) gets a huge weight once divided
+# by its tiny std. A frozen probe never sees it move; fine-tuning the multi-depth head
+# does, and without a floor its loss reached the thousands (suite task T8). Chosen on the
+# suite's validation images (seed 0, network alone): 0.3 gave T8 0.958 and T2 0.860,
+# 1.0 gave 0.954 and 0.848, no floor 0.606 and 0.728.
+GROUP_STD_FLOOR = 0.3
 FALLBACK_C = 0.1
 MIN_PER_CLASS_FOR_CV = 3
 
@@ -93,11 +102,13 @@ def fit_probe(head: keras.Model, features: np.ndarray, labels: np.ndarray, *, ta
     ok, why = probe_applies(head)
     if not ok:
         raise ConfigError(f"A linear probe does not apply: {why}.")
-    inputs = _predictions_inputs(head, features)
+    standardiser = _standardiser(head)
+    inputs = _predictions_inputs(head, features, skip=standardiser)
     group_widths = group_widths or getattr(head, "kerastl_widths", None)
     c_grid = c_grid or (GROUPED_C_GRID if group_widths else C_GRID)
     mean, std = inputs.mean(axis=0), inputs.std(axis=0) + 1e-6
     if group_widths is not None:
+        std = _floored_by_group(std, group_widths)
         std = std * _group_sqrt_widths(group_widths, inputs.shape[1])
     standardised = (inputs - mean) / std
     weights = None if class_weight == "none" else "balanced"
@@ -110,9 +121,12 @@ def fit_probe(head: keras.Model, features: np.ndarray, labels: np.ndarray, *, ta
     kernel, bias = logistic_kernel_and_bias(fitted, task, len(mean), int(dense.units))
     scale = _logit_scale(standardised @ kernel + bias, labels, task, label_smoothing)
     kernel, bias = kernel * scale, bias * scale
-    # Fold the standardisation in: w.(x - m)/s + b = (w/s).x + (b - (w/s).m).
-    kernel = kernel / std[:, None]
-    bias = bias - mean @ kernel
+    if standardiser is not None:  # the head's own Normalization layer standardises
+        _set_standardisation(standardiser, mean, std)
+    else:
+        # Fold the standardisation in: w.(x - m)/s + b = (w/s).x + (b - (w/s).m).
+        kernel = kernel / std[:, None]
+        bias = bias - mean @ kernel
     dense.kernel.assign(kernel.astype(np.float32))
     dense.bias.assign(bias.astype(np.float32))
     scores = [f["cv_accuracy"] for f in fitted if f["cv_accuracy"] is not None]
@@ -120,6 +134,23 @@ def fit_probe(head: keras.Model, features: np.ndarray, labels: np.ndarray, *, ta
             "cv_accuracy": float(np.mean(scores)) if scores else None,
             "train_accuracy": float(np.mean([f["train_accuracy"] for f in fitted])),
             "temperature": float(1.0 / scale)}
+
+
+def _floored_by_group(std: np.ndarray, widths: Sequence[int]) -> np.ndarray:
+    """``std`` with each value floored at ``GROUP_STD_FLOOR`` x its group's median."""
+    floored = std.copy()
+    for start, end in itertools.pairwise(np.cumsum([0, *map(int, widths)])):
+        floor = GROUP_STD_FLOOR * np.median(std[start:end])
+        floored[start:end] = np.sqrt(std[start:end] ** 2 + floor ** 2)
+    return floored
+
+
+def _set_standardisation(layer: keras.layers.Normalization, mean: np.ndarray,
+                         std: np.ndarray) -> None:
+    """Write ``(x - mean) / std`` into an adapt-style Normalization layer."""
+    layer.adapt_mean.assign(mean.astype(np.float32))
+    layer.adapt_variance.assign((std ** 2).astype(np.float32))
+    layer.finalize_state()  # what Keras's own adapt() ends with
 
 
 def _group_sqrt_widths(widths: Sequence[int], features: int) -> np.ndarray:
@@ -172,12 +203,34 @@ def _head_chain(model: keras.Model) -> list[keras.layers.Layer]:
             if not isinstance(layer, keras.layers.InputLayer)]
 
 
-def _predictions_inputs(head: keras.Model, features: np.ndarray) -> np.ndarray:
-    """Run the head's chain (pooling, normalisation) in inference mode, in batches."""
+def _standardiser(head: keras.Model) -> keras.layers.Normalization | None:
+    """The Normalization layer right before ``predictions`` (dropout aside), if any.
+
+    A multi-depth head keeps its standardisation there instead of folding it into the
+    kernel: fine-tuning then moves the kernel in standardised units, as the regression
+    was fitted. Folded, a weight on pixels (values up to 255, their 768 inputs scaled
+    by 1/sqrt(768)) is thousands of times smaller than on a deep feature, and Adam's
+    steps, about the learning rate whatever a weight's size, swamped it: the loss went
+    from 0.5 to 10 in the first fine-tuning epochs (suite task T4).
+    """
+    for layer in reversed(_head_chain(head)):
+        if isinstance(layer, keras.layers.Normalization):
+            return layer
+        if not isinstance(layer, keras.layers.Dropout):
+            return None
+    return None
+
+
+def _predictions_inputs(head: keras.Model, features: np.ndarray,
+                        skip: keras.layers.Layer | None = None) -> np.ndarray:
+    """Run the head's chain (pooling, normalisation) in inference mode, in batches;
+    ``skip``: a layer left out (the standardisation this fit is about to set)."""
     outputs = []
     for start in range(0, len(features), 512):
         x = features[start:start + 512]
         for layer in _head_chain(head):
+            if layer is skip:
+                continue
             x = layer(x, training=False)
         outputs.append(np.asarray(keras.ops.convert_to_numpy(x), dtype=np.float64))
     return np.concatenate(outputs)

@@ -19,12 +19,18 @@ What the probe reads, in one forward pass of the frozen base:
 * **pixels**: the input image average-pooled to at most :data:`PIXEL_SIDE` a side,
   depth 0 of the probe.
 
-Each group is standardised feature by feature and scaled by ``1/sqrt(width)``, so every
-group carries the same total variance whatever its width; one logistic regression is
-fitted on the concatenation, its ``C`` chosen by stratified cross-validation on the
-training images. The standardisation is folded into the Dense kernel, so the result
-is one Keras model of built-in layers (pooling, ``Concatenate``, ``Dense``): it saves,
-loads in plain Keras and exports like any kerastl model.
+Each group is standardised feature by feature (each std floored at a fraction of its
+group's median) and scaled by ``1/sqrt(width)``, so every group carries the same total
+variance whatever its width; one logistic regression is fitted on the concatenation,
+its ``C`` chosen by stratified cross-validation on the training images. The
+standardisation is a ``Normalization`` layer before the Dense ``predictions``, so the
+result is one Keras model of built-in layers (pooling, ``Concatenate``,
+``Normalization``, ``Dense``): it saves, loads in plain Keras and exports like any
+kerastl model.
+
+With ``--mode auto`` (``head="multidepth"``) the fitted probe is where fine-tuning
+starts: the whole network then trains with the multi-depth head, BatchNorm in inference
+mode, like the default network trains after its last-layer probe.
 
 Example:
     >>> import numpy as np, kerastl
@@ -69,6 +75,8 @@ MAX_DEPTHS = 12
 SPATIAL_MAX_WIDTH = 1024
 # The pixels are average-pooled to at most this side (16x16x3 = 768 values).
 PIXEL_SIDE = 16
+# The Normalization layer between the concatenated depths and ``predictions``.
+STANDARDISE_LAYER = "depths_standardise"
 # Fitted on at most this many training images (a seeded draw).
 MAX_FIT_IMAGES = 5000
 
@@ -120,6 +128,9 @@ def multi_depth_model(model: keras.Model, *, max_depths: int = MAX_DEPTHS) -> ke
                                                  name=f"{tag}_2x2")(tensor)
             pooled.append(keras.layers.Flatten(dtype="float32", name=f"{tag}_2x2_flat")(grid))
     features = keras.layers.Concatenate(dtype="float32", name=DEPTHS_LAYER)(pooled)
+    # The standardisation fit_probe sets (not folded into the kernel: see
+    # kerastl.models.linear_probe._standardiser).
+    features = keras.layers.Normalization(dtype="float32", name=STANDARDISE_LAYER)(features)
     units, activation = _output(model)
     outputs = keras.layers.Dense(units, activation=activation, dtype="float32",
                                  name=PREDICTIONS_LAYER)(features)

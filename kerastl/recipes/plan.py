@@ -84,11 +84,16 @@ def _trained_phases(config: RunConfig, steps_per_epoch: int) -> Plan:
     epochs, reason = epoch_budget(config.epochs, steps_per_epoch)
     reasons = [reason]
     if config.mode == "auto" and not has_pretrained_weights(config.weights):
+        if config.multi_depth:  # a probe on random features learns nothing (issue 27)
+            raise ConfigError(f"head='multidepth' reads every depth of a pretrained base; "
+                              f"{hint('weights', config.weights)} gives no pretrained "
+                              "weights. Give --weights imagenet or a weights file, or "
+                              "use --head avg to train from scratch.")
         reasons.append(_scratch_reason(config))
         return Plan([Phase("scratch", epochs, mode="scratch", lr=config.lr,
                            bn_policy="train")], reasons)
     mode = "full" if config.mode == "auto" else config.mode
-    if config.multi_depth:  # one convex fit: no epochs to budget
+    if config.multi_depth and mode == "frozen":  # one convex fit: no epochs to budget
         return Plan([Phase("probe", 1, mode="frozen", bn_policy="frozen", fit="probe")], [
             "--head multidepth: one logistic regression on every depth of the frozen base and "
             "the pooled pixels, C chosen by cross-validation on the training images"])
@@ -98,7 +103,9 @@ def _trained_phases(config: RunConfig, steps_per_epoch: int) -> Plan:
     # lr="auto": each phase runs its own range test; the factor does not apply.
     tune_lr = "auto" if config.lr == "auto" else config.lr * config.finetune_lr_factor
     if config.mode == "auto" or config.head_warmup == "probe":
-        reasons.append("head warm-up: a linear probe on cached features, then every epoch "
+        probe = ("the multi-depth probe (every depth of the frozen base and the pooled "
+                 "pixels)" if config.multi_depth else "a linear probe")
+        reasons.append(f"head warm-up: {probe} on cached features, then every epoch "
                        f"to the {mode} phase")
         return Plan([
             Phase("probe", 1, mode="frozen", bn_policy=config.bn_policy, fit="probe"),

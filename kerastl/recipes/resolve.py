@@ -122,7 +122,8 @@ def resolve_run(config: RunConfig | None, splits: DataSplits | None = None, *,
         # The default recipe only: explicit regimes and phases compare networks.
         config.pixel_blend = "on" if (config.mode == "auto" and config.phases is None
                                       and config.prune is None
-                                      and not config.sklearn_head) else "off"
+                                      and not config.sklearn_head
+                                      and not config.multi_depth) else "off"
     steps = steps_per_epoch(len(splits.train), runtime)
     reasons: list[str] = []
     if not config.sklearn_head:
