@@ -207,6 +207,7 @@ def measured_rows() -> list[str]:
     rows += _blend_weight_rows()
     rows += _outside_blend_rows()
     rows += _split_seeds_rows()
+    rows += _multidepth_fine_tune_rows()
     rows += _worker_features_rows()
     return rows
 
@@ -258,6 +259,46 @@ def _split_seeds_rows() -> list[str]:
                            "validation split", {"default": "default", "network":
                                                 "network alone", "multidepth":
                                                 "multi-depth probe"})
+
+
+def _default_test_means() -> dict[str, float]:
+    """The default command's test accuracy per suite task, mean of its seeds: the
+    blend-weight study's chosen weight, and the tasks with a split of their own."""
+    means: dict[str, float] = {}
+    blend = _load("blend_weight")
+    if blend and blend.get("final"):
+        means.update(blend["test"][str(blend["chosen_on_val"])]["accuracy"])
+    split = _load("transfer_suite_split_seeds")
+    for task, result in (split or {}).get("tasks", {}).items():
+        mean = _seed_means(result, "default")
+        if mean is not None:
+            means[task] = mean
+    return means
+
+
+def _multidepth_fine_tune_rows() -> list[str]:
+    """``--head multidepth`` fine-tuned by ``--mode auto``, against the default."""
+    results = _load("transfer_suite_multidepth_ft")
+    if not results:
+        return []
+    default = _default_test_means()
+    parts, gaps, seeds = [], [], 0
+    for task, result in results["tasks"].items():
+        mean = _seed_means(result, "multidepth_auto")
+        if mean is None or task not in default:
+            continue
+        seeds = sum(key.startswith("multidepth_auto") for key in result["candidates"])
+        gaps.append(mean - default[task])
+        parts.append(f"{task} {figure(mean)} (default {figure(default[task])}, pixels "
+                     f"{figure(result['pixels']['test_accuracy'])})")
+    if not parts:
+        return []
+    return [f"| `--head multidepth` with `--mode auto` (the multi-depth probe, then the "
+            f"whole network fine-tuned from it), transfer suite test accuracy, mean of "
+            f"{seeds} seeds | {'; '.join(parts)}; minus the default: mean "
+            f"{figure(round(sum(gaps) / len(gaps), 4))}, from {figure(round(min(gaps), 4))} "
+            f"to {figure(round(max(gaps), 4))} | measured (an option; not the default) | "
+            "`transfer_suite_multidepth_ft.json` |"]
 
 
 def _worker_features_rows() -> list[str]:
