@@ -258,7 +258,7 @@ def _split_seeds_rows() -> list[str]:
     return _seed_mean_rows("transfer_suite_split_seeds", "suite tasks with their own "
                            "validation split", {"default": "default", "network":
                                                 "network alone", "multidepth":
-                                                "multi-depth probe"})
+                                                "multi-depth probe (before its floor)"})
 
 
 def _default_test_means() -> dict[str, float]:
@@ -391,8 +391,9 @@ def _multi_depth_rows() -> list[str]:
     means = ", ".join(f"{t} {figure(r['multi_test_mean'])} (last {figure(r['last_test_mean'])},"
                       f" pixels {figure(r['pixels']['test_accuracy'])})"
                       for t, r in tasks.items())
-    return [f"| frozen multi-depth probe (`--mode frozen --head multidepth`) vs the last-layer "
-            f"probe, transfer suite test accuracy, mean of {len(results['seeds'])} seeds | "
+    return [f"| frozen multi-depth probe (`--mode frozen --head multidepth`; code before its "
+            f"standard-deviation floor) vs the last-layer probe, transfer suite test "
+            f"accuracy, mean of {len(results['seeds'])} seeds | "
             f"{means}; multi − last: {margins}; extraction time {figure(min(ratios))}–"
             f"{figure(max(ratios))}× the last layer's | beats the last-layer probe on "
             f"{', '.join(test['goal_tasks'])}: {figure(test['multi_beats_last_on_goal_tasks'])}"

@@ -110,6 +110,24 @@ def test_model_file_loads_in_plain_keras_and_predicts_the_same(tmp_path):
     assert feature_groups(loaded) == feature_groups(probe)  # read from the graph
 
 
+def test_float32_copy_of_a_mixed_precision_probe_keeps_its_standardisation():
+    from kerastl.deploy.convert import float32_copy
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        probe, _ = kerastl.multi_depth_probe(source_model(num_classes=3), _digits(60))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    copy = float32_copy(probe)  # rebuilt from its config: what TFLite and ONNX convert
+    assert copy is not probe
+    images = np.concatenate([np.asarray(x) for x, _ in _digits(20, start=60).batches(32, 20)])
+    copied, original = np.asarray(copy(images)), np.asarray(probe(images))
+    # bfloat16 against float32 arithmetic: close, not equal. A copy that standardised
+    # with mean 0 and variance 1 (set_weights alone) was 0.30 off on average.
+    assert np.abs(copied - original).mean() < 0.03, np.abs(copied - original).mean()
+    assert np.mean(copied.argmax(1) == original.argmax(1)) >= 0.9
+
+
 def test_extractor_head_and_cache_key_follow_the_probe():
     model = source_model(num_classes=3)
     probe = multi_depth_model(model)
@@ -173,6 +191,9 @@ def test_auto_fine_tunes_the_network_from_the_multidepth_probe(tmp_path):
     assert [p.fit for p in result.config.phases] == ["probe", "train"]
     assert result.config.pixel_blend == "off"  # the pixels are the head's depth 0
     tuned = _weights(result.model.get_layer("backbone").layers)
+    # The same weights in the same order (Keras names some layers by a global counter,
+    # so names differ between two builds), and some of them moved.
+    assert [w.shape for w in tuned] == [w.shape for w in base_before]
     assert any(not np.array_equal(a, b) for a, b in zip(base_before, tuned, strict=True))
     losses = [row["loss"] for row in result.history]
     # Fine-tuning starts where the probe ended: the head's standardisation is a layer,
@@ -194,7 +215,8 @@ def test_multidepth_without_pretrained_weights_is_refused(tmp_path):
 
 @pytest.mark.parametrize("changes,message", [
     ({"mode": "scratch"}, "needs mode 'frozen'"),
-    ({"mode": "full"}, "--head-warmup probe"),
+    ({"mode": "full"}, "received head_warmup='train'. Use --head-warmup probe"),
+    ({"mode": "auto", "bn_policy": "train"}, "received bn_policy='train'"),
     ({"dense_units": [64]}, "Use --dense-units none"),
     ({"pixel_blend": "on"}, "Use --pixel-blend off"),
 ])

@@ -115,14 +115,23 @@ def _check_multi_depth(config: RunConfig) -> None:
     ``head_warmup="probe"``) fine-tunes the network from it. A head warmed up by
     gradient steps would start from raw pixels and unstandardised features.
     """
-    probe_first = config.mode in ("frozen", "auto") or (
-        config.mode in ("full", "finetune") and config.head_warmup == "probe")
-    if not probe_first or config.phases:
-        raise ConfigError(f"head='multidepth' starts from a linear probe on the frozen base; "
-                          f"it needs mode 'frozen' (the probe alone) or 'auto' (the probe, "
-                          f"then fine-tuning), and no phases; received mode={config.mode!r}"
-                          f"{', phases' if config.phases else ''}. Use --mode frozen or "
-                          "--mode auto (or --head-warmup probe with --mode full).")
+    if config.phases:
+        raise ConfigError("head='multidepth' plans its own phases (the probe, then "
+                          "fine-tuning with mode='auto'); received phases too. Drop phases.")
+    if config.mode in ("full", "finetune") and config.head_warmup != "probe":
+        raise ConfigError(f"head='multidepth' starts from its linear probe; with "
+                          f"mode={config.mode!r} that needs head_warmup='probe'; received "
+                          f"head_warmup={config.head_warmup!r}. Use --head-warmup probe, or "
+                          "--mode auto.")
+    if config.mode not in ("frozen", "auto", "full", "finetune"):
+        raise ConfigError(f"head='multidepth' starts from a linear probe on a pretrained "
+                          f"base; it needs mode 'frozen' (the probe alone) or 'auto' (the "
+                          f"probe, then fine-tuning); received mode={config.mode!r}. Use "
+                          "--mode frozen or --mode auto.")
+    if config.bn_policy != "frozen":
+        raise ConfigError(f"head='multidepth' runs its base with BatchNorm in inference "
+                          f"mode; received bn_policy={config.bn_policy!r}. Use --bn-policy "
+                          "frozen.")
     if config.dense_units:
         raise ConfigError(f"head='multidepth' is one linear layer; received dense_units="
                           f"{list(config.dense_units)!r}. Use --dense-units none.")

@@ -77,6 +77,20 @@ def strip_tensor_names(path: str | os.PathLike) -> int:
     return before - path.stat().st_size
 
 
+def _refresh_normalization(model: keras.Model) -> None:
+    """Make adapt-style Normalization layers use the weights just set.
+
+    Keras's Normalization computes with tensors copied from its variables when it is
+    adapted or loaded (``finalize_state``); ``set_weights`` changes the variables only,
+    so a copied multi-depth head would standardise with mean 0 and variance 1.
+    """
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            _refresh_normalization(layer)
+        elif isinstance(layer, keras.layers.Normalization):
+            layer.finalize_state()
+
+
 def float32_copy(model: keras.Model) -> keras.Model:
     """The model with every layer computing in float32, called once, for converters.
 
@@ -93,6 +107,7 @@ def float32_copy(model: keras.Model) -> keras.Model:
     if policy_name(model) != "float32":
         copy = model.__class__.from_config(_float32_config(model.get_config()))
         copy.set_weights(model.get_weights())
+        _refresh_normalization(copy)
         model = copy
     # Keras's ONNX exporter refuses a model that was never called (a freshly loaded one).
     model(np.zeros((1, *model.input_shape[1:]), np.float32), training=False)

@@ -7,7 +7,8 @@ al., "Fine-Tuning can Distort Pretrained Features", ICLR 2022: linear probe, the
 fine-tune, beats either alone). A logistic regression on the frozen features is
 convex, takes seconds on cached features, and its optimum can be written exactly
 into the model's ``predictions`` layer: standardisation folded into the kernel and
-bias. The model stays an ordinary kerastl model; fine-tuning starts from that head.
+bias, or set in a ``Normalization`` layer just before it where the head has one (the
+multi-depth head). The model stays an ordinary kerastl model; fine-tuning starts from that head.
 
 Example:
     >>> import numpy as np, kerastl
@@ -47,9 +48,10 @@ GROUPED_C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 # group's median std (sqrt(std**2 + floor**2)). Why: a feature almost constant on the
 # training images (a digit's blank border, a dead channel) gets a huge weight once divided
 # by its tiny std. A frozen probe never sees it move; fine-tuning the multi-depth head
-# does, and without a floor its loss reached the thousands (suite task T8). Chosen on the
-# suite's validation images (seed 0, network alone): 0.3 gave T8 0.958 and T2 0.860,
-# 1.0 gave 0.954 and 0.848, no floor 0.606 and 0.728.
+# does, and without a floor its loss reached the thousands (suite task T8). Exploratory
+# single runs on the suite's validation images (seed 0, --mode auto --head multidepth):
+# no floor T8 0.606, T2 0.728; 0.3 0.958, 0.860; 1.0 0.954, 0.848 (0.3 and 1.0 are
+# within run-to-run noise of each other; no floor is not).
 GROUP_STD_FLOOR = 0.3
 FALLBACK_C = 0.1
 MIN_PER_CLASS_FOR_CV = 3
@@ -108,8 +110,8 @@ def fit_probe(head: keras.Model, features: np.ndarray, labels: np.ndarray, *, ta
     c_grid = c_grid or (GROUPED_C_GRID if group_widths else C_GRID)
     mean, std = inputs.mean(axis=0), inputs.std(axis=0) + 1e-6
     if group_widths is not None:
-        std = _floored_by_group(std, group_widths)
-        std = std * _group_sqrt_widths(group_widths, inputs.shape[1])
+        sqrt_widths = _group_sqrt_widths(group_widths, inputs.shape[1])  # checks widths
+        std = _floored_by_group(std, group_widths) * sqrt_widths
     standardised = (inputs - mean) / std
     weights = None if class_weight == "none" else "balanced"
     labels = np.asarray(labels)
@@ -214,8 +216,8 @@ def _standardiser(head: keras.Model) -> keras.layers.Normalization | None:
     from 0.5 to 10 in the first fine-tuning epochs (suite task T4).
     """
     for layer in reversed(_head_chain(head)):
-        if isinstance(layer, keras.layers.Normalization):
-            return layer
+        if isinstance(layer, keras.layers.Normalization):  # adapt-style only
+            return layer if layer.input_mean is None and not layer.invert else None
         if not isinstance(layer, keras.layers.Dropout):
             return None
     return None

@@ -85,10 +85,11 @@ def _trained_phases(config: RunConfig, steps_per_epoch: int) -> Plan:
     reasons = [reason]
     if config.mode == "auto" and not has_pretrained_weights(config.weights):
         if config.multi_depth:  # a probe on random features learns nothing (issue 27)
-            raise ConfigError(f"head='multidepth' reads every depth of a pretrained base; "
-                              f"{hint('weights', config.weights)} gives no pretrained "
-                              "weights. Give --weights imagenet or a weights file, or "
-                              "use --head avg to train from scratch.")
+            raise ConfigError(f"{hint('head', 'multidepth')} reads every depth of a "
+                              f"pretrained base; {hint('weights', config.weights)} gives no "
+                              f"pretrained weights. Give {hint('weights', 'imagenet')} or a "
+                              f"weights file, or use {hint('head', 'avg')} to train from "
+                              "scratch.")
         reasons.append(_scratch_reason(config))
         return Plan([Phase("scratch", epochs, mode="scratch", lr=config.lr,
                            bn_policy="train")], reasons)
