@@ -180,14 +180,14 @@ def test_auto_fine_tunes_the_network_from_the_multidepth_probe(tmp_path):
     images, labels = (digits.images * 16).astype("uint8"), digits.target
     names = [str(i) for i in range(10)]
     splits = kerastl.DataSplits(
-        train=kerastl.from_arrays(images[:200], labels[:200], class_names=names), val=None,
-        test=kerastl.from_arrays(images[200:400], labels[200:400], class_names=names),
+        train=kerastl.from_arrays(images[:120], labels[:120], class_names=names), val=None,
+        test=kerastl.from_arrays(images[120:220], labels[120:220], class_names=names),
         class_names=names)
     base_before = _weights(source_model(num_classes=10).get_layer("backbone").layers)
     result = kerastl.fit(kerastl.RunConfig(
         mode="auto", head="multidepth", backbone=source["backbone"],
         backbone_kwargs=source["backbone_kwargs"], weights=source["weights"],
-        image_size=32, epochs=3, verbose=0, output=str(tmp_path / "run")), splits=splits)
+        image_size=32, epochs=2, verbose=0, output=str(tmp_path / "run")), splits=splits)
     assert [p.fit for p in result.config.phases] == ["probe", "train"]
     assert result.config.pixel_blend == "off"  # the pixels are the head's depth 0
     tuned = _weights(result.model.get_layer("backbone").layers)
@@ -203,7 +203,7 @@ def test_auto_fine_tunes_the_network_from_the_multidepth_probe(tmp_path):
     loaded = keras.models.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
     predicted = np.concatenate([np.asarray(loaded(x)).argmax(1)
                                 for x, _ in splits.test.batches(32, 100)])
-    assert np.mean(predicted == labels[200:400]) == pytest.approx(
+    assert np.mean(predicted == labels[120:220]) == pytest.approx(
         result.metrics["accuracy"], abs=1e-6)
 
 
