@@ -57,7 +57,7 @@ def pytest_report_header(config) -> list[str]:
 SLOWEST_FILES = ("test_notebooks.py", "test_model.py", "test_deploy.py", "test_run.py",
                  "test_interpret.py", "test_distributed.py", "test_first_hour.py",
                  "test_reliability.py", "test_cli.py", "test_blend.py", "test_compare.py",
-                 "test_resolve_run.py")
+                 "test_resolve_run.py", "test_multi_depth.py")
 
 
 def pytest_collection_modifyitems(config, items) -> None:
