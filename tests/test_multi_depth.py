@@ -150,44 +150,41 @@ def test_gradcam_explains_the_last_map_and_says_so():
         cam_model(probe, "expanded_conv_project")
 
 
-def test_frozen_multidepth_run_writes_a_model_that_scores_as_the_run_says(tmp_path):
+def _digits_run(tmp_path, train: int, test: int, **config) -> kerastl.RunResult:
+    """A multi-depth run on the source backbone: ``train`` digits, then ``test`` more;
+    checks that ``model.keras``, loaded in plain Keras, scores what the run says."""
     source = source_backbone()
     digits = load_digits()
     images, labels = (digits.images * 16).astype("uint8"), digits.target
     names = [str(i) for i in range(10)]
+    held_out = slice(train, train + test)
     splits = kerastl.DataSplits(
-        train=kerastl.from_arrays(images[:300], labels[:300], class_names=names), val=None,
-        test=kerastl.from_arrays(images[300:500], labels[300:500], class_names=names),
+        train=kerastl.from_arrays(images[:train], labels[:train], class_names=names),
+        val=None, test=kerastl.from_arrays(images[held_out], labels[held_out],
+                                           class_names=names),
         class_names=names)
-    config = kerastl.RunConfig(mode="frozen", head="multidepth", backbone=source["backbone"],
-                               backbone_kwargs=source["backbone_kwargs"],
-                               weights=source["weights"], image_size=32, verbose=0,
-                               output=str(tmp_path / "run"))
-    result = kerastl.fit(config, splits=splits)
-    assert [p.fit for p in result.config.phases] == ["probe"]
+    result = kerastl.fit(kerastl.RunConfig(
+        head="multidepth", backbone=source["backbone"],
+        backbone_kwargs=source["backbone_kwargs"], weights=source["weights"],
+        image_size=32, verbose=0, output=str(tmp_path / "run"), **config), splits=splits)
     loaded = keras.models.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
     predicted = np.concatenate([np.asarray(loaded(x)).argmax(1)
                                 for x, _ in splits.test.batches(32, 100)])
-    assert np.mean(predicted == labels[300:500]) == pytest.approx(
+    assert np.mean(predicted == labels[held_out]) == pytest.approx(
         result.metrics["accuracy"], abs=1e-6)
+    return result
+
+
+def test_frozen_multidepth_run_writes_a_model_that_scores_as_the_run_says(tmp_path):
+    result = _digits_run(tmp_path, 300, 200, mode="frozen")
+    assert [p.fit for p in result.config.phases] == ["probe"]
     assert result.metrics["accuracy"] > 0.6  # digits: far above chance (0.1); 0.78 measured
     assert "network_accuracy" not in result.metrics  # the probe is the model
 
 
 def test_auto_fine_tunes_the_network_from_the_multidepth_probe(tmp_path):
-    source = source_backbone()
-    digits = load_digits()
-    images, labels = (digits.images * 16).astype("uint8"), digits.target
-    names = [str(i) for i in range(10)]
-    splits = kerastl.DataSplits(
-        train=kerastl.from_arrays(images[:120], labels[:120], class_names=names), val=None,
-        test=kerastl.from_arrays(images[120:220], labels[120:220], class_names=names),
-        class_names=names)
     base_before = _weights(source_model(num_classes=10).get_layer("backbone").layers)
-    result = kerastl.fit(kerastl.RunConfig(
-        mode="auto", head="multidepth", backbone=source["backbone"],
-        backbone_kwargs=source["backbone_kwargs"], weights=source["weights"],
-        image_size=32, epochs=2, verbose=0, output=str(tmp_path / "run")), splits=splits)
+    result = _digits_run(tmp_path, 120, 100, mode="auto", epochs=2)
     assert [p.fit for p in result.config.phases] == ["probe", "train"]
     assert result.config.pixel_blend == "off"  # the pixels are the head's depth 0
     tuned = _weights(result.model.get_layer("backbone").layers)
@@ -200,11 +197,6 @@ def test_auto_fine_tunes_the_network_from_the_multidepth_probe(tmp_path):
     # so Adam's steps on the kernel are in standardised units (folded, the first epochs'
     # loss rose twentyfold on a suite task).
     assert losses[1] < 3 * losses[0] + 0.5, losses
-    loaded = keras.models.load_model(tmp_path / "run" / "model.keras", safe_mode=True)
-    predicted = np.concatenate([np.asarray(loaded(x)).argmax(1)
-                                for x, _ in splits.test.batches(32, 100)])
-    assert np.mean(predicted == labels[120:220]) == pytest.approx(
-        result.metrics["accuracy"], abs=1e-6)
 
 
 def test_multidepth_without_pretrained_weights_is_refused(tmp_path):

@@ -123,7 +123,7 @@ def _check_multi_depth(config: RunConfig) -> None:
                           f"mode={config.mode!r} that needs head_warmup='probe'; received "
                           f"head_warmup={config.head_warmup!r}. Use --head-warmup probe, or "
                           "--mode auto.")
-    if config.mode not in ("frozen", "auto", "full", "finetune"):
+    if config.mode == "scratch":
         raise ConfigError(f"head='multidepth' starts from a linear probe on a pretrained "
                           f"base; it needs mode 'frozen' (the probe alone) or 'auto' (the "
                           f"probe, then fine-tuning); received mode={config.mode!r}. Use "
