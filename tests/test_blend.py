@@ -185,7 +185,13 @@ def test_the_default_run_blends_unless_its_probe_beats_pixels_in_cross_validatio
     assert "pixel_blend: 'on'" in (result.output_dir / "config.yaml").read_text()
     probe_better = facts["probe_cv_accuracy"] > facts["pixel_cv_accuracy"]
     assert facts["kept"] is not probe_better
-    assert ("pixels_flat" in [layer.name for layer in result.model.layers]) is facts["kept"]
+    assert ("pixel_logits" in [layer.name for layer in result.model.layers]) is facts["kept"]
+    # With pretrained weights, auto fine-tunes from the multi-depth probe, whose weight
+    # without validation data is its own.
+    assert result.config.head == "multidepth"
+    assert facts["weight"] == (PIXEL_WEIGHT if facts["kept"] else 0.0)
+    assert "blend_pixels_flat" in [layer.name for layer in result.model.layers] or not (
+        facts["kept"])
 
 
 def test_with_validation_the_run_keeps_the_blend_that_validates_best(tmp_path):
@@ -198,7 +204,7 @@ def test_with_validation_the_run_keeps_the_blend_that_validates_best(tmp_path):
     assert facts["val_accuracy"] == best == scores[str(facts["C"])][str(facts["weight"])]
     assert facts["kept"] is (facts["weight"] > 0)
     names = [layer.name for layer in result.model.layers]
-    assert ("pixels_flat" in names) is facts["kept"]
+    assert ("pixel_logits" in names) is facts["kept"]
     # The score the choice was made on is what the model the run ends with gets.
     probabilities = _probabilities(result.model, splits.val, 32)
     assert np.mean(probabilities.argmax(1) == splits.val.labels) == pytest.approx(
@@ -230,6 +236,6 @@ def test_choose_weight_scores_what_the_blended_model_predicts():
 def test_no_blend_when_turned_off_or_a_regime_or_phases_are_asked_for(tmp_path, values):
     result = _run(tmp_path, "off", _splits(val=False), **values)
     assert json.loads((result.output_dir / "run.json").read_text())["pixel_blend"] is None
-    assert "pixels_flat" not in [layer.name for layer in result.model.layers]
+    assert "pixel_logits" not in [layer.name for layer in result.model.layers]
     # Resolved once and saved: a resumed run makes the same choice.
     assert "pixel_blend: 'off'" in (result.output_dir / "config.yaml").read_text()

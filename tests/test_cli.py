@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import kerastl
+from kerastl.commands import cli
 from kerastl.commands.evaluate import evaluate_main
 from kerastl.commands.predict import predict_main
 from kerastl.data.samples import data_samples_dir, source_backbone
@@ -187,7 +188,7 @@ def test_unknown_config_key_is_refused(tmp_path):
 def test_kerastl_console_entry_lists_subcommands():
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        assert kerastl.commands.cli.main(["--help"]) == 0
+        assert cli.main(["--help"]) == 0
     assert all(c in buffer.getvalue() for c in ("train", "evaluate", "predict", "doctor"))
 
 

@@ -20,6 +20,7 @@ from kerastl.models.multi_depth import (
     multi_depth_model,
     read_depths,
 )
+from kerastl.recipes.resolve import resolve_config
 
 from .conftest import source_backbone, source_model
 
@@ -186,7 +187,7 @@ def test_auto_fine_tunes_the_network_from_the_multidepth_probe(tmp_path):
     base_before = _weights(source_model(num_classes=10).get_layer("backbone").layers)
     result = _digits_run(tmp_path, 120, 100, mode="auto", epochs=2)
     assert [p.fit for p in result.config.phases] == ["probe", "train"]
-    assert result.config.pixel_blend == "off"  # the pixels are the head's depth 0
+    assert result.config.pixel_blend == "on"  # the default recipe: blended with pixels
     tuned = _weights(result.model.get_layer("backbone").layers)
     # The same weights in the same order (Keras names some layers by a global counter,
     # so names differ between two builds), and some of them moved.
@@ -197,6 +198,24 @@ def test_auto_fine_tunes_the_network_from_the_multidepth_probe(tmp_path):
     # so Adam's steps on the kernel are in standardised units (folded, the first epochs'
     # loss rose twentyfold on a suite task).
     assert losses[1] < 3 * losses[0] + 0.5, losses
+
+
+@pytest.mark.parametrize("changes,head", [
+    ({}, "multidepth"),  # auto's default with pretrained weights
+    ({"head": "avg"}, "avg"),  # a head given is kept
+    ({"weights": None}, "avg"),  # trained from scratch: no probe to start from
+    ({"mode": "full"}, "avg"),
+    ({"dense_units": [16]}, "avg"),
+    ({"bn_policy": "train"}, "avg"),
+    ({"phases": [kerastl.Phase("head", 1, mode="frozen")]}, "avg"),
+    ({"prune": 0.5}, "avg"),
+])
+def test_auto_starts_from_the_multidepth_probe_unless_asked_otherwise(changes, head):
+    source = source_backbone()
+    config = resolve_config(kerastl.RunConfig(**{
+        "data": "x", "backbone": source["backbone"], "weights": source["weights"],
+        "backbone_kwargs": source["backbone_kwargs"], **changes}))
+    assert config.head == head
 
 
 def test_multidepth_without_pretrained_weights_is_refused(tmp_path):
@@ -210,7 +229,6 @@ def test_multidepth_without_pretrained_weights_is_refused(tmp_path):
     ({"mode": "full"}, "received head_warmup='train'. Use --head-warmup probe"),
     ({"mode": "auto", "bn_policy": "train"}, "received bn_policy='train'"),
     ({"dense_units": [64]}, "Use --dense-units none"),
-    ({"pixel_blend": "on"}, "Use --pixel-blend off"),
 ])
 def test_config_refuses_what_a_frozen_probe_cannot_be(changes, message):
     from kerastl.config.validation import validate

@@ -147,7 +147,8 @@ class RunConfig:
                                       metavar="SHA256")
     head: str = option("avg", "pooling of the Keras head; multidepth: a linear probe on "
                        "every depth of the frozen base and the pixels (--mode frozen), "
-                       "fine-tuned from there with --mode auto; or a scikit-learn head on "
+                       "fine-tuned from there with --mode auto (auto's head when none is "
+                       "given and the weights are pretrained); or a scikit-learn head on "
                        "frozen features", group="model",
                        choices=ALL_HEADS)
     dense_units: list[int] = option(help="hidden Dense layers of the head, or 'none'",
@@ -167,8 +168,9 @@ class RunConfig:
     # regime
     # Defaults chosen on the transfer suite's validation images (benchmarks/
     # transfer_suite.py, ten tasks), never on test images: see recipes.py.
-    mode: str = option("auto", "auto: a linear probe on frozen features, then every layer "
-                       "fine-tuned at lr * finetune-lr-factor, keeping the better on "
+    mode: str = option("auto", "auto: a linear probe on frozen features (on every depth "
+                       "and the pixels with pretrained weights and no --head), then every "
+                       "layer fine-tuned at lr * finetune-lr-factor, keeping the better on "
                        "validation; finetune/full: head warm-up, then the top blocks / every "
                        "layer",
                        group="regime", choices=RUN_MODES)

@@ -135,6 +135,3 @@ def _check_multi_depth(config: RunConfig) -> None:
     if config.dense_units:
         raise ConfigError(f"head='multidepth' is one linear layer; received dense_units="
                           f"{list(config.dense_units)!r}. Use --dense-units none.")
-    if config.pixel_blend == "on":
-        raise ConfigError("head='multidepth' already reads the pooled pixels (its depth 0); "
-                          "pixel_blend='on' would add them twice. Use --pixel-blend off.")

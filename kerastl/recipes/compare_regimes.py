@@ -80,8 +80,10 @@ def compare(
     """
     regimes, fractions = _check_regimes(regimes), _check_fractions(fractions)
     # Resolved once, so every regime (and the scikit-learn probe, which does not go
-    # through fit) sees the same data, weights and input size.
-    base = resolve_config(config.replace(phases=None, resume=False))
+    # through fit) sees the same data, weights and input size. The head is pinned as
+    # given (the schema's otherwise): auto's multi-depth head is auto's own, and no
+    # regime compared here is auto.
+    base = resolve_config(config.replace(phases=None, resume=False, head=config.head))
     output = Path(output)
     rows: list[dict[str, Any]] = []
     for fraction in fractions:

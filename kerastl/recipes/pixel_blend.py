@@ -9,9 +9,12 @@ models err on different images, so the sum of their logits (a product of experts
 data is 2 (``PIXEL_WEIGHT``, below): over three seeds of every suite task without a
 validation split, above both pixels and the network alone on average (the earlier
 weight 4 took 2.4 points from a network 10 points above pixels, T5, in
-``benchmarks/results/pixel_blend.json``). Where a linear probe on the
-frozen features beats pixels in cross-validation (pretrained features that fit the
-task, as ImageNet ones on photos), the run leaves the blend out.
+``benchmarks/results/pixel_blend.json``). The network ``auto`` fine-tunes from the
+multi-depth probe (its head with pretrained weights) reads the pooled pixels already, as
+its depth 0; measured the same way, weight 2 is again the one closest to every goal
+(``blend_weight_multidepth.json``). Where a linear probe on the frozen features beats
+pixels in cross-validation (pretrained features that fit the task, as ImageNet ones on
+photos), the run leaves the blend out.
 
 The blend is one Keras model, built-in layers only: the network's logits plus a Dense
 layer on the pooled pixels, then the network's activation. So the blended model
@@ -79,7 +82,7 @@ WEIGHT_GRID = (PIXEL_WEIGHT, 0.0, 0.5, 1.0, 4.0, 8.0, 16.0)
 # beyond it, fitting time grows and the network is far ahead of pixels anyway.
 MAX_FIT_IMAGES = 5000
 LOGITS = "logits"
-PIXEL_LAYERS = ("pixels_pool", "pixels_flat", f"pixel_{LOGITS}")
+PIXEL_LOGITS = f"pixel_{LOGITS}"
 
 
 def blend_applies(model: keras.Model) -> tuple[bool, str]:
@@ -88,7 +91,7 @@ def blend_applies(model: keras.Model) -> tuple[bool, str]:
         layer = model.get_layer(PREDICTIONS_LAYER)
     except ValueError:
         return False, f"the model has no {PREDICTIONS_LAYER!r} layer"
-    if any(other.name in PIXEL_LAYERS for other in model.layers):
+    if any(other.name == PIXEL_LOGITS for other in model.layers):
         return False, "the model is already blended with pixels"
     if not isinstance(layer, keras.layers.Dense) or model.outputs[0] is not layer.output:
         return False, f"{PREDICTIONS_LAYER!r} is not the model's output Dense layer"
@@ -208,7 +211,7 @@ def blended_model(model: keras.Model, pixels: PixelModel, weight: float) -> kera
     if weight < 0:
         raise ConfigError(f"The pixel weight must be >= 0; received {weight!r}.")
     dense = model.get_layer(PREDICTIONS_LAYER)
-    pixel = _dense(f"pixel_{LOGITS}", int(dense.units), weight * pixels.kernel,
+    pixel = _dense(PIXEL_LOGITS, int(dense.units), weight * pixels.kernel,
                    weight * pixels.bias)
     pixel.trainable = False  # fitted by scikit-learn, not by gradient steps
     logits = keras.layers.Add(dtype="float32", name=f"blend_{LOGITS}")(
@@ -332,9 +335,14 @@ def _activation(task: str, logits: np.ndarray) -> np.ndarray:
 def _pixel_reader(model: keras.Model, pool: int) -> keras.Model:
     images = model.inputs[0]
     x = images
+    # A multi-depth head pools the pixels too (to 16x16, its depth 0): the blend's own
+    # layers take other names, as one model cannot hold two layers of one name.
+    taken = {layer.name for layer in model.layers}
+    prefix = "blend_" if {"pixels_pool", "pixels_flat"} & taken else ""
     if pool > 1:  # float32: averages of [0, 255] values lose digits in bfloat16
-        x = keras.layers.AveragePooling2D(pool, dtype="float32", name="pixels_pool")(x)
-    x = keras.layers.Flatten(dtype="float32", name="pixels_flat")(x)
+        x = keras.layers.AveragePooling2D(pool, dtype="float32",
+                                          name=f"{prefix}pixels_pool")(x)
+    x = keras.layers.Flatten(dtype="float32", name=f"{prefix}pixels_flat")(x)
     return keras.Model(images, x, name="pixels")
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from ..config.choices import MULTI_DEPTH_HEAD
 from ..config.phases import Phase
 from ..config.schema import (
     DEFAULT_BACKBONE,
@@ -122,8 +123,7 @@ def resolve_run(config: RunConfig | None, splits: DataSplits | None = None, *,
         # The default recipe only: explicit regimes and phases compare networks.
         config.pixel_blend = "on" if (config.mode == "auto" and config.phases is None
                                       and config.prune is None
-                                      and not config.sklearn_head
-                                      and not config.multi_depth) else "off"
+                                      and not config.sklearn_head) else "off"
     steps = steps_per_epoch(len(splits.train), runtime)
     reasons: list[str] = []
     if not config.sklearn_head:
@@ -356,6 +356,8 @@ def _resolved_fields(config: RunConfig, in_memory_data: bool,
         resolved.image_size = _default_image_size(resolved, backbone, native_size)
     if resolved.mode == "scratch" and resolved.phases is None:
         resolved.weights = None  # scratch means random initialisation
+    if _multi_depth_by_default(resolved):
+        resolved.head = MULTI_DEPTH_HEAD
     # A list, whatever wrote it: YAML `augment: auto` or `augment:` (null) included.
     if resolved.augment is None or isinstance(resolved.augment, str):
         resolved.augment = csv_list(resolved.augment or "")
@@ -385,6 +387,23 @@ def _backbone_of(config: RunConfig) -> Backbone:
             config.image_size = int(record["input_size"])
         return get_backbone(saved_name)
     return get_backbone(config.backbone or DEFAULT_BACKBONE)
+
+
+def _multi_depth_by_default(config: RunConfig) -> bool:
+    """Whether ``auto`` fine-tunes from the multi-depth probe: no head given, pretrained
+    weights, and nothing asked that the multi-depth head cannot be (phases, a hidden
+    Dense layer, BatchNorm in training mode, pruning).
+
+    Why: MEASURED on the transfer suite's validation images, 3 seeds: fine-tuned from
+    the multi-depth probe, the network beat the one fine-tuned from the last-layer probe
+    on six of eight tasks (transfer_suite_multidepth_ft.json), and with the pixel blend
+    it is above pixels on every task without a validation split of its own
+    (benchmarks/blend_weight.py, blend_weight_multidepth.json).
+    """
+    return (config.mode == "auto" and "head" not in config.given
+            and has_pretrained_weights(config.weights) and config.phases is None
+            and not config.dense_units and config.bn_policy == "frozen"
+            and config.prune is None)
 
 
 def _none_weights(weights: Any) -> Any:
