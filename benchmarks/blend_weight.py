@@ -9,10 +9,16 @@ that have no validation split of their own (fewer than 50 images per class):
   ``--pixel-blend off`` (``kerastl.fit`` in this process, on the task's ``train``
   folder), scored on the task's ``val`` folder at every weight of ``WEIGHTS``
   (weight 0: the network alone; the pixel model fitted on ``train`` as a run fits it).
-  Each weight's accuracy is averaged over the seeds per task; the weight chosen is
-  the one meeting the issue's goals (``GOALS``: above pixels by a point on every task,
-  at most half a point below the network alone, a mean margin of 3 points), then
-  with the largest worst margin over pixels, then the largest mean;
+  With ``--networks-from NAME``, the networks are instead those of
+  ``transfer_suite.py``'s candidate ``NAME`` (``NAME_s1``, ``NAME_s2`` for the other
+  seeds; run with ``--pixel-blend off``), e.g. ``--head multidepth``, now ``auto``'s.
+  Each weight's accuracy is averaged over the seeds per task, each case at the weight a
+  run would use: 0 where the run's linear probe cross-validated better than the pixel
+  model (``run.json``), the weight otherwise. The weight chosen is the one closest to
+  the issue's goals (``GOALS``: above pixels by a point on every task, at most half a
+  point below the network alone, a mean margin of 3 points; the shortfalls summed,
+  0 where all are met), then with the largest worst margin over pixels, then the
+  largest mean;
 * **fold evidence** (``--fold-evidence F``): what a run could learn without
   validation data: a fine-tune of ``F`` x the default step budget on 80 % of
   ``train`` (one stratified fold), the pixel model fitted on the same 80 %, and the
@@ -37,6 +43,8 @@ Run from the repository root (the suite's sources must exist: ``transfer_suite.p
     python benchmarks/blend_weight.py --seeds 0 --fold-evidence 0.2
     python benchmarks/blend_weight.py --seeds 0,1,2 --multi-depth --final
     python benchmarks/blend_weight.py --resummarise   # summaries again, from the cases
+    python benchmarks/blend_weight.py --tasks T1,T2,T3,T5,T6,T7,T8,T9 --networks-from mdoff \
+        --final --out benchmarks/results/blend_weight_multidepth.json
 
 Writes ``benchmarks/results/blend_weight.json`` (``--out`` to change).
 """

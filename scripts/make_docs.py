@@ -204,7 +204,11 @@ def measured_rows() -> list[str]:
                             f"{goal['goal']}: {_goal(goal)} | `export.json` |")
     rows += _first_hour_rows()
     rows += _multi_depth_rows()
+    rows += _default_run_rows()
+    rows += _default_run_time_rows()
     rows += _blend_weight_rows()
+    rows += _blend_weight_rows("blend_weight_multidepth",
+                               "networks fine-tuned from the multi-depth probe")
     rows += _outside_blend_rows()
     rows += _split_seeds_rows()
     rows += _multidepth_fine_tune_rows()
@@ -262,8 +266,9 @@ def _split_seeds_rows() -> list[str]:
 
 
 def _default_test_means() -> dict[str, float]:
-    """The default command's test accuracy per suite task, mean of its seeds: the
-    blend-weight study's chosen weight, and the tasks with a split of their own."""
+    """The previous default command's (the last-layer probe, fine-tuned, blended) test
+    accuracy per suite task, mean of its seeds: the blend-weight study's chosen weight,
+    and the tasks with a split of their own."""
     means: dict[str, float] = {}
     blend = _load("blend_weight")
     if blend and blend.get("final"):
@@ -289,15 +294,18 @@ def _multidepth_fine_tune_rows() -> list[str]:
             continue
         seeds = sum(key.startswith("multidepth_auto") for key in result["candidates"])
         gaps.append(mean - default[task])
-        parts.append(f"{task} {figure(mean)} (default {figure(default[task])}, pixels "
+        parts.append(f"{task} {figure(mean)} (last-layer {figure(default[task])}, pixels "
                      f"{figure(result['pixels']['test_accuracy'])})")
     if not parts:
         return []
-    return [f"| `--head multidepth` with `--mode auto` (the multi-depth probe, then the "
-            f"whole network fine-tuned from it), transfer suite test accuracy, mean of "
-            f"{seeds} seeds | {'; '.join(parts)}; minus the default: mean "
-            f"{figure(round(sum(gaps) / len(gaps), 4))}, from {figure(round(min(gaps), 4))} "
-            f"to {figure(round(max(gaps), 4))} | measured (an option; not the default) | "
+    return [f"| `--head multidepth --pixel-blend off` with `--mode auto` (the multi-depth "
+            f"probe, then the whole network fine-tuned from it, unblended; kerastl of "
+            f"commit {results.get('kerastl_commit', '?')[:7]}) against the previous default "
+            f"(the last-layer probe, fine-tuned, blended), transfer suite test accuracy, "
+            f"mean of {seeds} seeds | {'; '.join(parts)}; minus the last-layer default: "
+            f"mean {figure(round(sum(gaps) / len(gaps), 4))}, from "
+            f"{figure(round(min(gaps), 4))} to {figure(round(max(gaps), 4))} | measured: "
+            "what led to the multi-depth default | "
             "`transfer_suite_multidepth_ft.json` |"]
 
 
@@ -356,12 +364,17 @@ def _issue_26_checks(worst_over_pixels: float, worst_over_network: float,
             f"{goals['mean_over_pixels']}: {figure(mean_over_pixels >= goals['mean_over_pixels'])}")
 
 
-def _blend_weight_rows() -> list[str]:
-    results = _load("blend_weight")
+def _blend_weight_rows(name: str = "blend_weight",
+                       networks: str = "last-layer networks") -> list[str]:
+    """The blend study's chosen weight: its margins on val and test, and the goals."""
+    results = _load(name)
     if not results or not results.get("final"):
         return []
     chosen, goals = str(results["chosen_on_val"]), results.get("goals", ISSUE_26_GOALS)
-    figures = {split: results[split][chosen] for split in ("val", "test")}
+    # What runs do: the tables with the probe rule (weight 0 where the probe
+    # cross-validated better than pixels) where the study recorded them.
+    figures = {split: (results.get(f"{split}_with_probe_rule") or results[split])[chosen]
+               for split in ("val", "test")}
     checks = {split: _issue_26_checks(f["worst_over_pixels"], f["worst_over_network"],
                                       f["mean_over_pixels"], goals)
               for split, f in figures.items()}
@@ -374,10 +387,79 @@ def _blend_weight_rows() -> list[str]:
         measured += ("; the best weight per task, picked knowing the split's own labels, "
                      "would add " + ", ".join(f"{figure(r['gain_per_task'])} ({split})"
                                               for split, r in room.items()))
-    return [f"| pixel blend weight without validation data ({chosen}, chosen on val), "
-            f"{len(results['tasks'])} suite tasks without a validation split, "
+    return [f"| pixel blend weight without validation data, {networks} ({chosen}, chosen "
+            f"on val), {len(results['tasks'])} suite tasks without a validation split, "
             f"{len(results['seeds'])} network seeds | {measured} | val: {checks['val']}; "
-            f"test: {checks['test']} | `blend_weight.json` |"]
+            f"test: {checks['test']} | `{name}.json` |"]
+
+
+def _default_run_parts() -> dict[str, dict[str, float]]:
+    """Per suite task, test accuracy (seed means) of the default command, the network
+    alone and pixels: the multi-depth blend study's tasks at its chosen weight with the
+    probe rule, and the tasks with a validation split of their own."""
+    blend, split = _load("blend_weight_multidepth"), _load("transfer_suite_split_seeds_md")
+    if not (blend and blend.get("final") and split):
+        return {}
+    table = blend["test_with_probe_rule"][str(blend["chosen_on_val"])]
+    parts = {task: {"default": accuracy,
+                    "network": round(accuracy - table["over_network"][task], 4),
+                    "pixels": blend["pixels"][task]["test_accuracy"]}
+             for task, accuracy in table["accuracy"].items()}
+    for task, result in split["tasks"].items():
+        means = {name: _seed_means(result, name) for name in ("default", "network")}
+        if None not in means.values():
+            parts[task] = {**means, "pixels": result["pixels"]["test_accuracy"]}
+            if _seed_means(result, "lastlayer") is not None:  # the same run's
+                parts[task]["before"] = _seed_means(result, "lastlayer")
+    return parts
+
+
+def _default_run_time_rows() -> list[str]:
+    """The default's training time against the last-layer default's, in one run."""
+    split = _load("transfer_suite_split_seeds_md")
+    if not split:
+        return []
+    ratios = {}
+    for task, result in split["tasks"].items():
+        seconds = {name: sum(run["train_seconds"] for key, run in result["candidates"].items()
+                             if key == name or key.startswith(f"{name}_s"))
+                   for name in ("default", "lastlayer")}
+        if all(seconds.values()):
+            ratios[task] = round(seconds["default"] / seconds["lastlayer"], 3)
+    if not ratios:
+        return []
+    shown = ", ".join(f"{task} {figure(ratio)}×" for task, ratio in ratios.items())
+    return [f"| default command's run time (training and the blend, 3 seeds summed) against "
+            f"the last-layer default (`--head avg`), in one run | {shown} | no slowdown over "
+            f"20 %: {figure(max(ratios.values()) <= 1.2)} | "
+            "`transfer_suite_split_seeds_md.json` |"]
+
+
+def _default_run_rows() -> list[str]:
+    """Issue 26's goals on the default command over every suite task."""
+    parts, before = _default_run_parts(), _default_test_means()
+    if not parts:
+        return []
+    tasks = sorted(parts, key=lambda task: int(task[1:]))
+    over_pixels = {t: parts[t]["default"] - parts[t]["pixels"] for t in tasks}
+    over_network = {t: parts[t]["default"] - parts[t]["network"] for t in tasks}
+    mean = round(sum(over_pixels.values()) / len(tasks), 4)
+    figures = "; ".join(
+        f"{t} {figure(parts[t]['default'])} (network alone {figure(parts[t]['network'])}, "
+        f"pixels {figure(parts[t]['pixels'])}"
+        + (f", previous default {figure(parts[t].get('before', before.get(t)))})"
+           if t in before or "before" in parts[t] else ")")
+        for t in tasks)
+    worst_pixels = min(over_pixels, key=over_pixels.get)
+    worst_network = min(over_network, key=over_network.get)
+    checks = _issue_26_checks(over_pixels[worst_pixels], over_network[worst_network], mean)
+    return [f"| default command (`auto`: the multi-depth probe, fine-tuned, pixel blend) on "
+            f"the {len(tasks)} suite tasks, no validation folder, test accuracy, mean of 3 "
+            f"seeds | {figures}; over pixels: mean {figure(mean)}, worst "
+            f"{figure(round(over_pixels[worst_pixels], 4))} ({worst_pixels}); over the "
+            f"network alone: worst {figure(round(over_network[worst_network], 4))} "
+            f"({worst_network}) | {checks} | `blend_weight_multidepth.json`, "
+            "`transfer_suite_split_seeds_md.json` |"]
 
 
 def _multi_depth_rows() -> list[str]:
