@@ -20,6 +20,8 @@ from kerastl.models.multi_depth import (
     multi_depth_model,
     read_depths,
 )
+from kerastl.outputs.run_dir import RunDir
+from kerastl.recipes.pixel_blend import blend_pixels
 from kerastl.recipes.resolve import resolve_config
 
 from .conftest import source_backbone, source_model
@@ -63,6 +65,21 @@ def test_probe_predicts_what_scikit_learn_predicts_on_the_grouped_features():
                                     for x, _ in test.batches(32, 64)])
     assert np.mean(keras_classes == reference.predict(test_scaled)) >= 0.97
     assert facts["width"] == features.shape[1] == sum(w for _, w in feature_groups(probe))
+
+
+def test_a_blended_multidepth_model_names_its_own_pixel_layers_and_loads(tmp_path):
+    # auto's default: the multi-depth head (pooling the pixels as its depth 0), then
+    # the pixel blend, which reads the pixels again under names of its own.
+    probe = multi_depth_model(source_model(num_classes=3))
+    train = _digits(90)
+    fit_multi_depth_probe(probe, train, seed=0)
+    blended, _ = blend_pixels(probe, train, image_size=32, task="multiclass")
+    assert {"pixels_pool", "blend_pixels_flat", "pixel_logits"} <= {
+        layer.name for layer in blended.layers}
+    blended.save(tmp_path / "blended.keras")
+    loaded = keras.models.load_model(tmp_path / "blended.keras", safe_mode=True)
+    images = next(iter(train.batches(32, 16)))[0]
+    np.testing.assert_allclose(loaded(images), blended(images), atol=1e-5)
 
 
 def test_groups_start_with_the_pixels_and_end_with_the_base_output():
@@ -188,6 +205,11 @@ def test_auto_fine_tunes_the_network_from_the_multidepth_probe(tmp_path):
     result = _digits_run(tmp_path, 120, 100, mode="auto", epochs=2)
     assert [p.fit for p in result.config.phases] == ["probe", "train"]
     assert result.config.pixel_blend == "on"  # the default recipe: blended with pixels
+    # config.yaml (the head with its planned phases) is what --resume and --config
+    # replay: it must resolve again, as it was.
+    saved = resolve_config(kerastl.RunConfig.from_dict(
+        RunDir(result.output_dir).read_config()))
+    assert (saved.head, [p.fit for p in saved.phases]) == ("multidepth", ["probe", "train"])
     tuned = _weights(result.model.get_layer("backbone").layers)
     # The same weights in the same order (Keras names some layers by a global counter,
     # so names differ between two builds), and some of them moved.
@@ -209,6 +231,8 @@ def test_auto_fine_tunes_the_network_from_the_multidepth_probe(tmp_path):
     ({"bn_policy": "train"}, "avg"),
     ({"phases": [kerastl.Phase("head", 1, mode="frozen")]}, "avg"),
     ({"prune": 0.5}, "avg"),
+    ({"dropout": 0.5}, "avg"),  # the multi-depth head is one Dense layer: no dropout
+    ({"head_norm": "none"}, "avg"),
 ])
 def test_auto_starts_from_the_multidepth_probe_unless_asked_otherwise(changes, head):
     source = source_backbone()
@@ -229,6 +253,7 @@ def test_multidepth_without_pretrained_weights_is_refused(tmp_path):
     ({"mode": "full"}, "received head_warmup='train'. Use --head-warmup probe"),
     ({"mode": "auto", "bn_policy": "train"}, "received bn_policy='train'"),
     ({"dense_units": [64]}, "Use --dense-units none"),
+    ({"phases": [kerastl.Phase("head", 1, mode="frozen")]}, "begin with a phase of fit='probe'"),
 ])
 def test_config_refuses_what_a_frozen_probe_cannot_be(changes, message):
     from kerastl.config.validation import validate

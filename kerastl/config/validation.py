@@ -115,9 +115,13 @@ def _check_multi_depth(config: RunConfig) -> None:
     ``head_warmup="probe"``) fine-tunes the network from it. A head warmed up by
     gradient steps would start from raw pixels and unstandardised features.
     """
-    if config.phases:
-        raise ConfigError("head='multidepth' plans its own phases (the probe, then "
-                          "fine-tuning with mode='auto'); received phases too. Drop phases.")
+    if config.phases and not _probe_first(config.phases):
+        # Phases that start with its probe (the run's own plan, as config.yaml records
+        # it for --resume) are fine; any other start would train the head by gradient.
+        raise ConfigError(f"head='multidepth' starts from its linear probe: phases must "
+                          f"begin with a phase of fit='probe' and keep BatchNorm frozen; "
+                          f"received phases {[p.name for p in config.phases]!r}. Drop "
+                          "phases: mode 'auto' plans the probe, then fine-tuning.")
     if config.mode in ("full", "finetune") and config.head_warmup != "probe":
         raise ConfigError(f"head='multidepth' starts from its linear probe; with "
                           f"mode={config.mode!r} that needs head_warmup='probe'; received "
@@ -135,3 +139,10 @@ def _check_multi_depth(config: RunConfig) -> None:
     if config.dense_units:
         raise ConfigError(f"head='multidepth' is one linear layer; received dense_units="
                           f"{list(config.dense_units)!r}. Use --dense-units none.")
+
+
+def _probe_first(phases: list) -> bool:
+    """Whether ``phases`` open with a linear-probe phase and never train BatchNorm or
+    start from scratch: what the multi-depth head's own plan is."""
+    return (phases[0].fit == "probe"
+            and all(p.bn_policy == "frozen" and p.mode != "scratch" for p in phases))

@@ -291,10 +291,13 @@ def cache_applies(model: keras.Model, augment: Any = None, *,
     if base.trainable_weights:
         return False, (f"base has trainable layers ({len(base.trainable_weights)} trainable "
                        "weights), so its features change every step")
-    # A multi-depth probe's pixel pooling reads the raw image beside the base: fixed.
+    # A multi-depth probe's pixel pooling (and the pixel blend's, ``blend_``-prefixed
+    # beside it) reads the raw image beside the base: fixed.
+    fixed = {PREPROCESS_LAYER, *(f"{prefix}pixels_{kind}" for prefix in ("", "blend_")
+                                 for kind in ("pool", "flat"))}
     before = [layer.name for layer in model.layers[: model.layers.index(base)]
               if not isinstance(layer, keras.layers.InputLayer)
-              and layer.name not in (PREPROCESS_LAYER, "pixels_pool", "pixels_flat")]
+              and layer.name not in fixed]
     if before:
         return False, f"layers {before} run before the base and may differ every step"
     if _has_active_dropout(model, base):

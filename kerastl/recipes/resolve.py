@@ -392,7 +392,7 @@ def _backbone_of(config: RunConfig) -> Backbone:
 def _multi_depth_by_default(config: RunConfig) -> bool:
     """Whether ``auto`` fine-tunes from the multi-depth probe: no head given, pretrained
     weights, and nothing asked that the multi-depth head cannot be (phases, a hidden
-    Dense layer, BatchNorm in training mode, pruning).
+    Dense layer, dropout or a head norm, BatchNorm in training mode, pruning).
 
     Why: MEASURED on the transfer suite's validation images, 3 seeds: fine-tuned from
     the multi-depth probe, the network beat the one fine-tuned from the last-layer probe
@@ -403,7 +403,7 @@ def _multi_depth_by_default(config: RunConfig) -> bool:
     return (config.mode == "auto" and "head" not in config.given
             and has_pretrained_weights(config.weights) and config.phases is None
             and not config.dense_units and config.bn_policy == "frozen"
-            and config.prune is None)
+            and config.prune is None and not {"dropout", "head_norm"} & config.given)
 
 
 def _none_weights(weights: Any) -> Any:
