@@ -42,6 +42,7 @@ def convert(model: keras.Model, directory: Path, format: str, quantize: str = "n
         return name
     if format == "onnx":
         name = "model.onnx"
+        _normalization_reads_its_variables(model)
         with _quiet():
             model.export(str(directory / name), format="onnx", verbose=False)
         return name
@@ -50,6 +51,23 @@ def convert(model: keras.Model, directory: Path, format: str, quantize: str = "n
         model.export(str(directory / name), format="litert", verbose=False,
                      **litert_options(quantize, calibration))
     return name
+
+
+def _normalization_reads_its_variables(model: keras.Model) -> None:
+    """Point each adapted ``Normalization`` (the multi-depth head's standardisation) at
+    its own mean and variance variables, in place.
+
+    Why: Keras keeps them as eager constants made in ``finalize_state``; traced for ONNX,
+    tf2onnx leaves such captures as graph inputs, and the runtime then asks for
+    ``depths_standardise/Sub/y:0`` beside the image. Variables are frozen into the graph
+    like any weight. Only for a last-axis layer, where the (F,) variables broadcast as
+    the (1, F) constants did.
+    """
+    for layer in model._flatten_layers():
+        if (isinstance(layer, keras.layers.Normalization) and layer.built
+                and layer.input_mean is None and not layer.invert
+                and layer._keep_axis == (len(layer._build_input_shape) - 1,)):
+            layer.mean, layer.variance = layer.adapt_mean, layer.adapt_variance
 
 
 def strip_tensor_names(path: str | os.PathLike) -> int:

@@ -294,7 +294,7 @@ def cache_applies(model: keras.Model, augment: Any = None, *,
     # A multi-depth probe's pixel pooling (and the pixel blend's, ``blend_``-prefixed
     # beside it) reads the raw image beside the base: fixed.
     fixed = {PREPROCESS_LAYER, *(f"{prefix}pixels_{kind}" for prefix in ("", "blend_")
-                                 for kind in ("pool", "flat"))}
+                                 for kind in ("scale", "pool", "flat"))}
     before = [layer.name for layer in model.layers[: model.layers.index(base)]
               if not isinstance(layer, keras.layers.InputLayer)
               and layer.name not in fixed]

@@ -16,7 +16,8 @@ What the probe reads, in one forward pass of the frozen base:
   spaced, the last block always), each global-average-pooled, and early blocks (at
   most :data:`SPATIAL_MAX_WIDTH` values a map) also average-pooled to a 2x2 grid,
   as Head2Toe pools early layers spatially;
-* **pixels**: the input image average-pooled to at most :data:`PIXEL_SIDE` a side,
+* **pixels**: the input image scaled to [0, 1] and average-pooled to at most
+  :data:`PIXEL_SIDE` a side,
   depth 0 of the probe.
 
 Each group is standardised feature by feature (each std floored at a fraction of its
@@ -75,6 +76,7 @@ MAX_DEPTHS = 12
 SPATIAL_MAX_WIDTH = 1024
 # The pixels are average-pooled to at most this side (16x16x3 = 768 values).
 PIXEL_SIDE = 16
+PIXELS_SCALE = "pixels_scale"
 # The Normalization layer between the concatenated depths and ``predictions``.
 STANDARDISE_LAYER = "depths_standardise"
 # Fitted on at most this many training images (a seeded draw).
@@ -114,9 +116,14 @@ def multi_depth_model(model: keras.Model, *, max_depths: int = MAX_DEPTHS) -> ke
     pooled = []
     side = int(model.input_shape[1])
     pixel_pool = max(1, math.ceil(side / PIXEL_SIDE))
-    # float32: averages of [0, 255] values lose digits in bfloat16.
-    x = keras.layers.AveragePooling2D(pixel_pool, dtype="float32", name="pixels_pool")(images) \
-        if pixel_pool > 1 else images
+    # Pixels in [0, 1], as deep features are within a few units: the concatenation is
+    # one tensor, and int8 export quantizes it with one scale. On [0, 255] pixels every
+    # deep feature fell within a step or two (LiteRT int8 agreed with Keras on 34 % of
+    # the test images, benchmarks/export.py). The probe standardises each feature, so
+    # the scale changes nothing else. float32: [0, 255] averages lose digits in bfloat16.
+    x = keras.layers.Rescaling(1 / 255, dtype="float32", name=PIXELS_SCALE)(images)
+    if pixel_pool > 1:
+        x = keras.layers.AveragePooling2D(pixel_pool, dtype="float32", name="pixels_pool")(x)
     pooled.append(keras.layers.Flatten(dtype="float32", name="pixels_flat")(x))
     for name, tensor in zip(names, maps, strict=True):
         tag = name.replace("/", "_")
