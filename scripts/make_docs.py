@@ -216,10 +216,15 @@ def measured_rows() -> list[str]:
     return rows
 
 
+def _seed_runs(result: dict, name: str) -> list[dict]:
+    """The runs of candidate ``name`` and of its ``name_s<k>`` seeds."""
+    return [run for key, run in result["candidates"].items()
+            if key == name or key.startswith(f"{name}_s")]
+
+
 def _seed_means(result: dict, name: str) -> float | None:
     """Mean test accuracy of candidate ``name`` and its ``name_s<k>`` seeds."""
-    scores = [run.get("test_accuracy") for key, run in result["candidates"].items()
-              if key == name or key.startswith(f"{name}_s")]
+    scores = [run.get("test_accuracy") for run in _seed_runs(result, name)]
     scores = [score for score in scores if score is not None]
     return round(sum(scores) / len(scores), 4) if scores else None
 
@@ -235,8 +240,7 @@ def _seed_mean_rows(name: str, what: str, columns: dict[str, str]) -> list[str]:
         means = {candidate: _seed_means(result, candidate) for candidate in columns}
         if None in means.values():
             continue
-        seeds = sum(key == "default" or key.startswith("default_s")
-                    for key in result["candidates"])
+        seeds = len(_seed_runs(result, "default"))
         pixels = result["pixels"]["test_accuracy"]
         over_pixels.append(means["default"] - pixels)
         over_network.append(means["default"] - means["network"])
@@ -292,7 +296,7 @@ def _multidepth_fine_tune_rows() -> list[str]:
         mean = _seed_means(result, "multidepth_auto")
         if mean is None or task not in default:
             continue
-        seeds = sum(key.startswith("multidepth_auto") for key in result["candidates"])
+        seeds = len(_seed_runs(result, "multidepth_auto"))
         gaps.append(mean - default[task])
         parts.append(f"{task} {figure(mean)} (last-layer {figure(default[task])}, pixels "
                      f"{figure(result['pixels']['test_accuracy'])})")
@@ -401,16 +405,17 @@ def _default_run_parts() -> dict[str, dict[str, float]]:
     if not (blend and blend.get("final") and split):
         return {}
     table = blend["test_with_probe_rule"][str(blend["chosen_on_val"])]
+    before = _default_test_means()  # the previous default, or the same run's below
     parts = {task: {"default": accuracy,
                     "network": round(accuracy - table["over_network"][task], 4),
-                    "pixels": blend["pixels"][task]["test_accuracy"]}
+                    "pixels": blend["pixels"][task]["test_accuracy"],
+                    "before": before.get(task)}
              for task, accuracy in table["accuracy"].items()}
     for task, result in split["tasks"].items():
         means = {name: _seed_means(result, name) for name in ("default", "network")}
         if None not in means.values():
-            parts[task] = {**means, "pixels": result["pixels"]["test_accuracy"]}
-            if _seed_means(result, "lastlayer") is not None:  # the same run's
-                parts[task]["before"] = _seed_means(result, "lastlayer")
+            parts[task] = {**means, "pixels": result["pixels"]["test_accuracy"],
+                           "before": _seed_means(result, "lastlayer") or before.get(task)}
     return parts
 
 
@@ -421,8 +426,7 @@ def _default_run_time_rows() -> list[str]:
         return []
     ratios = {}
     for task, result in split["tasks"].items():
-        seconds = {name: sum(run["train_seconds"] for key, run in result["candidates"].items()
-                             if key == name or key.startswith(f"{name}_s"))
+        seconds = {name: sum(run["train_seconds"] for run in _seed_runs(result, name))
                    for name in ("default", "lastlayer")}
         if all(seconds.values()):
             ratios[task] = round(seconds["default"] / seconds["lastlayer"], 3)
@@ -437,7 +441,7 @@ def _default_run_time_rows() -> list[str]:
 
 def _default_run_rows() -> list[str]:
     """Issue 26's goals on the default command over every suite task."""
-    parts, before = _default_run_parts(), _default_test_means()
+    parts = _default_run_parts()
     if not parts:
         return []
     tasks = sorted(parts, key=lambda task: int(task[1:]))
@@ -447,8 +451,8 @@ def _default_run_rows() -> list[str]:
     figures = "; ".join(
         f"{t} {figure(parts[t]['default'])} (network alone {figure(parts[t]['network'])}, "
         f"pixels {figure(parts[t]['pixels'])}"
-        + (f", previous default {figure(parts[t].get('before', before.get(t)))})"
-           if t in before or "before" in parts[t] else ")")
+        + (f", previous default {figure(parts[t]['before'])})"
+           if parts[t]["before"] is not None else ")")
         for t in tasks)
     worst_pixels = min(over_pixels, key=over_pixels.get)
     worst_network = min(over_network, key=over_network.get)
