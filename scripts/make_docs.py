@@ -206,9 +206,11 @@ def measured_rows() -> list[str]:
     rows += _multi_depth_rows()
     rows += _default_run_rows()
     rows += _default_run_time_rows()
+    rows += _main_job_rows()
     rows += _blend_weight_rows()
     rows += _blend_weight_rows("blend_weight_multidepth",
                                "networks fine-tuned from the multi-depth probe")
+    rows += _blend_rule_rows()
     rows += _outside_blend_rows()
     rows += _split_seeds_rows()
     rows += _multidepth_fine_tune_rows()
@@ -397,26 +399,72 @@ def _blend_weight_rows(name: str = "blend_weight",
             f"test: {checks['test']} | `{name}.json` |"]
 
 
+def _blend_rule_rows() -> list[str]:
+    """Rules for the weight graded by the CV lead, judged leaving one task out, and the
+    rule kerastl uses on val and test."""
+    results = _load("blend_rule")
+    if not results or not results.get("final"):
+        return []
+    goals = results["goals"]
+    families = "; ".join(
+        f"{name} (chosen on all: {row['chosen_on_all']}): held-out mean "
+        f"{figure(row['held_out_overall']['mean'])}, worst over pixels "
+        f"{figure(row['held_out_overall']['worst_over_pixels'])}, worst over the network "
+        f"{figure(row['held_out_overall']['worst_over_network'])}, shortfall from the goals "
+        f"{figure(row['held_out_shortfall'])}" for name, row in results["families"].items())
+    used = results["kerastl"]
+    figures = "; ".join(
+        f"{split}: mean accuracy {figure(used[split]['mean'])}, mean "
+        f"{figure(used[split]['mean_over_pixels'])} over pixels, worst "
+        f"{figure(used[split]['worst_over_pixels'])}, worst over the network "
+        f"{figure(used[split]['worst_over_network'])}" for split in ("val", "test"))
+    checks = "; ".join(
+        f"{split}: " + _issue_26_checks(used[split]["worst_over_pixels"],
+                                        used[split]["worst_over_network"],
+                                        used[split]["mean_over_pixels"], goals)
+        for split in ("val", "test"))
+    return [f"| pixel blend weight graded by the pixel model's cross-validated lead over the "
+            f"probe, each rule family chosen on 7 tasks' val and scored on the 8th in turn "
+            f"| {families}. kerastl's rule ({used['rule']}) — {figures} | {checks} | "
+            "`blend_rule.json` |"]
+
+
 def _default_run_parts() -> dict[str, dict[str, float]]:
     """Per suite task, test accuracy (seed means) of the default command, the network
-    alone and pixels: the multi-depth blend study's tasks at its chosen weight with the
-    probe rule, and the tasks with a validation split of their own."""
-    blend, split = _load("blend_weight_multidepth"), _load("transfer_suite_split_seeds_md")
-    if not (blend and blend.get("final") and split):
+    alone and pixels: the multi-depth blend study's tasks at the weight kerastl's rule
+    gives each run (``blend_rule.json``), and the tasks with a validation split of their
+    own."""
+    rule, split = _load("blend_rule"), _load("transfer_suite_split_seeds_md")
+    if not (rule and rule.get("final") and split):
         return {}
-    table = blend["test_with_probe_rule"][str(blend["chosen_on_val"])]
     before = _default_test_means()  # the previous default, or the same run's below
-    parts = {task: {"default": accuracy,
-                    "network": round(accuracy - table["over_network"][task], 4),
-                    "pixels": blend["pixels"][task]["test_accuracy"],
-                    "before": before.get(task)}
-             for task, accuracy in table["accuracy"].items()}
+    parts = {task: {"default": row["accuracy"], "network": row["network"],
+                    "pixels": row["pixels"], "before": before.get(task)}
+             for task, row in rule["kerastl"]["test"]["per_task"].items()}
     for task, result in split["tasks"].items():
         means = {name: _seed_means(result, name) for name in ("default", "network")}
         if None not in means.values():
             parts[task] = {**means, "pixels": result["pixels"]["test_accuracy"],
                            "before": _seed_means(result, "lastlayer") or before.get(task)}
     return parts
+
+
+def _main_job_rows() -> list[str]:
+    """The README's main job, the default against ``--head avg``, timed in one run."""
+    results = _load("main_job")
+    if not results:
+        return []
+    mean = results["mean"]
+    sides = "; ".join(
+        f"{label} {figure(mean[side]['wall_seconds'])} s (training "
+        f"{figure(mean[side]['train_seconds'])} s), test accuracy "
+        f"{figure(mean[side]['test_accuracy'])}"
+        for side, label in (("default", "default"), ("head_avg", "`--head avg`")))
+    ratio = results["wall_ratio_default_over_head_avg"]
+    return [f"| `python -m kerastl.train` (the first command above), default against the "
+            f"last-layer recipe `--head avg`, whole processes, {results['repeats']} runs each, "
+            f"alternated, mean | {sides}; wall time {figure(ratio)}× | no slowdown over 20 %: "
+            f"{figure(ratio <= 1.2)} | `main_job.json` |"]
 
 
 def _default_run_time_rows() -> list[str]:
@@ -462,8 +510,8 @@ def _default_run_rows() -> list[str]:
             f"seeds | {figures}; over pixels: mean {figure(mean)}, worst "
             f"{figure(round(over_pixels[worst_pixels], 4))} ({worst_pixels}); over the "
             f"network alone: worst {figure(round(over_network[worst_network], 4))} "
-            f"({worst_network}) | {checks} | `blend_weight_multidepth.json`, "
-            "`transfer_suite_split_seeds_md.json` |"]
+            f"({worst_network}) | {checks} | `blend_rule.json` (the cases of "
+            "`blend_weight_multidepth.json`), `transfer_suite_split_seeds_md.json` |"]
 
 
 def _multi_depth_rows() -> list[str]:

@@ -22,6 +22,7 @@ from kerastl.recipes.pixel_blend import (
     choose_blend,
     choose_weight,
     fit_pixel_model,
+    weight_from_gap,
 )
 from kerastl.recipes.resolve import resolve_config
 
@@ -171,7 +172,8 @@ def test_without_validation_a_run_ends_blended_with_the_defaults(tmp_path):
     result = _run(tmp_path, "on", _splits(val=False), mode="full", pixel_blend="on")
     facts = json.loads((result.output_dir / "run.json").read_text())["pixel_blend"]
     assert facts["kept"] is True and facts["fit_images"] == 45
-    assert (facts["C"], facts["weight"]) == (PIXEL_C, PIXEL_WEIGHT)
+    assert facts["C"] == PIXEL_C
+    assert facts["weight"] == _weight_without_validation(facts)
     assert any(note.startswith("pixel blend:") for note in result.notes)
     saved = kerastl.load_model(result.output_dir / "model.keras", compile=False)
     assert "pixels_flat" in [layer.name for layer in saved.layers]
@@ -188,7 +190,29 @@ def test_the_default_run_blends_unless_its_probe_beats_pixels_in_cross_validatio
     assert ("pixel_logits" in [layer.name for layer in result.model.layers]) is facts["kept"]
     # With pretrained weights, auto fine-tunes from the multi-depth probe.
     assert result.config.head == "multidepth"
-    assert facts["weight"] == (PIXEL_WEIGHT if facts["kept"] else 0.0)
+    assert facts["weight"] == weight_from_gap(facts["pixel_cv_accuracy"],
+                                              facts["probe_cv_accuracy"])
+    assert facts["kept"] is (facts["weight"] > 0)
+
+
+def _weight_without_validation(facts: dict) -> float:
+    """The weight a run without validation data must use: graded by the CV lead, or the
+    constant where no probe was cross-validated."""
+    if facts.get("probe_cv_accuracy") is None or facts.get("pixel_cv_accuracy") is None:
+        return PIXEL_WEIGHT
+    return weight_from_gap(facts["pixel_cv_accuracy"], facts["probe_cv_accuracy"])
+
+
+@pytest.mark.parametrize(("pixel_cv", "probe_cv", "weight"), [
+    (0.80, 0.81, 0.0),   # the probe is ahead: the network alone
+    (0.80, 0.80, 0.5),   # a tie: a little of the pixels
+    (0.84, 0.80, 1.0),
+    (0.92, 0.84, 2.0),
+    (0.90, 0.50, 4.0),   # capped
+])
+def test_the_pixel_weight_grows_with_the_pixel_models_cross_validated_lead(
+        pixel_cv, probe_cv, weight):
+    assert weight_from_gap(pixel_cv, probe_cv) == weight
 
 
 def test_with_validation_the_run_keeps_the_blend_that_validates_best(tmp_path):

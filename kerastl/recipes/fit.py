@@ -202,8 +202,8 @@ def _pixel_blend(config: RunConfig, runtime, model, splits, notes: list[str], lo
     checked = (f"C {facts['C']:g}, weight {weight:g} chosen on validation: val_accuracy "
                f"{facts['val_accuracy_network']:.4f} -> {facts['val_accuracy']:.4f}"
                if splits.val is not None else
-               f"C {facts['C']:g}, weight {weight:g}: kerastl's defaults, chosen on the "
-               "transfer suite; no validation data here to choose them on")
+               f"C {facts['C']:g}, weight {weight:g}: no validation data here, so "
+               f"{facts['chosen_on']}")
     notes.append(f"pixel blend: a logistic regression on the {shape} pooled pixels added "
                  f"to the network's logits ({checked})")
     log(f"Pixel blend: a logistic regression on the {shape} pooled pixels is added to "

@@ -1,0 +1,167 @@
+"""Does the probe's cross-validation pick a better blend weight than a constant? (issue 26)
+
+A run without validation data blends its network with the pixel model at
+``PIXEL_WEIGHT``, or at 0 where its linear probe cross-validated better than the pixel
+model. The gap between the two cross-validated accuracies (``pixel_cv - probe_cv``,
+both in ``run.json``) is evidence every run has: where pixels are far ahead, the network
+may need them more. This asks whether a weight graded by that gap beats the constant.
+
+Nothing is trained: the cases of a ``blend_weight.py`` results file hold, for every
+(task, seed), the network's validation accuracy at every weight and both CV accuracies.
+Rule families, each with the probe rule (weight 0 where the probe is ahead):
+
+* ``constant``: one weight for every run (what kerastl does);
+* ``two_level``: weight ``low`` below a gap ``threshold``, ``high`` from it;
+* ``linear``: ``clip(base + slope * gap, 0, 4)``, rounded to the nearest weight scored.
+
+Each family's member is chosen as ``blend_weight.py`` chooses the constant (the
+smallest summed shortfall from ``GOALS``, then the largest mean). Choosing a rule among
+many on eight tasks overfits them, so each family is also judged **leave one task
+out**: chosen on seven tasks' validation images, scored on the eighth's; the mean of
+those eight scores is what the family would deliver on a task it was not chosen on.
+The rules are chosen on validation images only. ``kerastl`` is the rule kerastl
+uses (``kerastl.recipes.pixel_blend.weight_from_gap``), scored per task on val and,
+with ``--final``, once on test (the cases' recorded test accuracies).
+
+Usage:
+    python benchmarks/blend_rule.py \
+        --cases benchmarks/results/blend_weight_multidepth.json --final
+
+Writes ``benchmarks/results/blend_rule.json`` (``--out`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, load_average, write_results  # noqa: E402
+
+from kerastl.recipes import pixel_blend as blend  # noqa: E402
+
+WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # as blend_weight.py scores them
+GOALS = {"worst_over_pixels": 0.01, "worst_over_network": -0.005, "mean_over_pixels": 0.03}
+
+
+def families() -> dict[str, dict[str, Callable[[float], float]]]:
+    """Every rule of every family, named by its parameters: ``gap -> weight``."""
+    constant = {f"w={w}": (lambda gap, w=w: w) for w in (0.5, 1.0, 2.0, 3.0, 4.0)}
+    two_level = {f"low={lo},high={hi},threshold={t}":
+                 (lambda gap, lo=lo, hi=hi, t=t: hi if gap >= t else lo)
+                 for lo, hi, t in itertools.product((0.5, 1.0, 2.0), (2.0, 3.0, 4.0),
+                                                    (0.04, 0.06, 0.08, 0.1, 0.12))
+                 if hi > lo}
+    linear = {f"base={b},slope={s}":
+              (lambda gap, b=b, s=s: min(4.0, max(0.0, b + s * gap)))
+              for b, s in itertools.product((0.5, 1.0, 2.0), (10, 20, 30, 40))}
+    return {"constant": constant, "two_level": two_level, "linear": linear}
+
+
+def weight_for(case: dict, rule) -> str:
+    """The scored weight nearest the rule's, 0 where the probe cross-validated ahead."""
+    gap = round(case["pixel_cv"] - case["probe_cv"], 4)  # 0.89 - 0.84 is 0.05, not 0.0500001
+    if gap < 0:
+        return "0.0"
+    wanted = rule(gap)
+    return str(min(WEIGHTS, key=lambda w: abs(w - wanted)))
+
+
+def kerastl_weight(case: dict) -> str:
+    """The weight a kerastl run without validation data uses on this case."""
+    return str(blend.weight_from_gap(case["pixel_cv"], case["probe_cv"]))
+
+
+def score(rule, cases: dict, pixels: dict, tasks: list[str], split: str = "val",
+          pick=None) -> dict:
+    """Accuracy of ``rule`` on ``tasks`` (mean over seeds), and its margins.
+
+    ``pick`` (a case -> weight function) replaces ``rule`` where given.
+    """
+    pick = pick or (lambda case: weight_for(case, rule))
+    accuracy = {t: float(np.mean([c[split][pick(c)] for c in cases[t]])) for t in tasks}
+    network = {t: float(np.mean([c[split]["0.0"] for c in cases[t]])) for t in tasks}
+    over_pixels = {t: accuracy[t] - pixels[t][f"{split}_accuracy"] for t in tasks}
+    over_network = {t: accuracy[t] - network[t] for t in tasks}
+    return {"mean": round(float(np.mean(list(accuracy.values()))), 4),
+            "mean_over_pixels": round(float(np.mean(list(over_pixels.values()))), 4),
+            "worst_over_pixels": round(min(over_pixels.values()), 4),
+            "worst_over_network": round(min(over_network.values()), 4),
+            "per_task": {t: {"accuracy": round(accuracy[t], 4),
+                             "network": round(network[t], 4),
+                             "pixels": pixels[t][f"{split}_accuracy"],
+                             "over_pixels": round(over_pixels[t], 4),
+                             "over_network": round(over_network[t], 4)} for t in tasks}}
+
+
+def shortfall(row: dict) -> float:
+    return round(sum(max(0.0, bar - row[key]) for key, bar in GOALS.items()), 4)
+
+
+def choose(rules: dict, cases: dict, pixels: dict, tasks: list[str]) -> str:
+    """The rule closest to the goals on ``tasks``, then with the best mean."""
+    scored = {name: score(rule, cases, pixels, tasks) for name, rule in rules.items()}
+    return min(scored, key=lambda n: (shortfall(scored[n]), -scored[n]["mean"]))
+
+
+def judge(rules: dict, cases: dict, pixels: dict) -> dict:
+    """The family's rule chosen on every task, and its leave-one-task-out scores."""
+    tasks = list(cases)
+    chosen = choose(rules, cases, pixels, tasks)
+    held_out = {}
+    for task in tasks:
+        rule = choose(rules, cases, pixels, [t for t in tasks if t != task])
+        held_out[task] = {"rule": rule, **score(rules[rule], cases, pixels, [task])}
+    rows = held_out.values()
+    overall = {"mean": round(float(np.mean([r["mean"] for r in rows])), 4),
+               "mean_over_pixels": round(float(np.mean([r["mean_over_pixels"]
+                                                        for r in rows])), 4),
+               "worst_over_pixels": min(r["worst_over_pixels"] for r in rows),
+               "worst_over_network": min(r["worst_over_network"] for r in rows)}
+    return {"rules": len(rules), "chosen_on_all": chosen,
+            "in_sample": score(rules[chosen], cases, pixels, tasks),
+            "held_out": held_out, "held_out_overall": overall,
+            "held_out_shortfall": shortfall(overall)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=Path,
+                        default=RESULTS / "blend_weight_multidepth.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "blend_rule.json")
+    parser.add_argument("--final", action="store_true",
+                        help="also score kerastl's rule on test (once, after the choice)")
+    args = parser.parse_args(argv)
+    load_before = load_average()
+    source = json.loads(args.cases.read_text())
+    cases, pixels = source["cases"], source["pixels"]
+    report = {family: judge(rules, cases, pixels) for family, rules in families().items()}
+    for family, row in report.items():
+        print(f"{family:>9}: chosen {row['chosen_on_all']} (val mean "
+              f"{row['in_sample']['mean']}); leave one task out: "
+              f"{row['held_out_overall']}, shortfall {row['held_out_shortfall']}")
+    used = {"rule": f"clip({blend.GAP_WEIGHT_BASE:g} + {blend.GAP_WEIGHT_SLOPE:g} x gap), "
+                    f"nearest of {list(blend.GAP_WEIGHTS)}; 0 where the probe is ahead",
+            "weights": {t: [kerastl_weight(c) for c in runs] for t, runs in cases.items()}}
+    for split in ("val", "test") if args.final else ("val",):
+        used[split] = score(None, cases, pixels, list(cases), split, pick=kerastl_weight)
+        used[split]["meets_goals"] = shortfall(used[split]) == 0
+        print(f"kerastl's rule on {split}: " + json.dumps(
+            {k: v for k, v in used[split].items() if k != "per_task"}))
+    write_results("blend_rule", {"cases_from": args.cases.name,
+                                 "cases_commit": source.get("commit"), "final": args.final,
+                                 "goals": GOALS, "families": report, "kerastl": used},
+                  load_before=load_before, output=args.out,
+                  notes=["nothing is trained; the rules are chosen on validation images "
+                         "only; with --final, kerastl's rule is also scored on test "
+                         "(the cases' recorded test accuracies), once, after the choice"])
+
+
+if __name__ == "__main__":
+    main()
