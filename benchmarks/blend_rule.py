@@ -154,6 +154,11 @@ def main(argv: list[str] | None = None) -> None:
         used[split]["meets_goals"] = shortfall(used[split]) == 0
         print(f"kerastl's rule on {split}: " + json.dumps(
             {k: v for k, v in used[split].items() if k != "per_task"}))
+        # What it replaced, on the same cases: PIXEL_WEIGHT with the probe rule.
+        constant = score(lambda gap: blend.PIXEL_WEIGHT, cases, pixels, list(cases), split)
+        used[f"{split}_constant"] = {k: v for k, v in constant.items() if k != "per_task"}
+        print(f"  the constant {blend.PIXEL_WEIGHT:g} on {split}: "
+              + json.dumps(used[f"{split}_constant"]))
     write_results("blend_rule", {"cases_from": args.cases.name,
                                  "cases_commit": source.get("commit"), "final": args.final,
                                  "goals": GOALS, "families": report, "kerastl": used},

@@ -417,7 +417,12 @@ def _blend_rule_rows() -> list[str]:
         f"{split}: mean accuracy {figure(used[split]['mean'])}, mean "
         f"{figure(used[split]['mean_over_pixels'])} over pixels, worst "
         f"{figure(used[split]['worst_over_pixels'])}, worst over the network "
-        f"{figure(used[split]['worst_over_network'])}" for split in ("val", "test"))
+        f"{figure(used[split]['worst_over_network'])} (the constant 2: "
+        f"{figure(used[split + '_constant']['mean'])}, "
+        f"{figure(used[split + '_constant']['mean_over_pixels'])}, "
+        f"{figure(used[split + '_constant']['worst_over_pixels'])}, "
+        f"{figure(used[split + '_constant']['worst_over_network'])})"
+        for split in ("val", "test"))
     checks = "; ".join(
         f"{split}: " + _issue_26_checks(used[split]["worst_over_pixels"],
                                         used[split]["worst_over_network"],
