@@ -66,9 +66,9 @@ def families() -> dict[str, dict[str, Callable[[float], float]]]:
 
 def weight_for(case: dict, rule) -> str:
     """The scored weight nearest the rule's, 0 where the probe cross-validated ahead."""
-    gap = round(case["pixel_cv"] - case["probe_cv"], 4)  # 0.89 - 0.84 is 0.05, not 0.0500001
-    if gap < 0:
+    if case["probe_cv"] > case["pixel_cv"]:
         return "0.0"
+    gap = round(case["pixel_cv"] - case["probe_cv"], 4)  # 0.89 - 0.84 is 0.05, not 0.0500001
     wanted = rule(gap)
     return str(min(WEIGHTS, key=lambda w: abs(w - wanted)))
 
@@ -80,32 +80,42 @@ def kerastl_weight(case: dict) -> str:
 
 def score(rule, cases: dict, pixels: dict, tasks: list[str], split: str = "val",
           pick=None) -> dict:
-    """Accuracy of ``rule`` on ``tasks`` (mean over seeds), and its margins.
+    """Accuracy of ``rule`` on ``tasks`` (mean over seeds), and its margins, unrounded.
 
-    ``pick`` (a case -> weight function) replaces ``rule`` where given.
+    ``pick`` (a case -> weight function) replaces ``rule`` where given. Rules are
+    compared on these unrounded figures (:func:`rounded` is for the file): rounded to 4
+    digits, two rules 0.0001 apart tie, and the tie would go to the one listed first.
     """
     pick = pick or (lambda case: weight_for(case, rule))
     accuracy = {t: float(np.mean([c[split][pick(c)] for c in cases[t]])) for t in tasks}
     network = {t: float(np.mean([c[split]["0.0"] for c in cases[t]])) for t in tasks}
     over_pixels = {t: accuracy[t] - pixels[t][f"{split}_accuracy"] for t in tasks}
     over_network = {t: accuracy[t] - network[t] for t in tasks}
-    return {"mean": round(float(np.mean(list(accuracy.values()))), 4),
-            "mean_over_pixels": round(float(np.mean(list(over_pixels.values()))), 4),
-            "worst_over_pixels": round(min(over_pixels.values()), 4),
-            "worst_over_network": round(min(over_network.values()), 4),
-            "per_task": {t: {"accuracy": round(accuracy[t], 4),
-                             "network": round(network[t], 4),
+    return {"mean": float(np.mean(list(accuracy.values()))),
+            "mean_over_pixels": float(np.mean(list(over_pixels.values()))),
+            "worst_over_pixels": min(over_pixels.values()),
+            "worst_over_network": min(over_network.values()),
+            "per_task": {t: {"accuracy": accuracy[t], "network": network[t],
                              "pixels": pixels[t][f"{split}_accuracy"],
-                             "over_pixels": round(over_pixels[t], 4),
-                             "over_network": round(over_network[t], 4)} for t in tasks}}
+                             "over_pixels": over_pixels[t],
+                             "over_network": over_network[t]} for t in tasks}}
+
+
+def rounded(value):
+    """``value`` with every float rounded to 4 digits, for the results file."""
+    if isinstance(value, dict):
+        return {key: rounded(item) for key, item in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def shortfall(row: dict) -> float:
-    return round(sum(max(0.0, bar - row[key]) for key, bar in GOALS.items()), 4)
+    """How far a row falls short of :data:`GOALS`, summed over them (0: all met)."""
+    return sum(max(0.0, bar - row[key]) for key, bar in GOALS.items())
 
 
 def choose(rules: dict, cases: dict, pixels: dict, tasks: list[str]) -> str:
-    """The rule closest to the goals on ``tasks``, then with the best mean."""
+    """The rule closest to the goals on ``tasks``, then with the best mean; an exact
+    tie (the same weight on every case) goes to the rule listed first."""
     scored = {name: score(rule, cases, pixels, tasks) for name, rule in rules.items()}
     return min(scored, key=lambda n: (shortfall(scored[n]), -scored[n]["mean"]))
 
@@ -117,17 +127,19 @@ def judge(rules: dict, cases: dict, pixels: dict) -> dict:
     held_out = {}
     for task in tasks:
         rule = choose(rules, cases, pixels, [t for t in tasks if t != task])
-        held_out[task] = {"rule": rule, **score(rules[rule], cases, pixels, [task])}
+        row = score(rules[rule], cases, pixels, [task])
+        held_out[task] = {"rule": rule, **{k: v for k, v in row.items() if k != "per_task"}}
     rows = held_out.values()
-    overall = {"mean": round(float(np.mean([r["mean"] for r in rows])), 4),
-               "mean_over_pixels": round(float(np.mean([r["mean_over_pixels"]
-                                                        for r in rows])), 4),
+    overall = {"mean": float(np.mean([r["mean"] for r in rows])),
+               "mean_over_pixels": float(np.mean([r["mean_over_pixels"] for r in rows])),
                "worst_over_pixels": min(r["worst_over_pixels"] for r in rows),
                "worst_over_network": min(r["worst_over_network"] for r in rows)}
-    return {"rules": len(rules), "chosen_on_all": chosen,
-            "in_sample": score(rules[chosen], cases, pixels, tasks),
-            "held_out": held_out, "held_out_overall": overall,
-            "held_out_shortfall": shortfall(overall)}
+    in_sample = score(rules[chosen], cases, pixels, tasks)
+    return rounded({"rules": len(rules), "chosen_on_all": chosen,
+                    "in_sample": {k: v for k, v in in_sample.items() if k != "per_task"},
+                    "held_out": held_out, "held_out_overall": overall,
+                    "held_out_shortfall": shortfall(overall),
+                    "_rank": (shortfall(overall), -overall["mean"])})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -142,26 +154,32 @@ def main(argv: list[str] | None = None) -> None:
     source = json.loads(args.cases.read_text())
     cases, pixels = source["cases"], source["pixels"]
     report = {family: judge(rules, cases, pixels) for family, rules in families().items()}
-    for family, row in report.items():
-        print(f"{family:>9}: chosen {row['chosen_on_all']} (val mean "
+    ranks = {family: row.pop("_rank") for family, row in report.items()}
+    family = min(ranks, key=ranks.get)  # the decision rule, fixed before test was read
+    for name, row in report.items():
+        print(f"{name:>9}: chosen {row['chosen_on_all']} (val mean "
               f"{row['in_sample']['mean']}); leave one task out: "
               f"{row['held_out_overall']}, shortfall {row['held_out_shortfall']}")
     used = {"rule": f"clip({blend.GAP_WEIGHT_BASE:g} + {blend.GAP_WEIGHT_SLOPE:g} x gap), "
                     f"nearest of {list(blend.GAP_WEIGHTS)}; 0 where the probe is ahead",
             "weights": {t: [kerastl_weight(c) for c in runs] for t, runs in cases.items()}}
     for split in ("val", "test") if args.final else ("val",):
-        used[split] = score(None, cases, pixels, list(cases), split, pick=kerastl_weight)
-        used[split]["meets_goals"] = shortfall(used[split]) == 0
+        row = score(None, cases, pixels, list(cases), split, pick=kerastl_weight)
+        used[split] = {**rounded(row), "meets_goals": shortfall(row) == 0}
         print(f"kerastl's rule on {split}: " + json.dumps(
             {k: v for k, v in used[split].items() if k != "per_task"}))
         # What it replaced, on the same cases: PIXEL_WEIGHT with the probe rule.
         constant = score(lambda gap: blend.PIXEL_WEIGHT, cases, pixels, list(cases), split)
-        used[f"{split}_constant"] = {k: v for k, v in constant.items() if k != "per_task"}
+        used[f"{split}_constant"] = rounded({k: v for k, v in constant.items()
+                                             if k != "per_task"})
         print(f"  the constant {blend.PIXEL_WEIGHT:g} on {split}: "
               + json.dumps(used[f"{split}_constant"]))
     write_results("blend_rule", {"cases_from": args.cases.name,
                                  "cases_commit": source.get("commit"), "final": args.final,
-                                 "goals": GOALS, "families": report, "kerastl": used},
+                                 "goals": GOALS, "families": report,
+                                 "family_chosen": family,
+                                 "rule_chosen": report[family]["chosen_on_all"],
+                                 "kerastl": used},
                   load_before=load_before, output=args.out,
                   notes=["nothing is trained; the rules are chosen on validation images "
                          "only; with --final, kerastl's rule is also scored on test "

@@ -7,9 +7,28 @@ A test checks that the committed files match what this script writes.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script, or loaded by a test
+from readme_issue26 import (  # noqa: E402
+    blend_rule_rows,
+    blend_weight_rows,
+    default_run_rows,
+    default_run_time_rows,
+    issue_26_checks,
+    main_job_rows,
+    multi_depth_rows,
+)
+from readme_results import (  # noqa: E402
+    default_test_means,
+    figure,
+    goal_text,
+    load,
+    seed_means,
+    seed_runs,
+)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -73,45 +92,10 @@ def readme_with_backbones(readme: str) -> str:
 
 
 MEASURED_START, MEASURED_END = "<!-- measured:start -->", "<!-- measured:end -->"
-RESULTS = DOCS.parent / "benchmarks" / "results"
-
-
-def figure(value) -> str:
-    """A number from a results file, cut (never rounded up) to 4 significant digits.
-
-    Example:
-        >>> figure(5.98), figure(0.99999), figure(3.4602495), figure(12), figure(True)
-        ('5.98', '0.9999', '3.460', '12', 'yes')
-    """
-    from decimal import ROUND_DOWN, Decimal
-
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if not isinstance(value, float):
-        return str(value)
-    exact = Decimal(repr(value))
-    if exact == 0:
-        return "0"
-    step = Decimal(1).scaleb(exact.adjusted() - 3)
-    cut = exact.quantize(step, rounding=ROUND_DOWN)
-    return f"{cut:f}" if len(repr(value)) > len(f"{cut:f}") else repr(value)
-
-
-def _load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _goal(goal: dict) -> str:
-    return "met" if goal.get("met") else "**not met**"
-
-
 def measured_rows() -> list[str]:
     """README rows, every figure read from ``benchmarks/results/*.json``."""
     rows = ["| what | measured | goal | file |", "|---|---|---|---|"]
-    suite = _load("transfer_suite")
+    suite = load("transfer_suite")
     row = suite and suite["summary"]["test"].get(suite["goals"]["test"]["candidate"])
     if row:
         worst = row["worst_margin_vs_pixels"]
@@ -130,7 +114,7 @@ def measured_rows() -> list[str]:
             f"{figure(row['within_2_points_of_grid_best_on_every_task'])} | "
             "`transfer_suite.json` |")
     rows += _suite_blend_rows()
-    study = _load("transfer_study")
+    study = load("transfer_study")
     if study and "default" in study["results"]:
         results = study["results"]
         rows.append(
@@ -138,7 +122,7 @@ def measured_rows() -> list[str]:
             f"test images), default command | {figure(results['default']['accuracy'])} "
             f"(pixels {figure(results['pixels_logreg']['accuracy'])}) | ≥ 0.90: "
             f"{figure(results['default']['accuracy'] >= 0.90)} | `transfer_study.json` |")
-    frozen = _load("frozen_cache")
+    frozen = load("frozen_cache")
     if frozen and "goals" in frozen:
         goals = frozen["goals"]
         rows.append(
@@ -146,16 +130,16 @@ def measured_rows() -> list[str]:
             "defaults vs the plain Keras script, whole processes | "
             f"{figure(goals['speedup_whole_process']['value'])}× faster; training "
             f"{figure(goals['train_over_forward']['value'])}× one forward pass | "
-            f"≥ 6×: {_goal(goals['speedup_whole_process'])}; ≤ 1.2×: "
-            f"{_goal(goals['train_over_forward'])} | `frozen_cache.json` |")
-    extraction = _load("extraction")
+            f"≥ 6×: {goal_text(goals['speedup_whole_process'])}; ≤ 1.2×: "
+            f"{goal_text(goals['train_over_forward'])} | `frozen_cache.json` |")
+    extraction = load("extraction")
     if extraction:
         for workload, goal in extraction.get("goals", {}).items():
             rows.append(
                 f"| feature extraction, {workload} | {figure(goal['fraction_of_bf16_peak'])} "
-                f"of the bfloat16 matmul peak | ≥ {figure(goal['goal'])}: {_goal(goal)} | "
+                f"of the bfloat16 matmul peak | ≥ {figure(goal['goal'])}: {goal_text(goal)} | "
                 "`extraction.json` |")
-    cores = _load("cores")
+    cores = load("cores")
     if cores:
         workloads = dict.fromkeys(r["workload"] for r in cores["ratios"])
         for workload in workloads:
@@ -177,21 +161,21 @@ def measured_rows() -> list[str]:
     rows += _variant_rows("cores_threads", "intra_op=1", "one intra-op thread against every core")
     rows += _variant_rows("cores_autotune", "autotune=off",
                           "tf.data's autotuner off (as kerastl's extraction pass runs)")
-    threads = _load("cores_threads")
+    threads = load("cores_threads")
     if threads:
         for goal in threads.get("goals", {}).values():
             rows.append(f"| training step, {goal['workload']}: `{goal['default']}` against "
                         f"`{goal['baseline']}` (every CPU run when issue 11 was filed) | "
-                        f"{figure(goal['value'])}× | ≥ {figure(goal['goal'])}: {_goal(goal)} "
+                        f"{figure(goal['value'])}× | ≥ {figure(goal['goal'])}: {goal_text(goal)} "
                         "| `cores_threads.json` |")
-    throughput = _load("throughput")
+    throughput = load("throughput")
     if throughput:
         rows.append(
             f"| kerastl's step vs `keras.Model.fit`, same model and data | "
             f"{figure(throughput['ratio_median'])}× (median epoch) | ≥ "
             f"{figure(throughput['target_ratio'])}: "
             f"{'met' if throughput['meets_target'] else '**not met**'} | `throughput.json` |")
-    export = _load("export")
+    export = load("export")
     if export:
         run = export["default_run"]
         rows.insert(2, f"| `{run['command']}` (the first command above: data_samples/, the "
@@ -201,16 +185,16 @@ def measured_rows() -> list[str]:
         for name, goal in export["goals"].items():
             if "met" in goal:
                 rows.append(f"| export: {name.replace('_', ' ')} | {figure(goal['value'])} | "
-                            f"{goal['goal']}: {_goal(goal)} | `export.json` |")
+                            f"{goal['goal']}: {goal_text(goal)} | `export.json` |")
     rows += _first_hour_rows()
-    rows += _multi_depth_rows()
-    rows += _default_run_rows()
-    rows += _default_run_time_rows()
-    rows += _main_job_rows()
-    rows += _blend_weight_rows()
-    rows += _blend_weight_rows("blend_weight_multidepth",
+    rows += multi_depth_rows()
+    rows += default_run_rows()
+    rows += default_run_time_rows()
+    rows += main_job_rows()
+    rows += blend_weight_rows()
+    rows += blend_weight_rows("blend_weight_multidepth",
                                "networks fine-tuned from the multi-depth probe")
-    rows += _blend_rule_rows()
+    rows += blend_rule_rows()
     rows += _outside_blend_rows()
     rows += _split_seeds_rows()
     rows += _multidepth_fine_tune_rows()
@@ -218,31 +202,18 @@ def measured_rows() -> list[str]:
     return rows
 
 
-def _seed_runs(result: dict, name: str) -> list[dict]:
-    """The runs of candidate ``name`` and of its ``name_s<k>`` seeds."""
-    return [run for key, run in result["candidates"].items()
-            if key == name or key.startswith(f"{name}_s")]
-
-
-def _seed_means(result: dict, name: str) -> float | None:
-    """Mean test accuracy of candidate ``name`` and its ``name_s<k>`` seeds."""
-    scores = [run.get("test_accuracy") for run in _seed_runs(result, name)]
-    scores = [score for score in scores if score is not None]
-    return round(sum(scores) / len(scores), 4) if scores else None
-
-
 def _seed_mean_rows(name: str, what: str, columns: dict[str, str]) -> list[str]:
     """One row: per task the seed means of ``columns`` (candidate -> label) and pixels,
     checked against issue 26's goals (the default over pixels and the network alone)."""
-    results = _load(name)
+    results = load(name)
     if not results:
         return []
     parts, over_pixels, over_network, seeds = [], [], [], 0
     for task, result in results["tasks"].items():
-        means = {candidate: _seed_means(result, candidate) for candidate in columns}
+        means = {candidate: seed_means(result, candidate) for candidate in columns}
         if None in means.values():
             continue
-        seeds = len(_seed_runs(result, "default"))
+        seeds = len(seed_runs(result, "default"))
         pixels = result["pixels"]["test_accuracy"]
         over_pixels.append(means["default"] - pixels)
         over_network.append(means["default"] - means["network"])
@@ -250,7 +221,7 @@ def _seed_mean_rows(name: str, what: str, columns: dict[str, str]) -> list[str]:
         parts.append(f"{task} {figures}, pixels {figure(pixels)}")
     if not parts:
         return []
-    checks = _issue_26_checks(min(over_pixels), min(over_network),
+    checks = issue_26_checks(min(over_pixels), min(over_network),
                               sum(over_pixels) / len(over_pixels))
     return [f"| {what}, test accuracy, mean of {seeds} seeds | {'; '.join(parts)} | "
             f"{checks} | `{name}.json` |"]
@@ -271,34 +242,18 @@ def _split_seeds_rows() -> list[str]:
                                                 "multi-depth probe (before its floor)"})
 
 
-def _default_test_means() -> dict[str, float]:
-    """The previous default command's (the last-layer probe, fine-tuned, blended) test
-    accuracy per suite task, mean of its seeds: the blend-weight study's chosen weight,
-    and the tasks with a split of their own."""
-    means: dict[str, float] = {}
-    blend = _load("blend_weight")
-    if blend and blend.get("final"):
-        means.update(blend["test"][str(blend["chosen_on_val"])]["accuracy"])
-    split = _load("transfer_suite_split_seeds")
-    for task, result in (split or {}).get("tasks", {}).items():
-        mean = _seed_means(result, "default")
-        if mean is not None:
-            means[task] = mean
-    return means
-
-
 def _multidepth_fine_tune_rows() -> list[str]:
     """``--head multidepth`` fine-tuned by ``--mode auto``, against the default."""
-    results = _load("transfer_suite_multidepth_ft")
+    results = load("transfer_suite_multidepth_ft")
     if not results:
         return []
-    default = _default_test_means()
+    default = default_test_means()
     parts, gaps, seeds = [], [], 0
     for task, result in results["tasks"].items():
-        mean = _seed_means(result, "multidepth_auto")
+        mean = seed_means(result, "multidepth_auto")
         if mean is None or task not in default:
             continue
-        seeds = len(_seed_runs(result, "multidepth_auto"))
+        seeds = len(seed_runs(result, "multidepth_auto"))
         gaps.append(mean - default[task])
         parts.append(f"{task} {figure(mean)} (last-layer {figure(default[task])}, pixels "
                      f"{figure(result['pixels']['test_accuracy'])})")
@@ -316,7 +271,7 @@ def _multidepth_fine_tune_rows() -> list[str]:
 
 
 def _worker_features_rows() -> list[str]:
-    shares = _load("worker_features")
+    shares = load("worker_features")
     if not shares:
         return []
     workers = shares["per_worker"]
@@ -331,7 +286,7 @@ def _worker_features_rows() -> list[str]:
 
 def _suite_blend_rows() -> list[str]:
     """The default against the network alone (candidates ``default`` and ``network``)."""
-    suite = _load("transfer_suite_blend")
+    suite = load("transfer_suite_blend")
     row = suite and suite["summary"]["test"].get("default")
     if not row:
         return []
@@ -344,7 +299,7 @@ def _suite_blend_rows() -> list[str]:
         return []
     worst_task = min(over_network, key=over_network.get)
     worst = row["worst_margin_vs_pixels"]
-    checks = _issue_26_checks(worst["value"], over_network[worst_task],
+    checks = issue_26_checks(worst["value"], over_network[worst_task],
                               row["mean_margin_vs_pixels"])
     return [f"| default command on the {row['tasks']}-task transfer suite, test accuracy, "
             f"kerastl of commit {suite.get('kerastl_commit', '?')[:7]} (one seed) | mean "
@@ -355,193 +310,8 @@ def _suite_blend_rows() -> list[str]:
             "`transfer_suite_blend.json` |"]
 
 
-# Issue 26's goals for the default run, in the names blend_weight.json records them.
-ISSUE_26_GOALS = {"worst_over_pixels": 0.01, "worst_over_network": -0.005,
-                  "mean_over_pixels": 0.03}
-
-
-def _issue_26_checks(worst_over_pixels: float, worst_over_network: float,
-                     mean_over_pixels: float, goals: dict = ISSUE_26_GOALS) -> str:
-    """Each of issue 26's goals with whether the figures meet it."""
-    return (f"≥ pixels + {goals['worst_over_pixels']} on every task: "
-            f"{figure(worst_over_pixels >= goals['worst_over_pixels'])}; ≥ network − "
-            f"{-goals['worst_over_network']}: "
-            f"{figure(worst_over_network >= goals['worst_over_network'])}; mean ≥ "
-            f"{goals['mean_over_pixels']}: {figure(mean_over_pixels >= goals['mean_over_pixels'])}")
-
-
-def _blend_weight_rows(name: str = "blend_weight",
-                       networks: str = "last-layer networks") -> list[str]:
-    """The blend study's chosen weight: its margins on val and test, and the goals."""
-    results = _load(name)
-    if not results or not results.get("final"):
-        return []
-    chosen, goals = str(results["chosen_on_val"]), results.get("goals", ISSUE_26_GOALS)
-    # What runs do: the tables with the probe rule (weight 0 where the probe
-    # cross-validated better than pixels) where the study recorded them.
-    figures = {split: (results.get(f"{split}_with_probe_rule") or results[split])[chosen]
-               for split in ("val", "test")}
-    checks = {split: _issue_26_checks(f["worst_over_pixels"], f["worst_over_network"],
-                                      f["mean_over_pixels"], goals)
-              for split, f in figures.items()}
-    measured = "; ".join(
-        f"{split}: mean {figure(f['mean_over_pixels'])} over pixels, worst "
-        f"{figure(f['worst_over_pixels'])}, worst over the network "
-        f"{figure(f['worst_over_network'])}" for split, f in figures.items())
-    room = results.get("headroom") or {}
-    if room:  # what knowing the labels would add: the bound on any evidence-based weight
-        measured += ("; the best weight per task, picked knowing the split's own labels, "
-                     "would add " + ", ".join(f"{figure(r['gain_per_task'])} ({split})"
-                                              for split, r in room.items()))
-    return [f"| pixel blend weight without validation data, {networks} ({chosen}, chosen "
-            f"on val), {len(results['tasks'])} suite tasks without a validation split, "
-            f"{len(results['seeds'])} network seeds | {measured} | val: {checks['val']}; "
-            f"test: {checks['test']} | `{name}.json` |"]
-
-
-def _blend_rule_rows() -> list[str]:
-    """Rules for the weight graded by the CV lead, judged leaving one task out, and the
-    rule kerastl uses on val and test."""
-    results = _load("blend_rule")
-    if not results or not results.get("final"):
-        return []
-    goals = results["goals"]
-    families = "; ".join(
-        f"{name} (chosen on all: {row['chosen_on_all']}): held-out mean "
-        f"{figure(row['held_out_overall']['mean'])}, worst over pixels "
-        f"{figure(row['held_out_overall']['worst_over_pixels'])}, worst over the network "
-        f"{figure(row['held_out_overall']['worst_over_network'])}, shortfall from the goals "
-        f"{figure(row['held_out_shortfall'])}" for name, row in results["families"].items())
-    used = results["kerastl"]
-    figures = "; ".join(
-        f"{split}: mean accuracy {figure(used[split]['mean'])}, mean "
-        f"{figure(used[split]['mean_over_pixels'])} over pixels, worst "
-        f"{figure(used[split]['worst_over_pixels'])}, worst over the network "
-        f"{figure(used[split]['worst_over_network'])} (the constant 2: "
-        f"{figure(used[split + '_constant']['mean'])}, "
-        f"{figure(used[split + '_constant']['mean_over_pixels'])}, "
-        f"{figure(used[split + '_constant']['worst_over_pixels'])}, "
-        f"{figure(used[split + '_constant']['worst_over_network'])})"
-        for split in ("val", "test"))
-    checks = "; ".join(
-        f"{split}: " + _issue_26_checks(used[split]["worst_over_pixels"],
-                                        used[split]["worst_over_network"],
-                                        used[split]["mean_over_pixels"], goals)
-        for split in ("val", "test"))
-    return [f"| pixel blend weight graded by the pixel model's cross-validated lead over the "
-            f"probe, each rule family chosen on 7 tasks' val and scored on the 8th in turn "
-            f"| {families}. kerastl's rule ({used['rule']}) — {figures} | {checks} | "
-            "`blend_rule.json` |"]
-
-
-def _default_run_parts() -> dict[str, dict[str, float]]:
-    """Per suite task, test accuracy (seed means) of the default command, the network
-    alone and pixels: the multi-depth blend study's tasks at the weight kerastl's rule
-    gives each run (``blend_rule.json``), and the tasks with a validation split of their
-    own."""
-    rule, split = _load("blend_rule"), _load("transfer_suite_split_seeds_md")
-    if not (rule and rule.get("final") and split):
-        return {}
-    before = _default_test_means()  # the previous default, or the same run's below
-    parts = {task: {"default": row["accuracy"], "network": row["network"],
-                    "pixels": row["pixels"], "before": before.get(task)}
-             for task, row in rule["kerastl"]["test"]["per_task"].items()}
-    for task, result in split["tasks"].items():
-        means = {name: _seed_means(result, name) for name in ("default", "network")}
-        if None not in means.values():
-            parts[task] = {**means, "pixels": result["pixels"]["test_accuracy"],
-                           "before": _seed_means(result, "lastlayer") or before.get(task)}
-    return parts
-
-
-def _main_job_rows() -> list[str]:
-    """The README's main job, the default against ``--head avg``, timed in one run."""
-    results = _load("main_job")
-    if not results:
-        return []
-    mean = results["mean"]
-    sides = "; ".join(
-        f"{label} {figure(mean[side]['wall_seconds'])} s (training "
-        f"{figure(mean[side]['train_seconds'])} s), test accuracy "
-        f"{figure(mean[side]['test_accuracy'])}"
-        for side, label in (("default", "default"), ("head_avg", "`--head avg`")))
-    ratio = results["wall_ratio_default_over_head_avg"]
-    return [f"| `python -m kerastl.train` (the first command above), default against the "
-            f"last-layer recipe `--head avg`, whole processes, {results['repeats']} runs each, "
-            f"alternated, mean | {sides}; wall time {figure(ratio)}× | no slowdown over 20 %: "
-            f"{figure(ratio <= 1.2)} | `main_job.json` |"]
-
-
-def _default_run_time_rows() -> list[str]:
-    """The default's training time against the last-layer default's, in one run."""
-    split = _load("transfer_suite_split_seeds_md")
-    if not split:
-        return []
-    ratios = {}
-    for task, result in split["tasks"].items():
-        seconds = {name: sum(run["train_seconds"] for run in _seed_runs(result, name))
-                   for name in ("default", "lastlayer")}
-        if all(seconds.values()):
-            ratios[task] = round(seconds["default"] / seconds["lastlayer"], 3)
-    if not ratios:
-        return []
-    shown = ", ".join(f"{task} {figure(ratio)}×" for task, ratio in ratios.items())
-    return [f"| default command's run time (training and the blend, 3 seeds summed) against "
-            f"the last-layer default (`--head avg`), in one run | {shown} | no slowdown over "
-            f"20 %: {figure(max(ratios.values()) <= 1.2)} | "
-            "`transfer_suite_split_seeds_md.json` |"]
-
-
-def _default_run_rows() -> list[str]:
-    """Issue 26's goals on the default command over every suite task."""
-    parts = _default_run_parts()
-    if not parts:
-        return []
-    tasks = sorted(parts, key=lambda task: int(task[1:]))
-    over_pixels = {t: parts[t]["default"] - parts[t]["pixels"] for t in tasks}
-    over_network = {t: parts[t]["default"] - parts[t]["network"] for t in tasks}
-    mean = round(sum(over_pixels.values()) / len(tasks), 4)
-    figures = "; ".join(
-        f"{t} {figure(parts[t]['default'])} (network alone {figure(parts[t]['network'])}, "
-        f"pixels {figure(parts[t]['pixels'])}"
-        + (f", previous default {figure(parts[t]['before'])})"
-           if parts[t]["before"] is not None else ")")
-        for t in tasks)
-    worst_pixels = min(over_pixels, key=over_pixels.get)
-    worst_network = min(over_network, key=over_network.get)
-    checks = _issue_26_checks(over_pixels[worst_pixels], over_network[worst_network], mean)
-    return [f"| default command (`auto`: the multi-depth probe, fine-tuned, pixel blend) on "
-            f"the {len(tasks)} suite tasks, no validation folder, test accuracy, mean of 3 "
-            f"seeds | {figures}; over pixels: mean {figure(mean)}, worst "
-            f"{figure(round(over_pixels[worst_pixels], 4))} ({worst_pixels}); over the "
-            f"network alone: worst {figure(round(over_network[worst_network], 4))} "
-            f"({worst_network}) | {checks} | `blend_rule.json` (the cases of "
-            "`blend_weight_multidepth.json`), `transfer_suite_split_seeds_md.json` |"]
-
-
-def _multi_depth_rows() -> list[str]:
-    results = _load("multi_depth_probe")
-    if not results or not results.get("final"):
-        return []
-    summary, tasks = results["summary"], results["tasks"]
-    test = summary["test"]
-    margins = ", ".join(f"{t} {figure(v)}" for t, v in test["multi_minus_last"].items())
-    ratios = summary["extraction_ratio"].values()
-    means = ", ".join(f"{t} {figure(r['multi_test_mean'])} (last {figure(r['last_test_mean'])},"
-                      f" pixels {figure(r['pixels']['test_accuracy'])})"
-                      for t, r in tasks.items())
-    return [f"| frozen multi-depth probe (`--mode frozen --head multidepth`; code before its "
-            f"standard-deviation floor) vs the last-layer probe, transfer suite test "
-            f"accuracy, mean of {len(results['seeds'])} seeds | "
-            f"{means}; multi − last: {margins}; extraction time {figure(min(ratios))}–"
-            f"{figure(max(ratios))}× the last layer's | beats the last-layer probe on "
-            f"{', '.join(test['goal_tasks'])}: {figure(test['multi_beats_last_on_goal_tasks'])}"
-            f"; ≤ 1.5× extraction: {figure(summary['extraction_within_goal'])} | "
-            "`multi_depth_probe.json` |"]
-
-
 def _first_hour_rows() -> list[str]:
-    results = _load("first_hour")
+    results = load("first_hour")
     runs = (results or {}).get("runs", {})
     if "default" not in runs:
         return []
@@ -566,7 +336,7 @@ def _first_hour_rows() -> list[str]:
 
 def _variant_rows(name: str, variant: str, what: str) -> list[str]:
     """One row per workload of a cores.py results file: ``variant`` against its default."""
-    results = _load(name)
+    results = load(name)
     return [f"| training step, {row['workload']}: {what} | {figure(row['train_vs_baseline'])}× "
             f"| measured | `{name}.json` |"
             for row in (results["ratios"] if results else []) if row["variant"] == variant]

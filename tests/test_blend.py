@@ -16,6 +16,7 @@ from kerastl.recipes.pixel_blend import (
     PIXEL_C,
     PIXEL_WEIGHT,
     _logits_model,
+    _PixelFit,
     blend_applies,
     blend_pixels,
     blended_model,
@@ -146,6 +147,18 @@ def test_without_validation_a_probe_better_than_pixels_leaves_the_blend_out(prob
     assert 0.0 < facts["pixel_cv_accuracy"] <= 1.0
 
 
+@pytest.mark.parametrize("pixel_cv,probe_cv,weight", [(0.9, 0.7, 3.0), (0.8, 0.8, 1.0),
+                                                      (None, 0.5, PIXEL_WEIGHT)])
+def test_without_validation_the_weight_follows_the_pixel_models_lead(
+        monkeypatch, pixel_cv, probe_cv, weight):
+    # The pixel model's cross-validated accuracy, pinned: None is a class too small to fold.
+    monkeypatch.setattr(_PixelFit, "cv_accuracy", lambda self, C: pixel_cv)
+    _, chosen, facts = choose_blend(_network(), _digits(45), image_size=32,
+                                    task="multiclass", probe_cv_accuracy=probe_cv)
+    assert chosen == facts["weight"] == weight
+    assert (facts["pixel_cv_accuracy"], facts["probe_cv_accuracy"]) == (pixel_cv, probe_cv)
+
+
 def test_pixel_blend_on_with_a_scikit_learn_head_names_the_fix():
     with pytest.raises(kerastl.KerastlError, match="--pixel-blend off"):
         resolve_config(kerastl.RunConfig(head="sklearn-logreg", pixel_blend="on", data="x"))
@@ -204,11 +217,13 @@ def _weight_without_validation(facts: dict) -> float:
 
 
 @pytest.mark.parametrize(("pixel_cv", "probe_cv", "weight"), [
-    (0.80, 0.81, 0.0),   # the probe is ahead: the network alone
-    (0.80, 0.80, 0.5),   # a tie: a little of the pixels
-    (0.84, 0.80, 1.0),
+    (0.80, 0.81, 0.0),      # the probe is ahead: the network alone
+    (0.80, 0.80001, 0.0),   # however little
+    (0.80, 0.80, 1.0),      # a tie
+    (0.85, 0.80, 1.0),      # 1.5: halfway, the smaller weight
     (0.92, 0.84, 2.0),
-    (0.90, 0.50, 4.0),   # capped
+    (0.90, 0.70, 3.0),
+    (0.90, 0.50, 4.0),      # capped
 ])
 def test_the_pixel_weight_grows_with_the_pixel_models_cross_validated_lead(
         pixel_cv, probe_cv, weight):

@@ -65,14 +65,14 @@ class _Trip:
     # (returning None: no line events), not on every call into C as well, which made
     # the traced auto run several times slower than the same run untraced.
     def __enter__(self) -> _Trip:
-        self._before = sys.gettrace()
+        self._before = (sys.gettrace(), threading.gettrace())  # coverage, a debugger
         sys.settrace(self)
         threading.settrace(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        sys.settrace(self._before)
-        threading.settrace(None)
+        sys.settrace(self._before[0])
+        threading.settrace(self._before[1])
 
 
 def _kerastl_caller(frame) -> str:
