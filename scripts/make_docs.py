@@ -116,12 +116,18 @@ def measured_rows() -> list[str]:
     rows += _suite_blend_rows()
     study = load("transfer_study")
     if study and "default" in study["results"]:
-        results = study["results"]
+        results, repeat = study["results"], load("transfer_study_repeat")
+        scores = [results["default"]["accuracy"]]
+        if repeat and "default" in repeat["results"]:  # the same command, run again
+            scores.append(repeat["results"]["default"]["accuracy"])
         rows.append(
             f"| public transfer study (classes 0-4 → 5-9, 20 per class, {study['test_images']} "
-            f"test images), default command | {figure(results['default']['accuracy'])} "
-            f"(pixels {figure(results['pixels_logreg']['accuracy'])}) | ≥ 0.90: "
-            f"{figure(results['default']['accuracy'] >= 0.90)} | `transfer_study.json` |")
+            f"test images), default command, mean of 2 draws"
+            + (", two runs" if len(scores) > 1 else "") + " | "
+            + " and ".join(figure(score) for score in scores)
+            + f" (pixels {figure(results['pixels_logreg']['accuracy'])}) | ≥ 0.92 (issue 26): "
+            f"{figure(min(scores) >= 0.92)} | `transfer_study.json`"
+            + (", `transfer_study_repeat.json`" if len(scores) > 1 else "") + " |")
     frozen = load("frozen_cache")
     if frozen and "goals" in frozen:
         goals = frozen["goals"]
