@@ -1,16 +1,17 @@
 """Does the probe's cross-validation pick a better blend weight than a constant? (issue 26)
 
-A run without validation data blends its network with the pixel model at
-``PIXEL_WEIGHT``, or at 0 where its linear probe cross-validated better than the pixel
-model. The gap between the two cross-validated accuracies (``pixel_cv - probe_cv``,
+A run without validation data used to blend its network with the pixel model at the
+constant ``PIXEL_WEIGHT``, or at 0 where its linear probe cross-validated better than the
+pixel model; kerastl now uses the rule chosen here. The gap between the two cross-validated accuracies (``pixel_cv - probe_cv``,
 both in ``run.json``) is evidence every run has: where pixels are far ahead, the network
 may need them more. This asks whether a weight graded by that gap beats the constant.
 
 Nothing is trained: the cases of a ``blend_weight.py`` results file hold, for every
 (task, seed), the network's validation accuracy at every weight and both CV accuracies.
-Rule families, each with the probe rule (weight 0 where the probe is ahead):
+Rule families, each with the probe rule (weight 0 where the probe is ahead, the gap
+rounded to 4 digits as kerastl rounds it):
 
-* ``constant``: one weight for every run (what kerastl does);
+* ``constant``: one weight for every run (what kerastl did);
 * ``two_level``: weight ``low`` below a gap ``threshold``, ``high`` from it;
 * ``linear``: ``clip(base + slope * gap, 0, 4)``, rounded to the nearest weight scored.
 
@@ -66,9 +67,10 @@ def families() -> dict[str, dict[str, Callable[[float], float]]]:
 
 def weight_for(case: dict, rule) -> str:
     """The scored weight nearest the rule's, 0 where the probe cross-validated ahead."""
-    if case["probe_cv"] > case["pixel_cv"]:
+    # As kerastl rounds it: 0.87 - 0.87 can come out as 2e-16 either way, a tie all the same.
+    gap = round(case["pixel_cv"] - case["probe_cv"], 4)
+    if gap < 0:
         return "0.0"
-    gap = round(case["pixel_cv"] - case["probe_cv"], 4)  # 0.89 - 0.84 is 0.05, not 0.0500001
     wanted = rule(gap)
     return str(min(WEIGHTS, key=lambda w: abs(w - wanted)))
 

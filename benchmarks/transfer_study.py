@@ -78,7 +78,9 @@ from sklearn.linear_model import LogisticRegression
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from _common import git_commit  # noqa: E402
 from pretrain_source import TARGET_CLASSES  # noqa: E402
 
 import kerastl  # noqa: E402
@@ -138,16 +140,23 @@ def run_config(name: str, record: dict, args: dict, *, seed: int, output: Path
     )
 
 
+BLEND_FACTS = ("weight", "pixel_cv_accuracy", "probe_cv_accuracy", "chosen_on")
+
+
 def run_regime(name: str, record: dict, splits: kerastl.DataSplits, args: dict, *,
-               seed: int, workdir: Path) -> float:
-    """Test accuracy of one regime on one draw (kerastl's own evaluation)."""
+               seed: int, workdir: Path) -> tuple[float, dict | None]:
+    """Test accuracy of one regime on one draw (kerastl's own evaluation), and the
+    pixel blend's decision where the run made one (``run.json``)."""
     if name == "pixels_logreg":
         flat = lambda data: data.images.reshape(len(data), -1) / 255.0  # noqa: E731
         clf = LogisticRegression(max_iter=2000).fit(flat(splits.train), splits.train.labels)
-        return float(clf.score(flat(splits.test), splits.test.labels))
+        return float(clf.score(flat(splits.test), splits.test.labels)), None
     config = run_config(name, record, args, seed=seed, output=workdir / f"{name}-{seed}")
     result = kerastl.fit(config, splits=splits)
-    return float(result.metrics["accuracy"])
+    facts = result.output_dir / "run.json"  # a scikit-learn head's run writes none
+    blend = json.loads(facts.read_text()).get("pixel_blend") if facts.is_file() else None
+    return float(result.metrics["accuracy"]), (
+        {key: blend.get(key) for key in BLEND_FACTS} if blend else None)
 
 
 # ----------------------------------------------------------------------------- study
@@ -160,15 +169,17 @@ def study(args: dict) -> dict:
     results = {}
     with tempfile.TemporaryDirectory(prefix="transfer_study_") as workdir:
         for name in args["regimes"]:
-            scores, seconds = [], []
+            scores, seconds, blends = [], [], []
             for draw in range(args["draws"]):
                 keep = few_shot(y_pool, args["per_class"], seed=draw)
                 train = kerastl.from_arrays(x_pool[keep], y_pool[keep], class_names=names)
                 splits = kerastl.DataSplits(train=train, val=None, test=test,
                                             class_names=list(names))
                 start = time.time()
-                scores.append(run_regime(name, record, splits, args, seed=draw,
-                                         workdir=Path(workdir)))
+                score, blend = run_regime(name, record, splits, args, seed=draw,
+                                          workdir=Path(workdir))
+                scores.append(score)
+                blends.append(blend)
                 seconds.append(time.time() - start)
                 keras.backend.clear_session()
             results[name] = {
@@ -176,6 +187,7 @@ def study(args: dict) -> dict:
                 "accuracy_std": round(float(np.std(scores)), 4),
                 "accuracy_per_draw": [round(s, 4) for s in scores],
                 "seconds_per_draw": round(float(np.mean(seconds)), 1),
+                **({"pixel_blend_per_draw": blends} if any(blends) else {}),
             }
             print(f"{name:>16}: {results[name]['accuracy']:.4f} ± "
                   f"{results[name]['accuracy_std']:.4f}  ({results[name]['seconds_per_draw']}s)",
@@ -188,7 +200,7 @@ def study(args: dict) -> dict:
             "target_classes": list(TARGET_CLASSES), "target_class_names": names,
             "test_images": len(y_test), "results": results,
             "kerastl_defaults": recipe, "overrides": args["overrides"],
-            "command": args["command"],
+            "command": args["command"], "commit": git_commit(),
             "config": {**args, "source": _relative(args["source"]),
                        "out": _relative(args["out"])}}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -13,6 +14,8 @@ from sklearn.linear_model import LogisticRegression
 import kerastl
 from kerastl.recipes.fit import fit
 from kerastl.recipes.pixel_blend import (
+    GAP_WEIGHT_BASE,
+    GAP_WEIGHT_SLOPE,
     PIXEL_C,
     PIXEL_WEIGHT,
     _logits_model,
@@ -143,8 +146,15 @@ def test_a_class_the_training_images_lack_gets_a_neutral_pixel_logit():
 def test_without_validation_a_probe_better_than_pixels_leaves_the_blend_out(probe_cv, kept):
     _, weight, facts = choose_blend(_network(), _digits(45), image_size=32,
                                     task="multiclass", probe_cv_accuracy=probe_cv)
+    assert 0.0 < facts["pixel_cv_accuracy"] < 1.0  # so that 1.0 is ahead of it, 0.0 behind
     assert (weight > 0) is kept and facts["probe_cv_accuracy"] == probe_cv
-    assert 0.0 < facts["pixel_cv_accuracy"] <= 1.0
+
+
+def test_the_rule_kerastl_uses_is_the_one_its_benchmark_chose():
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    chosen = json.loads((results / "blend_rule.json").read_text())["rule_chosen"]
+    base, slope = (float(part.split("=")[1]) for part in chosen.split(","))
+    assert (base, slope) == (GAP_WEIGHT_BASE, GAP_WEIGHT_SLOPE)
 
 
 @pytest.mark.parametrize("pixel_cv,probe_cv,weight", [(0.9, 0.7, 3.0), (0.8, 0.8, 1.0),
@@ -218,8 +228,10 @@ def _weight_without_validation(facts: dict) -> float:
 
 @pytest.mark.parametrize(("pixel_cv", "probe_cv", "weight"), [
     (0.80, 0.81, 0.0),      # the probe is ahead: the network alone
-    (0.80, 0.80001, 0.0),   # however little
+    (0.80, 0.8001, 0.0),    # however little
     (0.80, 0.80, 1.0),      # a tie
+    (0.8700000000000001, 0.8699999999999999, 1.0),  # a tie too: equal fold means
+    (0.8699999999999999, 0.8700000000000001, 1.0),  # summed in another order
     (0.85, 0.80, 1.0),      # 1.5: halfway, the smaller weight
     (0.92, 0.84, 2.0),
     (0.90, 0.70, 3.0),

@@ -175,9 +175,9 @@ def _pixel_blend(config: RunConfig, runtime, model, splits, notes: list[str], lo
 
     Returns ``(model the run ends with, facts or None)``. With validation data the
     pixel model's C and weight are chosen on it (weight 0: the network alone);
-    without, they are the defaults chosen on the transfer suite
-    (:mod:`kerastl.recipes.pixel_blend`),
-    unless the run's linear probe cross-validated better than the pixel model.
+    without, C is the default and the weight grows with the pixel model's
+    cross-validated lead over the run's linear probe, 0 where the probe is ahead
+    (:func:`kerastl.recipes.pixel_blend.weight_from_gap`).
     """
     ok, why = blend_applies(model)
     if not ok:  # said, not raised: the trained network is still written

@@ -274,7 +274,8 @@ def choose_weight(task: str, network_logits: np.ndarray, pixel_logits: np.ndarra
 def weight_from_gap(pixel_cv_accuracy: float, probe_cv_accuracy: float) -> float:
     """The pixel weight without validation data, from two cross-validated accuracies.
 
-    0 where the probe is ahead; otherwise ``GAP_WEIGHT_BASE + GAP_WEIGHT_SLOPE * gap``,
+    0 where the probe is ahead (to 4 digits); otherwise
+    ``GAP_WEIGHT_BASE + GAP_WEIGHT_SLOPE * gap``,
     the nearest of ``GAP_WEIGHTS`` (the smaller on a tie): the further pixels are ahead
     of what a linear model finds in the network's features, the more they add.
 
@@ -284,9 +285,11 @@ def weight_from_gap(pixel_cv_accuracy: float, probe_cv_accuracy: float) -> float
         >>> weight_from_gap(0.92, 0.84), weight_from_gap(0.64, 0.48)
         (2.0, 3.0)
     """
-    if probe_cv_accuracy > pixel_cv_accuracy:
+    # Rounded first: fold means that are equal (0.87 both) can differ in the last bit
+    # (0.8700000000000001 against 0.8699999999999999), and a tie is not a lead.
+    gap = round(pixel_cv_accuracy - probe_cv_accuracy, 4)
+    if gap < 0:
         return 0.0
-    gap = round(pixel_cv_accuracy - probe_cv_accuracy, 4)  # 0.89 - 0.84: 0.05, not 0.050001
     wanted = GAP_WEIGHT_BASE + GAP_WEIGHT_SLOPE * gap
     return min(GAP_WEIGHTS, key=lambda weight: abs(weight - wanted))
 
