@@ -2,9 +2,10 @@
 
 A run without validation data used to blend its network with the pixel model at the
 constant ``PIXEL_WEIGHT``, or at 0 where its linear probe cross-validated better than the
-pixel model; kerastl now uses the rule chosen here. The gap between the two cross-validated accuracies (``pixel_cv - probe_cv``,
-both in ``run.json``) is evidence every run has: where pixels are far ahead, the network
-may need them more. This asks whether a weight graded by that gap beats the constant.
+pixel model; kerastl now uses the rule chosen here. The gap between the two
+cross-validated accuracies (``pixel_cv - probe_cv``, both in ``run.json``) is evidence
+every run has: where pixels are far ahead, the network may need them more. This asks
+whether a weight graded by that gap beats the constant.
 
 Nothing is trained: the cases of a ``blend_weight.py`` results file hold, for every
 (task, seed), the network's validation accuracy at every weight and both CV accuracies.

@@ -34,18 +34,20 @@ Result of the command below with no ``--set`` (kerastl's defaults; 2 draws, mean
 ``default`` runs kerastl's own budget, scratch/frozen 50/20 epochs, fine-tuning
 20 head + 30 unfrozen, batch 20; ``benchmarks/results/transfer_study.json``)::
 
-    pixels_logreg 0.8736 | default 0.9268 | scratch 0.9090 | frozen 0.7850
-    finetune_top 0.8973 | full 0.9204 | features_logreg 0.8177
+    pixels_logreg 0.8736 | default 0.9204 | scratch 0.9058 | frozen 0.7850
+    finetune_top 0.8984 | full 0.9207 | features_logreg 0.8177
 
 ``default`` fine-tunes from the multi-depth probe and ends with the pixel blend
 (``kerastl.recipes.pixel_blend``: weighted by the pixel model's cross-validated lead over
-the probe, ``1 + 10 x lead``; 1 on both draws here, where the two cross-validated alike;
-issue 26). A second run of it (``--regimes pixels_logreg default --out
-benchmarks/results/transfer_study_repeat.json``) scored 0.9261. Earlier runs of the same
-recipe at other weights: 0.9086 at 0.5, 0.9091 at the constant 2; from the last-layer
-probe 0.9146 (0.9036 at the earlier weight 4, with 0.9221 for the network alone in a run
-before that). Other regimes move between runs of the same code by up to a point (full
-0.9218, 0.9109, 0.9204; scratch 0.9131, 0.9060, 0.9059, 0.9090). Only
+the probe, ``1 + 10 x lead``; 1 on both draws here, where the two cross-validated alike,
+as ``pixel_blend_per_draw`` records; issue 26). A second run of it (``--regimes
+pixels_logreg default --out benchmarks/results/transfer_study_repeat.json``) scored
+0.9205; two earlier runs of the same recipe the same day, 0.9268 and 0.9261 (the files
+of commit 572fc90). Earlier runs at other weights: 0.9086 at 0.5, 0.9091 at the
+constant 2; from the last-layer probe 0.9146 (0.9036 at the earlier weight 4, with
+0.9221 for the network alone in a run before that). Other regimes move between runs of
+the same code by up to a point (full 0.9218, 0.9109, 0.9204, 0.9207; scratch 0.9131,
+0.9060, 0.9059, 0.9090, 0.9058). Only
 ``default``, ``scratch`` and ``full`` clear 0.90: the top-layer features are
 clothes-specific (a linear head on them, ``frozen`` or ``features_logreg``, stays below
 raw pixels), so every layer has to adapt. The defaults match the settings the
