@@ -45,11 +45,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, load_average, write_results  # noqa: E402
+from blend_weight import GOALS, WEIGHTS  # noqa: E402  (the grid its cases were scored on)
 
 from kerastl.recipes import pixel_blend as blend  # noqa: E402
-
-WEIGHTS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # as blend_weight.py scores them
-GOALS = {"worst_over_pixels": 0.01, "worst_over_network": -0.005, "mean_over_pixels": 0.03}
 
 
 def families() -> dict[str, dict[str, Callable[[float], float]]]:
@@ -123,8 +121,9 @@ def choose(rules: dict, cases: dict, pixels: dict, tasks: list[str]) -> str:
     return min(scored, key=lambda n: (shortfall(scored[n]), -scored[n]["mean"]))
 
 
-def judge(rules: dict, cases: dict, pixels: dict) -> dict:
-    """The family's rule chosen on every task, and its leave-one-task-out scores."""
+def judge(rules: dict, cases: dict, pixels: dict) -> tuple[dict, tuple[float, float]]:
+    """The family's rule chosen on every task and its leave-one-task-out scores, and
+    the family's rank (held-out shortfall, then minus held-out mean; unrounded)."""
     tasks = list(cases)
     chosen = choose(rules, cases, pixels, tasks)
     held_out = {}
@@ -141,8 +140,8 @@ def judge(rules: dict, cases: dict, pixels: dict) -> dict:
     return rounded({"rules": len(rules), "chosen_on_all": chosen,
                     "in_sample": {k: v for k, v in in_sample.items() if k != "per_task"},
                     "held_out": held_out, "held_out_overall": overall,
-                    "held_out_shortfall": shortfall(overall),
-                    "_rank": (shortfall(overall), -overall["mean"])})
+                    "held_out_shortfall": shortfall(overall)}), (shortfall(overall),
+                                                                  -overall["mean"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,8 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     load_before = load_average()
     source = json.loads(args.cases.read_text())
     cases, pixels = source["cases"], source["pixels"]
-    report = {family: judge(rules, cases, pixels) for family, rules in families().items()}
-    ranks = {family: row.pop("_rank") for family, row in report.items()}
+    judged = {family: judge(rules, cases, pixels) for family, rules in families().items()}
+    report = {family: row for family, (row, _) in judged.items()}
+    ranks = {family: rank for family, (_, rank) in judged.items()}
     family = min(ranks, key=ranks.get)  # the decision rule, fixed before test was read
     for name, row in report.items():
         print(f"{name:>9}: chosen {row['chosen_on_all']} (val mean "

@@ -294,6 +294,18 @@ def weight_from_gap(pixel_cv_accuracy: float, probe_cv_accuracy: float) -> float
     return min(GAP_WEIGHTS, key=lambda weight: abs(weight - wanted))
 
 
+def _weight_by_gap(pixel_cv: float, probe_cv: float) -> dict[str, Any]:
+    """:func:`weight_from_gap`'s weight, and the sentence ``run.json`` records for it."""
+    weight = weight_from_gap(pixel_cv, probe_cv)
+    if weight == 0:
+        return {"weight": weight,
+                "chosen_on": "the probe cross-validated better than the pixel model"}
+    return {"weight": weight, "chosen_on": (
+        f"the pixel model's cross-validated lead over the probe, {pixel_cv:.4f} - "
+        f"{probe_cv:.4f}: {GAP_WEIGHT_BASE:g} + {GAP_WEIGHT_SLOPE:g} x lead, the nearest "
+        f"of {', '.join(f'{w:g}' for w in GAP_WEIGHTS)} (benchmarks/blend_rule.py)")}
+
+
 def blend_pixels(model: keras.Model, data, *, image_size: int, task: str,
                  weight: float = PIXEL_WEIGHT, C: float = PIXEL_C, batch_size: int = 64,
                  seed: int = 0) -> tuple[keras.Model, dict[str, Any]]:
@@ -331,14 +343,7 @@ def choose_blend(model: keras.Model, train, val=None, *, image_size: int, task: 
             pixel_cv = pixels.cv_accuracy(PIXEL_C)
             facts.update(pixel_cv_accuracy=pixel_cv, probe_cv_accuracy=probe_cv_accuracy)
             if pixel_cv is not None:
-                weight = weight_from_gap(pixel_cv, probe_cv_accuracy)
-                facts.update(weight=weight, chosen_on=(
-                    "the probe cross-validated better than the pixel model" if weight == 0
-                    else f"the pixel model's cross-validated lead over the probe, "
-                         f"{pixel_cv:.4f} - {probe_cv_accuracy:.4f}: "
-                         f"{GAP_WEIGHT_BASE:g} + {GAP_WEIGHT_SLOPE:g} x lead, the nearest "
-                         f"of {', '.join(f'{w:g}' for w in GAP_WEIGHTS)} "
-                         "(benchmarks/blend_rule.py)"))
+                facts.update(_weight_by_gap(pixel_cv, probe_cv_accuracy))
         return pixels.fit(PIXEL_C), facts["weight"], facts
     logits, labels = predict(_logits_model(model), val.batches(image_size, batch_size))
     val_pixels = _read_pixels(pixels.reader, val.batches(image_size, batch_size))[0]
