@@ -234,6 +234,11 @@ TASKS: dict[str, Task] = {t.id: t for t in (
 OUTSIDE_TASKS: dict[str, Task] = {t.id: t for t in (
     Task("X1", "S_a", DIGITS, 40, seed=11, test_per_class=80),
     Task("X2", "S_b", DIGITS, 5, seed=12, test_per_class=80),
+    # Added for issue 26's closing check, before any run on them: a good source at 10
+    # shots, a weak source at 5 shots (the issue's hard case), a medium source on digits.
+    Task("X3", "S_e", "P4", 10, seed=13),
+    Task("X4", "S_d", "P3", 5, seed=14),
+    Task("X5", "S_c", DIGITS, 10, seed=15, test_per_class=80),
 )}
 KNOWN_TASKS = {**TASKS, **OUTSIDE_TASKS}
 QUICK_TASKS = ("T2", "T8")  # both use the shipped source: nothing to pretrain
