@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import keras  # noqa: E402
 import numpy as np
 import tensorflow as tf  # noqa: E402
@@ -16,10 +18,27 @@ def predict(model: keras.Model, dataset: tf.data.Dataset,
 
     A progress bar (``label``) is drawn where a person watches the output live.
     """
-    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True,
-                       autograph=False)
+    call = _inference_function(model)
     outputs, labels = [], []
     for x, y in progress(dataset, total=batches_in(dataset), label=label):
         outputs.append(np.asarray(call(x)))
         labels.append(np.asarray(y))
     return np.concatenate(outputs), np.concatenate(labels)
+
+
+# One traced inference function per model, reused by every pass over it: a run predicts
+# with the same model several times (the blend's training and validation logits, the
+# test split, the report), and a new tf.function per pass traced the whole model again
+# each time (TensorFlow then warns about retracing). Weak on both sides: the cache keeps
+# no model alive, and the function reaches its model through a weak reference.
+_INFERENCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _inference_function(model: keras.Model):
+    call = _INFERENCE.get(model)
+    if call is None:
+        reference = weakref.ref(model)
+        call = tf.function(lambda x: reference()(x, training=False), reduce_retracing=True,
+                           autograph=False)
+        _INFERENCE[model] = call
+    return call
