@@ -202,6 +202,7 @@ def measured_rows() -> list[str]:
                                "networks fine-tuned from the multi-depth probe")
     rows += blend_rule_rows()
     rows += _outside_blend_rows()
+    rows += _outside_graded_rows()
     rows += _split_seeds_rows()
     rows += _multidepth_fine_tune_rows()
     rows += _worker_features_rows()
@@ -238,6 +239,18 @@ def _outside_blend_rows() -> list[str]:
     return _seed_mean_rows("transfer_outside_blend", "pixel blend weight on tasks outside "
                            "the suite (never tuned on)",
                            {"default": "default", "network": "network alone"})
+
+
+def _outside_graded_rows() -> list[str]:
+    """The graded default on tasks outside the suite, run once when issue 26 closed:
+    X3-X5 defined just before, X1-X2 scored before with earlier defaults."""
+    rows = []
+    for name, tasks in (("transfer_outside_26", "X3-X5, new"),
+                        ("transfer_outside_26_x1x2", "X1-X2")):
+        rows += _seed_mean_rows(name, f"the graded default on tasks outside the suite "
+                                f"({tasks}, never tuned on)",
+                                {"default": "default", "network": "network alone"})
+    return rows
 
 
 def _split_seeds_rows() -> list[str]:
