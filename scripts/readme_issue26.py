@@ -12,7 +12,13 @@ ISSUE_26_GOALS = {"worst_over_pixels": 0.01, "worst_over_network": -0.005,
 
 def issue_26_checks(worst_over_pixels: float, worst_over_network: float,
                      mean_over_pixels: float, goals: dict = ISSUE_26_GOALS) -> str:
-    """Each of issue 26's goals with whether the figures meet it."""
+    """Each of issue 26's goals with whether the figures meet it.
+
+    The margins are compared at the 4 digits the results files give: a mean of exactly
+    0.03 summed in floats is 0.02999999999999997, which must still meet a 0.03 goal.
+    """
+    worst_over_pixels, worst_over_network, mean_over_pixels = (
+        round(value, 4) for value in (worst_over_pixels, worst_over_network, mean_over_pixels))
     return (f"≥ pixels + {goals['worst_over_pixels']} on every task: "
             f"{figure(worst_over_pixels >= goals['worst_over_pixels'])}; ≥ network − "
             f"{-goals['worst_over_network']}: "

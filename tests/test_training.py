@@ -166,28 +166,33 @@ def test_multilabel_accuracy_in_history_is_the_accuracy_of_metrics_json():
 
 
 def test_repeated_predictions_reuse_one_trace_and_see_new_weights():
-    # A run predicts with one model several times (blend logits, test split, report):
-    # one traced function per model, not a retrace of the whole model per pass.
+    # A notebook or a benchmark predicts split after split with one model: one traced
+    # function per model, not a retrace of the whole model on every pass.
     import gc
     import weakref
 
     from kerastl.models import forward
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    dense = model.layers[0]
+    dense.bias.assign([0.5, -1.0, 2.0])
     x = np.random.default_rng(0).normal(size=(10, 4)).astype("float32")
     dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(10))).batch(4)
-    first, _ = forward.predict(model, dataset)
+    forward.predict(model, dataset)  # batches of 4, then the last batch of 2
+    call = forward._INFERENCE[model]
+    traces = call.experimental_get_tracing_count()
     for _ in range(3):
         again, labels = forward.predict(model, dataset)
-    np.testing.assert_allclose(again, model.predict(x, verbose=0), atol=1e-6)
+    assert forward._INFERENCE[model] is call
+    assert call.experimental_get_tracing_count() == traces <= 2
+    expected = x @ dense.kernel.numpy() + dense.bias.numpy()
+    np.testing.assert_allclose(again, expected, atol=1e-5)
     assert labels.shape == (10,)
-    # Full batches of 4, then the last batch of 2: at most two traces, whatever the passes.
-    assert forward._INFERENCE[model].experimental_get_tracing_count() <= 2
-    model.layers[0].kernel.assign(np.zeros((4, 3)))  # the trace reads the live weights
+    dense.kernel.assign(np.zeros((4, 3)))  # the trace reads the live weights
     zeroed, _ = forward.predict(model, dataset)
-    np.testing.assert_allclose(zeroed, np.broadcast_to(model.layers[0].bias.numpy(), (10, 3)))
+    np.testing.assert_allclose(zeroed, np.broadcast_to(dense.bias.numpy(), (10, 3)))
     alive = weakref.ref(model)
-    del model
+    del model, dense
     gc.collect()
     assert alive() is None  # the cache keeps no model alive
 

@@ -26,11 +26,13 @@ def predict(model: keras.Model, dataset: tf.data.Dataset,
     return np.concatenate(outputs), np.concatenate(labels)
 
 
-# One traced inference function per model, reused by every pass over it: a run predicts
-# with the same model several times (the blend's training and validation logits, the
-# test split, the report), and a new tf.function per pass traced the whole model again
-# each time (TensorFlow then warns about retracing). Weak on both sides: the cache keeps
-# no model alive, and the function reaches its model through a weak reference.
+# One traced inference function per model, reused by every pass over it: a notebook or a
+# benchmark predicting split after split with one model traced the whole model again on
+# each pass (TensorFlow then warns about retracing). The trace reads the model's
+# variables, so weights assigned later (fitting, loading, pruning) are seen; it assumes
+# the model's structure does not change after its first pass, as no kerastl model does.
+# Weak on both sides: the cache keeps no model alive, and the function reaches its
+# model through a weak reference.
 _INFERENCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -38,7 +40,13 @@ def _inference_function(model: keras.Model):
     call = _INFERENCE.get(model)
     if call is None:
         reference = weakref.ref(model)
-        call = tf.function(lambda x: reference()(x, training=False), reduce_retracing=True,
-                           autograph=False)
+
+        def forward(x):
+            alive = reference()
+            if alive is None:
+                raise ReferenceError("the model of this inference function no longer exists")
+            return alive(x, training=False)
+
+        call = tf.function(forward, reduce_retracing=True, autograph=False)
         _INFERENCE[model] = call
     return call
