@@ -10,7 +10,7 @@ whether a weight graded by that gap beats the constant.
 Nothing is trained: the cases of a ``blend_weight.py`` results file hold, for every
 (task, seed), the network's validation accuracy at every weight and both CV accuracies.
 Rule families, each with the probe rule (weight 0 where the probe is ahead, the gap
-rounded to 4 digits as kerastl rounds it):
+rounded to 4 digits by kerastl's ``pixel_lead``):
 
 * ``constant``: one weight for every run (what kerastl did);
 * ``two_level``: weight ``low`` below a gap ``threshold``, ``high`` from it;
@@ -66,8 +66,7 @@ def families() -> dict[str, dict[str, Callable[[float], float]]]:
 
 def weight_for(case: dict, rule) -> str:
     """The scored weight nearest the rule's, 0 where the probe cross-validated ahead."""
-    # As kerastl rounds it: 0.87 - 0.87 can come out as 2e-16 either way, a tie all the same.
-    gap = round(case["pixel_cv"] - case["probe_cv"], 4)
+    gap = blend.pixel_lead(case["pixel_cv"], case["probe_cv"])
     if gap < 0:
         return "0.0"
     wanted = rule(gap)

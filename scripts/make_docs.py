@@ -246,11 +246,11 @@ def _outside_graded_rows() -> list[str]:
     X3-X5 defined just before, X1-X2 scored before with earlier defaults."""
     rows = []
     for name in ("transfer_outside_26", "transfer_outside_26_x1x2"):
-        ids = sorted((load(name) or {}).get("tasks", {})) or [name]
-        tasks = ids[0] if len(ids) == 1 else f"{ids[0]}–{ids[-1]}"
-        rows += _seed_mean_rows(name, f"the graded default on tasks outside the suite "
-                                f"({tasks}, never tuned on)",
-                                {"default": "default", "network": "network alone"})
+        ids = sorted((load(name) or {}).get("tasks", ()))
+        if ids:
+            rows += _seed_mean_rows(name, f"the graded default on tasks outside the suite "
+                                    f"({ids[0]}–{ids[-1]}, never tuned on)",
+                                    {"default": "default", "network": "network alone"})
     return rows
 
 

@@ -205,9 +205,8 @@ def test_every_task_targets_classes_its_source_never_saw(suite):
     # A source pretrained on a target class would make "transfer" a lookup; tasks
     # outside the suite are added by hand, so every known task is checked.
     for task in suite.KNOWN_TASKS.values():
-        source = suite.SOURCES[task.source]
         if task.target == suite.DIGITS:
             continue  # digits are another data set
-        seen = set(suite.PARTITIONS[source.partition][0])
+        seen = set(suite.PARTITIONS[suite.SOURCES[task.source].partition][0])
         targets = set(suite.PARTITIONS[task.target][1])
         assert len(targets) == 5 and not seen & targets, (task.id, seen & targets)

@@ -285,13 +285,24 @@ def weight_from_gap(pixel_cv_accuracy: float, probe_cv_accuracy: float) -> float
         >>> weight_from_gap(0.92, 0.84), weight_from_gap(0.64, 0.48)
         (2.0, 3.0)
     """
-    # Rounded first: fold means that are equal (0.87 both) can differ in the last bit
-    # (0.8700000000000001 against 0.8699999999999999), and a tie is not a lead.
-    gap = round(pixel_cv_accuracy - probe_cv_accuracy, 4)
+    gap = pixel_lead(pixel_cv_accuracy, probe_cv_accuracy)
     if gap < 0:
         return 0.0
     wanted = GAP_WEIGHT_BASE + GAP_WEIGHT_SLOPE * gap
     return min(GAP_WEIGHTS, key=lambda weight: abs(weight - wanted))
+
+
+def pixel_lead(pixel_cv_accuracy: float, probe_cv_accuracy: float) -> float:
+    """The pixel model's cross-validated lead over the probe, to 4 digits.
+
+    Rounded: fold means that are equal (0.87 both) can differ in the last bit
+    (0.8700000000000001 against 0.8699999999999999), and a tie is not a lead.
+
+    Example:
+        >>> pixel_lead(0.8700000000000001, 0.8699999999999999), pixel_lead(0.89, 0.84)
+        (0.0, 0.05)
+    """
+    return round(pixel_cv_accuracy - probe_cv_accuracy, 4)
 
 
 def _weight_by_gap(pixel_cv: float, probe_cv: float) -> dict[str, Any]:
