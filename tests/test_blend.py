@@ -197,7 +197,10 @@ def test_without_validation_a_run_ends_blended_with_the_defaults(tmp_path):
     assert facts["kept"] is True and facts["fit_images"] == 45
     assert facts["C"] == PIXEL_C
     assert facts["weight"] == _weight_without_validation(facts)
-    assert any(note.startswith("pixel blend:") for note in result.notes)
+    blend_note = next(note for note in result.notes if note.startswith("pixel blend:"))
+    # No held-out images checked the weight: the note says so and names the fix.
+    assert "--val-data DIR" in blend_note and "--pixel-blend off" in blend_note
+    assert "--val-data DIR" in facts["remedy"]
     saved = kerastl.load_model(result.output_dir / "model.keras", compile=False)
     assert "pixels_flat" in [layer.name for layer in saved.layers]
     assert saved.get_layer("pixel_logits").kernel.shape == (32 * 32 * 3, 3)
@@ -248,6 +251,7 @@ def test_with_validation_the_run_keeps_the_blend_that_validates_best(tmp_path):
     facts = json.loads((result.output_dir / "run.json").read_text())["pixel_blend"]
     scores = facts["val_accuracy_by_C_weight"]
     assert facts["chosen_on"] == "validation" and set(scores) == {"0.1", "1.0", "10.0"}
+    assert "remedy" not in facts  # held-out images checked this weight
     best = max(v for by_weight in scores.values() for v in by_weight.values())
     assert facts["val_accuracy"] == best == scores[str(facts["C"])][str(facts["weight"])]
     assert facts["kept"] is (facts["weight"] > 0)

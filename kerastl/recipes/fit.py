@@ -203,7 +203,7 @@ def _pixel_blend(config: RunConfig, runtime, model, splits, notes: list[str], lo
                f"{facts['val_accuracy_network']:.4f} -> {facts['val_accuracy']:.4f}"
                if splits.val is not None else
                f"C {facts['C']:g}, weight {weight:g}: no validation data here, so "
-               f"{facts['chosen_on']}")
+               f"{facts['chosen_on']}; {facts['remedy']}")
     notes.append(f"pixel blend: a logistic regression on the {shape} pooled pixels added "
                  f"to the network's logits ({checked})")
     log(f"Pixel blend: a logistic regression on the {shape} pooled pixels is added to "
