@@ -702,8 +702,12 @@ def evaluate_run(output: Path, task_dir: Path) -> dict[str, Any]:
     return {**scores, "eval_seconds": round(time.perf_counter() - started, 1)}
 
 
+BLEND_FACTS = ("weight", "kept", "pixel_cv_accuracy", "probe_cv_accuracy")
+
+
 def run_summary(output: Path) -> dict[str, Any]:
-    """What the run itself reported: its plan, metrics and the shape of its history."""
+    """What the run itself reported: its plan, metrics, the shape of its history and
+    its pixel blend's weight."""
     import csv
 
     import yaml
@@ -724,6 +728,10 @@ def run_summary(output: Path) -> dict[str, Any]:
         with open(history) as handle:
             rows = list(csv.DictReader(handle))
         summary["history"] = history_summary(rows)
+    facts = output / "run.json"  # a scikit-learn head's run writes none
+    blend = json.loads(facts.read_text()).get("pixel_blend") if facts.is_file() else None
+    if blend:  # the weight the run chose, and its evidence: the run folders are not kept
+        summary["pixel_blend"] = {key: blend.get(key) for key in BLEND_FACTS}
     return summary
 
 

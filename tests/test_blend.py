@@ -200,6 +200,7 @@ def test_without_validation_a_run_ends_blended_with_the_defaults(tmp_path):
     blend_note = next(note for note in result.notes if note.startswith("pixel blend:"))
     # No held-out images checked the weight: the note says so and names the fix.
     assert "--val-data DIR" in blend_note and "--pixel-blend off" in blend_note
+    assert "--val-split" not in blend_note  # too few images per class here to split
     assert "--val-data DIR" in facts["remedy"]
     saved = kerastl.load_model(result.output_dir / "model.keras", compile=False)
     assert "pixels_flat" in [layer.name for layer in saved.layers]
@@ -213,6 +214,7 @@ def test_the_default_run_blends_unless_its_probe_beats_pixels_in_cross_validatio
     assert "pixel_blend: 'on'" in (result.output_dir / "config.yaml").read_text()
     probe_better = facts["probe_cv_accuracy"] > facts["pixel_cv_accuracy"]
     assert facts["kept"] is not probe_better
+    assert ("remedy" in facts) is facts["kept"]  # nothing to check in the network alone
     assert ("pixel_logits" in [layer.name for layer in result.model.layers]) is facts["kept"]
     # With pretrained weights, auto fine-tunes from the multi-depth probe.
     assert result.config.head == "multidepth"

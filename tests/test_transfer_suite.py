@@ -8,6 +8,7 @@ invalidate every number it produces.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -210,3 +211,16 @@ def test_every_task_targets_classes_its_source_never_saw(suite):
         seen = set(suite.PARTITIONS[suite.SOURCES[task.source].partition][0])
         targets = set(suite.PARTITIONS[task.target][1])
         assert len(targets) == 5 and not seen & targets, (task.id, seen & targets)
+
+
+def test_a_runs_summary_keeps_the_blend_weight_it_chose(suite, tmp_path):
+    # The run folders are not committed: the results file alone must say which weight
+    # each run blended at, and on what evidence.
+    (tmp_path / "config.yaml").write_text("epochs: 3\nmode: auto\n")
+    blend = {"weight": 2.0, "kept": True, "pixel_cv_accuracy": 0.86,
+             "probe_cv_accuracy": 0.76, "pixels": [28, 28, 3]}
+    (tmp_path / "run.json").write_text(json.dumps({"pixel_blend": blend}))
+    assert suite.run_summary(tmp_path)["pixel_blend"] == {
+        "weight": 2.0, "kept": True, "pixel_cv_accuracy": 0.86, "probe_cv_accuracy": 0.76}
+    (tmp_path / "run.json").write_text(json.dumps({"pixel_blend": None}))
+    assert "pixel_blend" not in suite.run_summary(tmp_path)
