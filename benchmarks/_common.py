@@ -33,6 +33,9 @@ CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16",
                          "amx_bf16", "amx_tile", "amx_int8")
 # Above this one-minute load average the machine was busy with other work.
 BUSY_LOAD = 3.0
+# What a run's pixel blend decided (its run.json), as a results file keeps it: the
+# run folders themselves are not committed.
+BLEND_FACTS = ("weight", "kept", "pixel_cv_accuracy", "probe_cv_accuracy", "chosen_on")
 
 
 def cpu_facts(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
@@ -65,6 +68,14 @@ def versions() -> dict[str, str]:
 
 def load_average() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
+
+
+def blend_facts(output: Path) -> dict[str, Any] | None:
+    """The pixel blend's :data:`BLEND_FACTS` from the run in ``output``; None where the
+    run did not blend or wrote no ``run.json`` (a scikit-learn head's run)."""
+    facts = Path(output) / "run.json"
+    blend = json.loads(facts.read_text()).get("pixel_blend") if facts.is_file() else None
+    return {key: blend.get(key) for key in BLEND_FACTS} if blend else None
 
 
 def git_commit() -> str:

@@ -82,7 +82,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _common import git_commit  # noqa: E402
+from _common import blend_facts, git_commit  # noqa: E402
 from pretrain_source import TARGET_CLASSES  # noqa: E402
 
 import kerastl  # noqa: E402
@@ -142,9 +142,6 @@ def run_config(name: str, record: dict, args: dict, *, seed: int, output: Path
     )
 
 
-BLEND_FACTS = ("weight", "pixel_cv_accuracy", "probe_cv_accuracy", "chosen_on")
-
-
 def run_regime(name: str, record: dict, splits: kerastl.DataSplits, args: dict, *,
                seed: int, workdir: Path) -> tuple[float, dict | None]:
     """Test accuracy of one regime on one draw (kerastl's own evaluation), and the
@@ -155,10 +152,7 @@ def run_regime(name: str, record: dict, splits: kerastl.DataSplits, args: dict, 
         return float(clf.score(flat(splits.test), splits.test.labels)), None
     config = run_config(name, record, args, seed=seed, output=workdir / f"{name}-{seed}")
     result = kerastl.fit(config, splits=splits)
-    facts = result.output_dir / "run.json"  # a scikit-learn head's run writes none
-    blend = json.loads(facts.read_text()).get("pixel_blend") if facts.is_file() else None
-    return float(result.metrics["accuracy"]), (
-        {key: blend.get(key) for key in BLEND_FACTS} if blend else None)
+    return float(result.metrics["accuracy"]), blend_facts(result.output_dir)
 
 
 # ----------------------------------------------------------------------------- study

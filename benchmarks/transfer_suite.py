@@ -107,6 +107,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: use this checkout's kerastl
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from _common import blend_facts  # noqa: E402
 
 import kerastl  # noqa: E402
 from kerastl.data.datasets import FASHION_MNIST_CLASSES, fashion_mnist  # noqa: E402
@@ -702,9 +705,6 @@ def evaluate_run(output: Path, task_dir: Path) -> dict[str, Any]:
     return {**scores, "eval_seconds": round(time.perf_counter() - started, 1)}
 
 
-BLEND_FACTS = ("weight", "kept", "pixel_cv_accuracy", "probe_cv_accuracy")
-
-
 def run_summary(output: Path) -> dict[str, Any]:
     """What the run itself reported: its plan, metrics, the shape of its history and
     its pixel blend's weight."""
@@ -728,10 +728,9 @@ def run_summary(output: Path) -> dict[str, Any]:
         with open(history) as handle:
             rows = list(csv.DictReader(handle))
         summary["history"] = history_summary(rows)
-    facts = output / "run.json"  # a scikit-learn head's run writes none
-    blend = json.loads(facts.read_text()).get("pixel_blend") if facts.is_file() else None
+    blend = blend_facts(output)
     if blend:  # the weight the run chose, and its evidence: the run folders are not kept
-        summary["pixel_blend"] = {key: blend.get(key) for key in BLEND_FACTS}
+        summary["pixel_blend"] = blend
     return summary
 
 

@@ -242,8 +242,8 @@ def _outside_blend_rows() -> list[str]:
 
 
 def _outside_graded_rows() -> list[str]:
-    """The graded default on tasks outside the suite, run once when issue 26 closed:
-    X3-X5 defined just before, X1-X2 scored before with earlier defaults."""
+    """The graded default on tasks outside the suite, run once as issue 26's closing
+    check: X3-X5 defined just before, X1-X2 scored before with earlier defaults."""
     rows = []
     for name in ("transfer_outside_26", "transfer_outside_26_x1x2"):
         ids = sorted((load(name) or {}).get("tasks", ()))

@@ -217,10 +217,10 @@ def test_a_runs_summary_keeps_the_blend_weight_it_chose(suite, tmp_path):
     # The run folders are not committed: the results file alone must say which weight
     # each run blended at, and on what evidence.
     (tmp_path / "config.yaml").write_text("epochs: 3\nmode: auto\n")
-    blend = {"weight": 2.0, "kept": True, "pixel_cv_accuracy": 0.86,
-             "probe_cv_accuracy": 0.76, "pixels": [28, 28, 3]}
-    (tmp_path / "run.json").write_text(json.dumps({"pixel_blend": blend}))
-    assert suite.run_summary(tmp_path)["pixel_blend"] == {
-        "weight": 2.0, "kept": True, "pixel_cv_accuracy": 0.86, "probe_cv_accuracy": 0.76}
+    chosen = {"weight": 2.0, "kept": True, "pixel_cv_accuracy": 0.86,
+              "probe_cv_accuracy": 0.76, "chosen_on": "the lead"}
+    (tmp_path / "run.json").write_text(json.dumps({"pixel_blend": {
+        **chosen, "pixels": [28, 28, 3]}}))
+    assert suite.run_summary(tmp_path)["pixel_blend"] == chosen
     (tmp_path / "run.json").write_text(json.dumps({"pixel_blend": None}))
     assert "pixel_blend" not in suite.run_summary(tmp_path)
